@@ -1,0 +1,1 @@
+"""Data: preparing image folders into TFDS records and Grain pipelines over them."""

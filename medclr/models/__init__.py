@@ -1,0 +1,1 @@
+"""Flax NNX models: one encoder shared by pretraining and the U-Net."""

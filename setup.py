@@ -1,0 +1,36 @@
+"""Package metadata for medclr: contrastive pretraining + U-Net fine-tuning in JAX."""
+import setuptools
+
+setuptools.setup(
+    name="medclr",
+    version="0.1.0",
+    description=(
+        "Self-supervised contrastive pretraining on medical images and "
+        "few-label U-Net fine-tuning, in JAX/Flax."
+    ),
+    packages=setuptools.find_packages(include=["medclr", "medclr.*"]),
+    python_requires=">=3.11",
+    # Lower bounds only: a newer Python (e.g. a TPU VM) resolves newer wheels.
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "grain>=0.2.18",
+        "tensorflow-datasets>=4.9.10",
+        "array-record>=0.8.1",
+        "ml-collections>=1.1.0",
+        "dm-pix>=0.4.5",
+        "absl-py>=2.1",
+        "numpy>=1.26",
+        "pillow>=10.0",
+        # TensorBoard event files without TensorFlow.
+        "tensorboardX>=2.6",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0", "nbclient>=0.10", "nbformat>=5.10",
+                 "ipykernel>=6.29", "matplotlib>=3.8"],
+        "notebook": ["matplotlib>=3.8", "ipykernel>=6.29"],
+        "tpu": ["jax[tpu]>=0.10.2"],
+    },
+)
