@@ -1,0 +1,34 @@
+# medclr: the two commands of the README, plus helpers.
+#   make quickstart   pretrain -> fine-tune -> evaluate on the embedded phantom
+#   make test         the test suite (what CI runs)
+# Both create .venv and install medclr into it on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORK ?= workdirs/quickstart
+
+.PHONY: install quickstart test clean-quickstart
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+quickstart: install
+	$(PY) -m launch.prepare --dataset=phantom --data_dir=$(WORK)/data
+	$(PY) -m launch.pretrain --config=configs/pretrain_simclr.py:demo \
+	    --workdir=$(WORK)/pretrain --config.data.data_dir=$(WORK)/data
+	$(PY) -m launch.finetune --config=configs/finetune_unet.py:demo \
+	    --workdir=$(WORK)/finetune --config.data.data_dir=$(WORK)/data \
+	    --config.init.pretrain_dir=$(WORK)/pretrain
+	$(PY) -m launch.evaluate --workdir=$(WORK)/finetune
+
+test: install
+	$(PY) -m pytest
+
+clean-quickstart:
+	rm -rf $(WORK)

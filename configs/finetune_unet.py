@@ -1,0 +1,70 @@
+r"""Few-label U-Net fine-tuning (EVALUATION.md 1).
+
+  python -m launch.finetune --config=configs/finetune_unet.py \
+      --workdir=/tmp/ft_k2 --config.init.pretrain_dir=/tmp/simclr \
+      --config.data.num_labeled=2 --config.data.label_seed=0
+
+Without `init.pretrain_dir` the U-Net trains from scratch. Resume order: (1)
+this workdir's latest checkpoint, (2) the encoder (and decoder, if listed in
+`init.load` and saved) from `init.pretrain_dir`, (3) random init.
+Arguments: `smoke` (tiny, phantom, two steps), `quick` (2-core CPU profile), `demo` (make quickstart).
+"""
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg=None):
+  """Fine-tuning config; see the module docstring for `arg`."""
+  args = common.parse_arg(arg, smoke=False, quick=False, demo=False)
+  config = ml_collections.ConfigDict()
+  config.data = ml_collections.ConfigDict({
+      "data_dir": common.default_data_dir(),
+      "dataset": "drive",
+      "train_split": "train",
+      "test_split": "test",
+      "num_labeled": 2,
+      "label_seed": 0,
+      "crop_size": 128,
+      "in_channels": 3,
+      "worker_count": 0,
+  })
+  config.init = ml_collections.ConfigDict({
+      "pretrain_dir": "",
+      "pretrain_step": -1,  # -1: latest
+      "load": "encoder",  # comma list of U-Net parts: encoder[,decoder]
+  })
+  # Joint image/mask augmentation on device.
+  config.augment = ml_collections.ConfigDict(
+      {"preset": "basic_medical", "strength": 1.0})
+  config.model = common.model_config("unet2d-32")
+  config.optim = ml_collections.ConfigDict({
+      "name": "adam", "learning_rate": 1e-3, "lr_scaling": "none",
+      "schedule": "cosine", "warmup_steps": 50, "weight_decay": 0.0,
+      "grad_clip_norm": 0.0})
+  config.batch_size = 8
+  common.run_block(config, num_steps=1000, log_every=20, checkpoint_every=250)
+  config.eval = ml_collections.ConfigDict(
+      {"window": 0, "overlap": 0.5, "batch_size": 4, "save_predictions": True})
+
+  if args.quick:
+    config.model = common.model_config("unet2d-16")
+    config.data.crop_size = 96
+    config.num_steps = 400
+  if args.demo:  # make quickstart: a few minutes on 2 CPU cores
+    config.data.dataset = "phantom"
+    config.data.crop_size = 64
+    config.model = common.model_config("small")
+    config.num_steps = 300
+    config.optim.warmup_steps = 30
+    config.checkpoint_every = 100
+  if args.smoke:
+    config.data.dataset = "phantom"
+    config.data.crop_size = 32
+    config.model = common.model_config("tiny")
+    config.batch_size = 8
+    config.num_steps = 2
+    config.optim.warmup_steps = 1
+    config.log_every = 1
+    config.checkpoint_every = 1
+  return config

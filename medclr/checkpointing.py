@@ -1,0 +1,174 @@
+"""Every Orbax call of medclr lives here (so an Orbax v1 move is one file).
+
+Layout of a workdir:
+  <workdir>/checkpoints/<step>/{state, data_iter, config}   Orbax Composite
+  <workdir>/config.json                                      the run's config
+Orbax writes each step into a temporary directory and renames it when
+complete, so a run killed at any moment leaves the previous checkpoint intact
+and `latest_step()` never returns a half-written one.
+"""
+import json
+import os
+
+from etils import epath
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+CHECKPOINT_SUBDIR = "checkpoints"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint directory is missing, empty or does not fit the model."""
+
+
+def _abs_path(path):
+  # Orbax refuses relative paths ("Checkpoint path should be absolute").
+  return epath.Path(os.path.abspath(os.path.expanduser(str(path))))
+
+
+def _ckpt_dir(workdir):
+  return _abs_path(workdir) / CHECKPOINT_SUBDIR
+
+
+class Checkpointer:
+  """Periodic saves, keep-last-N, resume of state + Grain iterator + config."""
+
+  def __init__(self, workdir, *, save_every, keep, async_save=True):
+    options = ocp.CheckpointManagerOptions(
+        save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(
+            max(int(save_every), 1)),
+        preservation_policy=ocp.checkpoint_managers.LatestN(max(int(keep), 1)),
+        enable_async_checkpointing=async_save,
+        create=True)
+    self._manager = ocp.CheckpointManager(_ckpt_dir(workdir), options=options)
+
+  def latest_step(self):
+    return self._manager.latest_step()
+
+  def save(self, step, state, data_iter, config_dict, *, force=False):
+    """Saves when the interval policy (or `force`) says so; returns whether."""
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data_iter=grain.checkpoint.CheckpointSave(data_iter),
+        config=ocp.args.JsonSave(config_dict))
+    return self._manager.save(int(step), args=args, force=force)
+
+  def reached_preemption(self, step):
+    """True on every host once any host got a preemption signal (SIGTERM)."""
+    return self._manager.reached_preemption(int(step))
+
+  def restore(self, step, abstract_state, data_iter):
+    """Restores the state (onto `abstract_state`'s shardings) and the iterator.
+
+    Args:
+      step: checkpoint step.
+      abstract_state: pytree of `jax.ShapeDtypeStruct` with shardings.
+      data_iter: Grain iterator, set in place to the saved position.
+
+    Returns:
+      The restored state.
+    """
+    restored = self._manager.restore(int(step), args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
+    return restored["state"]
+
+  def close(self):
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def write_config(workdir, config_dict):
+  """Writes <workdir>/config.json atomically (temp file + rename)."""
+  path = _abs_path(workdir) / "config.json"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(json.dumps(config_dict, indent=2, sort_keys=True))
+  os.replace(tmp, path)
+
+
+def read_config(workdir):
+  """The config dict saved by a pretraining or fine-tuning run."""
+  path = _abs_path(workdir) / "config.json"
+  if not path.exists():
+    raise CheckpointError(f"{path} not found: {workdir} is not a medclr workdir "
+                          "(run launch.pretrain or launch.finetune into it)")
+  return json.loads(path.read_text())
+
+
+def _latest_state_dir(workdir, step=None):
+  ckpt_dir = _ckpt_dir(workdir)
+  if not ckpt_dir.exists():
+    raise CheckpointError(f"no checkpoints in {workdir}: {ckpt_dir} does not "
+                          "exist")
+  manager = ocp.CheckpointManager(
+      ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True))
+  step = manager.latest_step() if step is None else step
+  manager.close()
+  if step is None:
+    raise CheckpointError(f"no complete checkpoint in {ckpt_dir}")
+  state_dir = ckpt_dir / str(step) / "state"
+  if not state_dir.exists():
+    raise CheckpointError(f"checkpoint step {step} not found in {ckpt_dir}")
+  return state_dir, step
+
+
+def saved_tree_shapes(workdir, step=None):
+  """{path: shape} tree of the saved train state, read from its metadata."""
+  state_dir, step = _latest_state_dir(workdir, step)
+  metadata = ocp.PyTreeCheckpointer().metadata(state_dir)
+  tree = getattr(metadata, "tree", metadata)
+  return jax.tree.map(lambda m: tuple(m.shape), tree), step
+
+
+def _flatten(tree, prefix=""):
+  flat = {}
+  for key, value in tree.items():
+    path = f"{prefix}/{key}" if prefix else str(key)
+    if isinstance(value, dict):
+      flat.update(_flatten(value, path))
+    else:
+      flat[path] = value
+  return flat
+
+
+def check_compatible(saved, wanted, where):
+  """Raises CheckpointError naming every path whose shape differs."""
+  saved_flat, wanted_flat = _flatten(saved), _flatten(wanted)
+  problems = []
+  for path, abstract in wanted_flat.items():
+    if path not in saved_flat:
+      problems.append(f"{path}: missing in checkpoint")
+    elif tuple(saved_flat[path]) != tuple(abstract.shape):
+      problems.append(f"{path}: checkpoint has shape {tuple(saved_flat[path])}, "
+                      f"model expects {tuple(abstract.shape)}")
+  if problems:
+    shown = "\n  ".join(problems[:10])
+    more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+    raise CheckpointError(f"{where} is incompatible with this model "
+                          f"(check config.model.widths / in_channels):\n  "
+                          f"{shown}{more}")
+
+
+def restore_subtrees(workdir, abstract, step=None):
+  """Restores part of a saved train state onto `abstract`'s shardings.
+
+  Used to hand the pretrained encoder (and decoder) to the U-Net. Encoder
+  parameter paths are identical in both models, so `abstract` is simply
+  {'params': {'encoder': ...}, 'batch_stats': {'encoder': ...}} built from the
+  U-Net. Shapes are checked against the checkpoint's metadata first, for an
+  error that names the offending parameter instead of an Orbax traceback.
+
+  Returns:
+    (restored tree shaped like `abstract`, step).
+  """
+  saved, step = saved_tree_shapes(workdir, step)
+  check_compatible(saved, abstract, f"checkpoint {workdir} (step {step})")
+  state_dir, _ = _latest_state_dir(workdir, step)
+  restored = ocp.PyTreeCheckpointer().restore(
+      state_dir, args=ocp.args.PyTreeRestore(
+          item=abstract,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+          partial_restore=True))
+  return restored, step

@@ -1,0 +1,476 @@
+"""Readers that turn image folders on disk into in-memory examples.
+
+Every reader validates all of its inputs (existence, decodability, matching
+sizes) and returns a complete list of examples, so that nothing is written to
+a dataset until the whole split is known to be good.
+
+An example is a plain dict (see `Example`):
+  image: uint8 (H, W, C), C in {1, 3}.
+  mask: uint8 (H, W) class indices (binary sets: 0 background, 1 foreground).
+  fov: uint8 (H, W) in {0, 1}; 1 where pixels belong to the field of view.
+  has_mask: bool, False for unlabelled images (mask is then all zeros).
+  stem: str, the image file name without extension.
+"""
+import pathlib
+from typing import Callable, TypedDict
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".ppm")
+_LOSSY_EXTENSIONS = (".jpg", ".jpeg")
+
+
+class DataError(ValueError):
+  """Bad or missing input data; the message names the file and the problem."""
+
+
+class Example(TypedDict):
+  image: np.ndarray
+  mask: np.ndarray
+  fov: np.ndarray
+  has_mask: bool
+  stem: str
+
+
+# ---------------------------------------------------------------------------
+# Single files.
+
+
+def _open(path: pathlib.Path,
+          draft_size: tuple[int, int] | None = None) -> Image.Image:
+  """Opens and fully decodes `path`, turning any decoder failure into DataError.
+
+  Args:
+    path: the file.
+    draft_size: (W, H) the caller will downscale to. JPEG can then decode at
+      1/2, 1/4 or 1/8 scale in the DCT domain, which makes reading HRF's
+      3504x2336 photos several times faster.
+  """
+  try:
+    image = Image.open(path)
+    if draft_size is not None and image.format == "JPEG":
+      image.draft(image.mode, draft_size)
+    image.load()
+  except FileNotFoundError as e:
+    raise DataError(f"file not found: {path}") from e
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise DataError(
+        f"cannot decode {path} as an image ({type(e).__name__}: {e}); "
+        "expected a readable png/jpg/tif/gif/ppm file") from e
+  return image
+
+
+def _rescale_to_uint8(array: np.ndarray) -> np.ndarray:
+  """Linearly maps an array's own [min, max] onto [0, 255].
+
+  Used for 16-bit and float images: medical scanners rarely fill the full
+  16-bit range (12-bit CT/X-ray is common), so scaling by 65535 would leave
+  such images nearly black.
+  """
+  array = array.astype(np.float64)
+  low, high = float(array.min()), float(array.max())
+  if high <= low:
+    return np.zeros(array.shape, np.uint8)
+  return np.round((array - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def _image_to_array(image: Image.Image) -> np.ndarray:
+  """Returns uint8 (H, W, 1) for grayscale inputs, (H, W, 3) for colour."""
+  if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    return _rescale_to_uint8(np.asarray(image))[..., None]
+  if image.mode in ("1", "L", "LA"):
+    return np.asarray(image.convert("L"))[..., None]
+  # Palette, RGBA, CMYK, YCbCr, ...: Pillow knows how to map them to RGB.
+  return np.asarray(image.convert("RGB"))
+
+
+def _label_to_array(image: Image.Image, path: pathlib.Path) -> np.ndarray:
+  """Returns the raw label values of a mask file as uint8 (H, W)."""
+  if image.mode == "P":
+    # Palette masks store class indices directly (DRIVE's 2nd_manual is {0,1}).
+    return np.asarray(image).astype(np.uint8)
+  if image.mode == "RGB":
+    array = np.asarray(image)
+    if (array == array[..., :1]).all():
+      return array[..., 0].copy()
+    return np.asarray(image.convert("L"))
+  if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    array = np.asarray(image)
+    if array.min() < 0 or array.max() > 255:
+      raise DataError(
+          f"mask {path} has values in [{array.min()}, {array.max()}]; expected "
+          "class indices 0..255 (or a 0/255 or 0/1 binary mask)")
+    return array.astype(np.uint8)
+  return np.asarray(image.convert("L"))
+
+
+def labels_to_classes(values: np.ndarray, lossy: bool = False) -> np.ndarray:
+  """Maps raw mask values to class indices.
+
+  Args:
+    values: uint8 (H, W) raw mask values.
+    lossy: the file was JPEG-compressed, so a binary mask holds values near
+      0 and 255 rather than exactly; it is thresholded at 127.
+
+  Returns:
+    uint8 (H, W): {0,255} -> {0,1}; {0,1} unchanged; anything else is taken
+    as class indices and kept as is.
+  """
+  present = np.unique(values)
+  if lossy:
+    return (values > 127).astype(np.uint8)
+  if np.isin(present, (0, 255)).all():
+    return (values == 255).astype(np.uint8)
+  return values.astype(np.uint8)
+
+
+def load_image(path: pathlib.Path, long_side: int | None = None) -> np.ndarray:
+  """Reads an image as uint8 (H, W, C), C in {1, 3}.
+
+  Args:
+    path: image file.
+    long_side: if given and smaller than max(H, W), the image is downscaled
+      (Lanczos) so that max(H, W) == long_side.
+
+  Returns:
+    The decoded image.
+
+  Raises:
+    DataError: the file is missing or cannot be decoded.
+  """
+  path = pathlib.Path(path)
+  draft_size = None
+  if long_side:
+    draft_size = _target_size(_size_hw(path)[::-1], long_side)
+  image = _open(path, draft_size)
+  array = _image_to_array(image)
+  return resize_image(array, long_side)
+
+
+def load_mask(path: pathlib.Path) -> np.ndarray:
+  """Reads a mask file as uint8 (H, W) class indices (see labels_to_classes)."""
+  path = pathlib.Path(path)
+  values = _label_to_array(_open(path), path)
+  return labels_to_classes(
+      values, lossy=path.suffix.lower() in _LOSSY_EXTENSIONS)
+
+
+def load_binary(path: pathlib.Path) -> np.ndarray:
+  """Reads a binary mask (vessels, FOV) as uint8 {0,1}: values > 127 are 1.
+
+  Files that only hold {0,1} (e.g. palette GIFs) are taken as they are.
+  """
+  path = pathlib.Path(path)
+  values = _label_to_array(_open(path), path)
+  if values.max() <= 1:
+    return values.astype(np.uint8)
+  return (values > 127).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------
+# Resizing.
+
+
+def _target_size(size_wh: tuple[int, int], long_side: int) -> tuple[int, int]:
+  """(W, H) after scaling so that max(W, H) == long_side (never upscales)."""
+  width, height = size_wh
+  longest = max(width, height)
+  if long_side >= longest:
+    return width, height
+  scale = long_side / longest
+  return (max(1, round(width * scale)), max(1, round(height * scale)))
+
+
+def resize_image(image: np.ndarray, long_side: int | None) -> np.ndarray:
+  """Downscales uint8 (H, W, C) with Lanczos so that max(H, W) <= long_side."""
+  if not long_side:
+    return image
+  height, width = image.shape[:2]
+  target = _target_size((width, height), long_side)
+  if target == (width, height):
+    return image
+  channels = image.shape[2]
+  pil = Image.fromarray(image[..., 0] if channels == 1 else image)
+  resized = np.asarray(pil.resize(target, Image.Resampling.LANCZOS))
+  return resized[..., None] if channels == 1 else resized
+
+
+def resize_labels(labels: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+  """Resizes uint8 (H, W) labels to `size_hw` with nearest neighbour."""
+  if labels.shape == tuple(size_hw):
+    return labels
+  pil = Image.fromarray(labels)
+  return np.asarray(pil.resize(size_hw[::-1], Image.Resampling.NEAREST))
+
+
+# ---------------------------------------------------------------------------
+# One example from its files.
+
+
+def _size_hw(path: pathlib.Path) -> tuple[int, int]:
+  """(H, W) from the file header; full decoding (and its errors) comes later."""
+  try:
+    with Image.open(path) as image:
+      width, height = image.size
+  except FileNotFoundError as e:
+    raise DataError(f"file not found: {path}") from e
+  except (OSError, SyntaxError, ValueError) as e:
+    raise DataError(
+        f"cannot decode {path} as an image ({type(e).__name__}: {e}); "
+        "expected a readable png/jpg/tif/gif/ppm file") from e
+  return height, width
+
+
+def load_example(image_path: pathlib.Path,
+                 mask_path: pathlib.Path | None = None,
+                 fov_path: pathlib.Path | None = None,
+                 *,
+                 long_side: int | None = None,
+                 binary_mask: bool = False,
+                 stem: str | None = None) -> Example:
+  """Reads an image with its optional mask and field-of-view files.
+
+  Args:
+    image_path: the image file.
+    mask_path: its mask (None: unlabelled, mask all zeros, has_mask False).
+    fov_path: its field-of-view mask (None: FOV is the whole image).
+    long_side: optional downscale of the longest side (see load_image).
+    binary_mask: threshold the mask at 127 instead of the generic
+      0/255-0/1-class-index rule (for sets whose masks are known to be binary).
+    stem: the example's name; default the image file name without extension.
+
+  Returns:
+    The example, all arrays at the (possibly resized) image size.
+
+  Raises:
+    DataError: a file is missing or corrupt, or a mask/FOV size differs from
+      the image size (the message names both files and both sizes).
+  """
+  image_path = pathlib.Path(image_path)
+  original_hw = _size_hw(image_path)
+  labels = {}
+  for kind, path in (("mask", mask_path), ("fov", fov_path)):
+    if path is None:
+      continue
+    path = pathlib.Path(path)
+    hw = _size_hw(path)
+    if hw != original_hw:
+      raise DataError(
+          f"{kind} {path} is {hw[1]}x{hw[0]} (WxH) but its image {image_path} "
+          f"is {original_hw[1]}x{original_hw[0]}; they must have the same size")
+    if kind == "mask" and not binary_mask:
+      labels[kind] = load_mask(path)
+    else:
+      labels[kind] = load_binary(path)
+  image = load_image(image_path, long_side)
+  size_hw = image.shape[:2]
+  mask = labels.get("mask", np.zeros(original_hw, np.uint8))
+  fov = labels.get("fov", np.ones(original_hw, np.uint8))
+  return Example(
+      image=image,
+      mask=resize_labels(mask, size_hw),
+      fov=resize_labels(fov, size_hw),
+      has_mask=mask_path is not None,
+      stem=stem if stem is not None else image_path.stem)
+
+
+# ---------------------------------------------------------------------------
+# Folders.
+
+
+def _require_dir(path: pathlib.Path, what: str) -> None:
+  if not path.is_dir():
+    raise DataError(f"{what} directory not found: {path}")
+
+
+def list_images(directory: pathlib.Path) -> dict[str, pathlib.Path]:
+  """Maps stem -> file for every supported image file in `directory`.
+
+  Raises:
+    DataError: the directory is missing, holds no supported files, or two
+      files share a stem (e.g. a.png and a.jpg).
+  """
+  directory = pathlib.Path(directory)
+  _require_dir(directory, "image")
+  files = sorted(p for p in directory.iterdir() if p.is_file())
+  supported = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+  if not supported:
+    others = ", ".join(p.name for p in files[:5]) or "nothing"
+    raise DataError(
+        f"no image files in {directory} (found {others}); expected files "
+        f"ending in {', '.join(IMAGE_EXTENSIONS)} (any case)")
+  by_stem: dict[str, pathlib.Path] = {}
+  for path in supported:
+    if path.stem in by_stem:
+      raise DataError(f"two files share the stem {path.stem!r} in {directory}: "
+                      f"{by_stem[path.stem].name} and {path.name}")
+    by_stem[path.stem] = path
+  return by_stem
+
+
+def _match(images: dict[str, pathlib.Path], labels: dict[str, pathlib.Path],
+           directory: pathlib.Path, kind: str) -> None:
+  """Requires a one-to-one stem match between image files and label files."""
+  missing = sorted(set(images) - set(labels))
+  extra = sorted(set(labels) - set(images))
+  if missing:
+    shown = ", ".join(images[s].name for s in missing[:5])
+    raise DataError(
+        f"{len(missing)} image(s) have no {kind} file in {directory}: {shown}; "
+        f"each {kind} must have the same stem as its image (any extension)")
+  if extra:
+    shown = ", ".join(labels[s].name for s in extra[:5])
+    raise DataError(
+        f"{len(extra)} {kind} file(s) in {directory} match no image: {shown}; "
+        f"each {kind} must have the same stem as its image (any extension)")
+
+
+def read_folder_split(root: pathlib.Path | str, split: str,
+                      long_side: int | None = None) -> list[Example]:
+  """Reads a user's 2D set laid out as `<root>/<split>/{images,masks,fov}/`.
+
+  `masks/` is optional (unlabelled split) and so is `fov/` (FOV = whole
+  image). Masks and FOV files share the stem of their image; extensions may
+  differ.
+
+  Args:
+    root: the dataset folder.
+    split: sub-folder name, e.g. 'train'.
+    long_side: optional downscale of the longest side.
+
+  Returns:
+    Examples sorted by stem.
+
+  Raises:
+    DataError: on any missing, unmatched, mis-sized or corrupt file.
+  """
+  split_dir = pathlib.Path(root) / split
+  _require_dir(split_dir, f"split {split!r}")
+  images = list_images(split_dir / "images")
+  labels = {}
+  for kind, folder in (("mask", "masks"), ("fov", "fov")):
+    if (split_dir / folder).exists():
+      labels[kind] = list_images(split_dir / folder)
+      _match(images, labels[kind], split_dir / folder, kind)
+  return [
+      load_example(images[stem],
+                   labels["mask"][stem] if "mask" in labels else None,
+                   labels["fov"][stem] if "fov" in labels else None,
+                   long_side=long_side)
+      for stem in sorted(images)
+  ]
+
+
+def folder_splits(root: pathlib.Path | str) -> list[str]:
+  """Splits of a folder set: sub-folders of `root` that contain `images/`."""
+  root = pathlib.Path(root)
+  _require_dir(root, "dataset")
+  splits = sorted(p.name for p in root.iterdir() if (p / "images").is_dir())
+  if not splits:
+    raise DataError(
+        f"no split folders in {root}; expected <root>/<split>/images/ with "
+        "optional <root>/<split>/masks/ and <root>/<split>/fov/")
+  return splits
+
+
+# ---------------------------------------------------------------------------
+# Named public datasets in their official layouts.
+
+
+def _one_file(directory: pathlib.Path, name: str) -> pathlib.Path:
+  path = directory / name
+  if not path.is_file():
+    raise DataError(f"expected file {path} is missing")
+  return path
+
+
+def read_drive(root: pathlib.Path | str, split: str,
+               long_side: int | None = None) -> list[Example]:
+  """DRIVE (Staal et al. 2004) as distributed.
+
+  Layout: training/images/NN_training.tif, training/1st_manual/NN_manual1.gif,
+  training/mask/NN_training_mask.gif, and the same under test/ with `test`.
+
+  Args:
+    root: the DRIVE folder (holding training/ and test/).
+    split: 'train' (from training/) or 'test' (from test/).
+    long_side: optional downscale of the longest side.
+
+  Returns:
+    Examples sorted by stem ('21_training', ...), vessels = 1.
+  """
+  folders = {"train": "training", "test": "test"}
+  if split not in folders:
+    raise DataError(f"DRIVE has splits {sorted(folders)}, not {split!r}")
+  base = pathlib.Path(root) / folders[split]
+  images = list_images(base / "images")
+  _require_dir(base / "1st_manual", "DRIVE manual annotation")
+  _require_dir(base / "mask", "DRIVE FOV mask")
+  examples = []
+  for stem in sorted(images):
+    number = stem.split("_")[0]
+    examples.append(
+        load_example(images[stem],
+                     _one_file(base / "1st_manual", f"{number}_manual1.gif"),
+                     _one_file(base / "mask", f"{stem}_mask.gif"),
+                     long_side=long_side,
+                     binary_mask=True))
+  return examples
+
+
+HRF_LONG_SIDE = 584  # DRIVE's long side: HRF's FOV then matches DRIVE's scale.
+
+
+def read_hrf(root: pathlib.Path | str, split: str = "train",
+             long_side: int | None = HRF_LONG_SIDE) -> list[Example]:
+  """HRF fundus photographs (Budai et al. 2013), images only, unlabelled.
+
+  Layout: images/NN_{h,g,dr}.{jpg,JPG}. Only split 'train' exists.
+  """
+  if split != "train":
+    raise DataError(f"HRF (unlabelled) has only split 'train', not {split!r}")
+  images = list_images(pathlib.Path(root) / "images")
+  return [load_example(images[s], long_side=long_side) for s in sorted(images)]
+
+
+def read_isbi2012(root: pathlib.Path | str, split: str,
+                  long_side: int | None = None) -> list[Example]:
+  """ISBI 2012 EM membranes (Cardona et al. 2010), PNG slices.
+
+  Layout: train/image/N.png + train/label/N.png (255 = cell interior,
+  0 = membrane), test/image/N.png unlabelled. Split 'train' has masks with
+  membrane = 1; split 'unlabeled' holds the test images without masks.
+  """
+  base = pathlib.Path(root)
+  if split == "unlabeled":
+    images = list_images(base / "test" / "image")
+    return [
+        load_example(images[s], long_side=long_side) for s in sorted(images)
+    ]
+  if split != "train":
+    raise DataError(
+        f"ISBI 2012 has splits ['train', 'unlabeled'], not {split!r}")
+  images = list_images(base / "train" / "image")
+  labels = list_images(base / "train" / "label")
+  _match(images, labels, base / "train" / "label", "label")
+  examples = []
+  for stem in sorted(images):
+    example = load_example(images[stem], labels[stem], long_side=long_side,
+                           binary_mask=True)
+    # load_binary marks cell interior (255) as 1; the target is the membrane.
+    example["mask"] = (1 - example["mask"]).astype(np.uint8)
+    examples.append(example)
+  return examples
+
+
+NAMED_READERS: dict[str, Callable[..., list[Example]]] = {
+    "drive": read_drive,
+    "hrf": read_hrf,
+    "isbi2012": read_isbi2012,
+}
+NAMED_SPLITS: dict[str, tuple[str, ...]] = {
+    "drive": ("train", "test"),
+    "hrf": ("train",),
+    "isbi2012": ("train", "unlabeled"),
+}

@@ -1,0 +1,159 @@
+"""Few-label U-Net fine-tuning loop: `train_and_evaluate(config, workdir)`.
+
+Resume order (big_vision's "Load Checkpoint" order):
+  (1) this workdir's latest checkpoint (an interrupted fine-tune),
+  (2) `config.init.pretrain_dir`: encoder (and decoder) from pretraining,
+      restored by parameter path, which is identical in both models,
+  (3) random initialisation (training from scratch).
+"""
+import json
+import os
+
+from absl import logging
+import jax
+
+from medclr import augment
+from medclr import checkpointing
+from medclr import errors
+from medclr import metric_writer
+from medclr import models
+from medclr import optim
+from medclr import sharding
+from medclr import steps
+from medclr import train_utils
+from medclr.data import pipeline
+from medclr.data import sources as data_sources
+
+LOADABLE_PARTS = ("encoder", "decoder")
+
+
+def validate_config(config):
+  """Checks that fail fast, before any device work or training."""
+  try:
+    augment.get_spec(config.augment.preset, config.augment.strength)
+  except ValueError as e:
+    raise errors.ConfigError(f"config.augment: {e}") from e
+  if config.model.in_channels != config.data.in_channels:
+    raise errors.ConfigError(
+        f"config.model.in_channels={config.model.in_channels} differs from "
+        f"config.data.in_channels={config.data.in_channels}")
+  levels = len(config.model.widths)
+  if config.data.crop_size % 2 ** (levels - 1):
+    raise errors.ConfigError(f"config.data.crop_size={config.data.crop_size} must be "
+                     f"divisible by 2**{levels - 1} for a {levels}-level U-Net")
+  for part in load_parts(config.init):
+    if part not in LOADABLE_PARTS:
+      raise errors.ConfigError(f"config.init.load={config.init.load!r}: parts must be "
+                       f"among {LOADABLE_PARTS}")
+  if config.init.pretrain_dir:
+    # Fails now, naming the directory, rather than after data loading.
+    checkpointing.saved_tree_shapes(config.init.pretrain_dir,
+                                    pretrain_step(config.init))
+
+
+def load_parts(init_cfg):
+  return [p.strip() for p in init_cfg.load.split(",") if p.strip()]
+
+
+def pretrain_step(init_cfg):
+  return None if init_cfg.pretrain_step < 0 else init_cfg.pretrain_step
+
+
+def init_from_pretrained(state, abstract, init_cfg):
+  """Replaces the listed U-Net parts of `state` with pretrained weights.
+
+  Args:
+    state: freshly initialised U-Net train state.
+    abstract: its abstract state (shapes and shardings).
+    init_cfg: `config.init` (pretrain_dir, pretrain_step, load).
+
+  Returns:
+    (state, step of the pretraining checkpoint used).
+  """
+  wanted = {}
+  for collection in ("params", "batch_stats"):
+    parts = {p: abstract[collection][p] for p in load_parts(init_cfg)
+             if abstract[collection].get(p)}
+    if parts:
+      wanted[collection] = parts
+  restored, step = checkpointing.restore_subtrees(
+      init_cfg.pretrain_dir, wanted, pretrain_step(init_cfg))
+  for collection, parts in restored.items():
+    for part, tree in parts.items():
+      state[collection][part] = tree
+  logging.info("loaded %s from %s (step %d)", init_cfg.load,
+               init_cfg.pretrain_dir, step)
+  return state, step
+
+
+def labeled_subset(config, workdir):
+  """Chooses the k labelled images by seed and records their stems."""
+  source = data_sources.open_split(config.data.data_dir, config.data.dataset,
+                                   config.data.train_split)
+  indices = pipeline.choose_labeled(source, config.data.num_labeled,
+                                    config.data.label_seed)
+  stems = data_sources.stems(source)
+  chosen = [stems[i] for i in indices]
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "labeled.json"), "w") as f:
+      json.dump({"dataset": config.data.dataset, "seed": config.data.label_seed,
+                 "stems": chosen}, f, indent=2)
+  logging.info("fine-tuning on %d labelled images: %s", len(chosen), chosen)
+  return indices
+
+
+def make_data_iter(config, workdir, local_batch):
+  train_utils.ensure_phantom(config.data.data_dir, [config.data.dataset])
+  indices = labeled_subset(config, workdir)
+  dataset = pipeline.finetune_dataset(
+      config.data.data_dir, config.data.dataset, config.data.train_split,
+      indices=indices, crop_size=config.data.crop_size,
+      in_channels=config.data.in_channels, local_batch=local_batch,
+      seed=config.seed, process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      worker_count=config.data.worker_count)
+  return iter(dataset)
+
+
+def train_and_evaluate(config, workdir):
+  """Fine-tunes the U-Net into `workdir`. Returns the last logged metrics."""
+  validate_config(config)
+  config_dict = config.to_dict()
+  mesh = sharding.make_mesh(config.mesh.data)
+  local_batch = sharding.check_batch_size(config.batch_size, mesh)
+  data_iter = make_data_iter(config, workdir, local_batch)
+  if jax.process_index() == 0:
+    checkpointing.write_config(workdir, config_dict)
+  spec = augment.get_spec(config.augment.preset, config.augment.strength)
+  tx, lr_fn = optim.make_optimizer(config.optim, config.num_steps,
+                                   config.batch_size)
+
+  def make_model(rngs):
+    return models.make_unet(config.model, rngs)
+
+  with jax.set_mesh(mesh):
+    graphdef, abstract, init_fn = train_utils.init_state(
+        make_model, tx, mesh, config.seed)
+    checkpointer = checkpointing.Checkpointer(
+        workdir, save_every=config.checkpoint_every,
+        keep=config.keep_checkpoints, async_save=config.async_checkpoints)
+    state, start = train_utils.restore_or_init(checkpointer, abstract, init_fn,
+                                               data_iter)
+    if start is None and config.init.pretrain_dir:
+      state, _ = init_from_pretrained(state, abstract, config.init)
+    p_step = jax.jit(
+        steps.make_finetune_step(graphdef, tx, lr_fn, spec, config.seed),
+        donate_argnums=0)
+    writer = metric_writer.MetricWriter(
+        workdir, enabled=jax.process_index() == 0,
+        total_steps=config.num_steps, name="finetune")
+    try:
+      state, last = train_utils.run_loop(
+          config=config, workdir=workdir, state=state, start_step=start or 0,
+          p_step=p_step, data_iter=data_iter, mesh=mesh,
+          checkpointer=checkpointer, writer=writer, config_dict=config_dict)
+    finally:
+      checkpointer.close()
+      writer.close()
+  return last

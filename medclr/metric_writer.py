@@ -1,0 +1,219 @@
+"""Scalar logging for training and evaluation loops.
+
+One `MetricWriter` per loop (name 'train', 'eval', ...) writes each call of
+`write(step, scalars)` to two places in the workdir:
+  - `<workdir>/metrics.jsonl`: one JSON object per line with `name`, `step`,
+    `time` (Unix wall time) and the scalars; appended and flushed at once, so
+    a crashed run keeps everything it logged and `pandas.read_json(...,
+    lines=True)` reads it back.
+  - `<workdir>/tb/`: TensorBoard event files via tensorboardX, tagged
+    `<name>/<metric>`, so TensorBoard shows the same curves without needing
+    TensorFlow.
+`progress(step, scalars)` prints one console line with speed and ETA.
+
+Only JAX process 0 should write: other processes pass `enabled=False`, which
+writes nothing and prints nothing, but still runs the finite check so that
+every process stops on the same bad step instead of process 0 alone.
+"""
+import json
+import math
+import os
+import time
+
+import tensorboardX
+
+_RESERVED_KEYS = ("name", "step", "time")
+
+
+def _format_duration(seconds):
+  """h:mm:ss for an ETA."""
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  minutes, seconds = divmod(rest, 60)
+  return f"{hours}:{minutes:02d}:{seconds:02d}"
+
+
+def _to_floats(scalars):
+  """Host floats from Python, numpy or JAX scalars; raises on anything else."""
+  values = {}
+  for key, value in scalars.items():
+    if key in _RESERVED_KEYS:
+      raise ValueError(f"metric name {key!r} is reserved for the JSONL record "
+                       f"fields {_RESERVED_KEYS}; rename it")
+    try:
+      values[key] = float(value)
+    except (TypeError, ValueError) as error:
+      raise ValueError(f"metric {key!r} must be a scalar number, got "
+                       f"{type(value).__name__}: {error}") from error
+  return values
+
+
+def _check_finite(step, values):
+  """Raises FloatingPointError naming the first NaN/inf metric."""
+  for key, value in values.items():
+    if not math.isfinite(value):
+      raise FloatingPointError(
+          f"non-finite {key}={value} at step {step}; training diverged (lower "
+          "the learning rate, or check the inputs)")
+
+
+class MetricWriter:
+  """Writes scalars to JSONL and TensorBoard, and prints progress lines.
+
+  Usage:
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0,
+                          total_steps=num_steps, log_every=50)
+    for step in range(1, num_steps + 1):
+      ...
+      if writer.should_log(step):
+        writer.write(step, {"loss": loss}, check_finite=True)
+        writer.progress(step, {"loss": loss})
+    writer.close()
+
+  Metric names are given without a prefix: the writer's `name` groups them.
+  """
+
+  def __init__(self,
+               workdir,
+               *,
+               enabled: bool = True,
+               total_steps: int | None = None,
+               log_every: int = 1,
+               name: str = "train"):
+    """Opens the JSONL file and the TensorBoard writer (when enabled).
+
+    Args:
+      workdir: local directory of the run; created if missing.
+      enabled: False on non-zero JAX processes: nothing is written or printed.
+      total_steps: last step of the loop, for `step/total` and the ETA; None
+        when unknown.
+      log_every: `should_log(step)` is true every this many steps (and at
+        `total_steps`); `progress` prints only on those steps.
+      name: loop name, e.g. 'train' or 'eval': the JSONL `name` field, the
+        TensorBoard tag prefix and the console line prefix.
+    """
+    if log_every < 1:
+      raise ValueError(f"log_every must be >= 1, got {log_every}")
+    self.enabled = enabled
+    self.total_steps = total_steps
+    self.log_every = log_every
+    self.name = name
+    self._last_progress = None  # (step, perf_counter) of the last line.
+    self._jsonl = None
+    self._tensorboard = None
+    self._closed = False
+    if not enabled:
+      return
+    workdir = os.fspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+    self.tensorboard_dir = os.path.join(workdir, "tb")
+    self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+    # tensorboardX names files by the second and host only; the pid and loop
+    # name keep a train and an eval writer opened together apart.
+    self._tensorboard = tensorboardX.SummaryWriter(
+        logdir=self.tensorboard_dir,
+        filename_suffix=f".{os.getpid()}.{name}")
+
+  def _check_open(self):
+    """Raises instead of silently dropping metrics logged after close()."""
+    if self._closed:
+      raise RuntimeError(f"MetricWriter {self.name!r} is closed; create a new "
+                         "one to log more")
+
+  def should_log(self, step: int) -> bool:
+    """True every `log_every` steps and at the final step."""
+    return step % self.log_every == 0 or step == self.total_steps
+
+  def write(self, step: int, scalars, *, check_finite: bool = False) -> None:
+    """Appends one JSONL record and one TensorBoard point per scalar.
+
+    Args:
+      step: global step the values belong to.
+      scalars: metric name -> scalar (Python, numpy or JAX).
+      check_finite: raise FloatingPointError, naming the step and metric,
+        when a value is NaN or infinite (use for losses). Runs on every
+        process, before anything is written. Without it, non-finite values
+        are logged (as JSON null, since JSON has no NaN).
+    """
+    self._check_open()
+    values = _to_floats(scalars)
+    if check_finite:
+      _check_finite(step, values)
+    if not self.enabled:
+      return
+    wall_time = time.time()
+    record = {"name": self.name, "step": int(step), "time": wall_time}
+    record.update(
+        {k: (v if math.isfinite(v) else None) for k, v in values.items()})
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    for key, value in values.items():
+      self._tensorboard.add_scalar(f"{self.name}/{key}", value,
+                                   global_step=int(step), walltime=wall_time)
+    self._tensorboard.flush()
+
+  def progress(self, step: int, scalars=None, *,
+               check_finite: bool = False) -> str | None:
+    """Prints one line: step/total, steps/s, ETA and the scalars.
+
+    Speed is measured between consecutive printed lines, so the first line
+    (which usually includes compilation) shows '--' for speed and ETA.
+
+    Args:
+      step: current global step.
+      scalars: optional metric name -> scalar, printed with 4 significant
+        digits.
+      check_finite: as in `write`.
+
+    Returns:
+      The printed line, or None when disabled or `step` is not a logging
+      step.
+    """
+    self._check_open()
+    values = _to_floats(scalars or {})
+    if check_finite:
+      _check_finite(step, values)
+    if not self.enabled or not self.should_log(step):
+      return None
+    now = time.perf_counter()
+    steps_per_s = None
+    if self._last_progress is not None:
+      last_step, last_time = self._last_progress
+      if step > last_step and now > last_time:
+        steps_per_s = (step - last_step) / (now - last_time)
+    self._last_progress = (step, now)
+
+    total = "?" if self.total_steps is None else str(self.total_steps)
+    speed = "--" if steps_per_s is None else f"{steps_per_s:.4g}"
+    if steps_per_s is None or self.total_steps is None:
+      eta = "--"
+    else:
+      eta = _format_duration(max(0, self.total_steps - step) / steps_per_s)
+    parts = [f"[{self.name}] step {step}/{total}", f"{speed} steps/s",
+             f"ETA {eta}"]
+    parts += [f"{key}={value:.4g}" for key, value in values.items()]
+    line = " | ".join(parts)
+    print(line, flush=True)
+    return line
+
+  def flush(self) -> None:
+    """Pushes buffered TensorBoard events to disk (JSONL is always flushed)."""
+    if self._tensorboard is not None:
+      self._tensorboard.flush()
+
+  def close(self) -> None:
+    """Flushes and closes both files; later write/progress calls raise."""
+    if self._tensorboard is not None:
+      self._tensorboard.close()
+      self._tensorboard = None
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._jsonl = None
+    self._closed = True
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    self.close()

@@ -1,0 +1,159 @@
+"""2-D U-Net for segmentation fine-tuning: `encoder.Encoder` plus a decoder.
+
+The U-Net keeps the encoder under the attribute `encoder`, built exactly as in
+`heads.ContrastiveModel`, so a pretrained encoder maps onto it by path.
+Layout (EVALUATION.md section 2, `unet2d-32`): per decoder level a 2x2
+stride-2 transposed conv, concatenation with the encoder skip, two 3x3
+conv + norm + ReLU; a 1x1 conv produces the logits.
+"""
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from medclr.models import encoder as encoder_lib
+
+
+class DecoderLevel(nnx.Module):
+  """One decoder step: upsample 2x, concatenate the skip, `ConvBlock`."""
+
+  def __init__(
+      self,
+      in_channels: int,
+      out_channels: int,
+      norm: str = 'batch',
+      *,
+      dtype: jnp.dtype | None = None,
+      rngs: nnx.Rngs,
+  ):
+    """Builds the level.
+
+    Args:
+      in_channels: channels of the deeper feature map being upsampled.
+      out_channels: channels of the skip feature and of the level output.
+      norm: 'batch' or 'group'.
+      dtype: computation dtype (None keeps the input's); params stay float32.
+      rngs: NNX random streams.
+    """
+    # 'VALID' with kernel == stride gives exactly twice the input size, like
+    # PyTorch's ConvTranspose2d(kernel_size=2, stride=2) in the U-Net paper.
+    self.upconv = nnx.ConvTranspose(
+        in_channels, out_channels, (2, 2), strides=(2, 2), padding='VALID',
+        dtype=dtype, rngs=rngs)
+    self.block = encoder_lib.ConvBlock(
+        2 * out_channels, out_channels, norm, dtype=dtype, rngs=rngs)
+
+  def __call__(
+      self, x: jax.Array, skip: jax.Array, *, train: bool
+  ) -> jax.Array:
+    x = self.upconv(x)
+    x = jnp.concatenate([x, skip.astype(x.dtype)], axis=-1)
+    return self.block(x, train=train)
+
+
+class Decoder(nnx.Module):
+  """U-Net up path over the features returned by `encoder.Encoder`.
+
+  Attribute `level{i}` upsamples from level i+1 to level i, so names line up
+  with the encoder level whose skip they consume.
+  """
+
+  def __init__(
+      self,
+      widths: Sequence[int],
+      norm: str = 'batch',
+      *,
+      dtype: jnp.dtype | None = None,
+      rngs: nnx.Rngs,
+  ):
+    """Builds the decoder.
+
+    Args:
+      widths: the encoder widths, shallow to deep.
+      norm: 'batch' or 'group'.
+      dtype: computation dtype (None keeps the input's); params stay float32.
+      rngs: NNX random streams.
+    """
+    encoder_lib.check_norm(norm)
+    self.widths = tuple(int(w) for w in widths)
+    for index in range(len(self.widths) - 1):
+      setattr(self, f'level{index}', DecoderLevel(
+          self.widths[index + 1], self.widths[index], norm, dtype=dtype,
+          rngs=rngs))
+
+  def __call__(
+      self, features: Sequence[jax.Array], *, train: bool
+  ) -> jax.Array:
+    """Decodes encoder features.
+
+    Args:
+      features: the encoder's per-level features, shallow to deep.
+      train: True uses and updates BatchNorm batch statistics.
+
+    Returns:
+      Full-resolution features with `widths[0]` channels.
+    """
+    if len(features) != len(self.widths):
+      raise ValueError(
+          f'Decoder built for {len(self.widths)} levels got {len(features)} '
+          'feature maps')
+    x = features[-1]
+    for index in reversed(range(len(self.widths) - 1)):
+      x = getattr(self, f'level{index}')(x, features[index], train=train)
+    return x
+
+
+class UNet(nnx.Module):
+  """U-Net: `encoder` (shared with pretraining), `decoder`, 1x1 `head`."""
+
+  def __init__(
+      self,
+      in_channels: int,
+      widths: Sequence[int],
+      norm: str = 'batch',
+      num_classes: int = 1,
+      *,
+      dtype: jnp.dtype | None = None,
+      rngs: nnx.Rngs,
+  ):
+    """Builds the U-Net.
+
+    Args:
+      in_channels: image channels (1 grey, 3 RGB).
+      widths: channels per level, shallow to deep, e.g. (32, 64, 128, 256, 512).
+      norm: 'batch' or 'group'.
+      num_classes: output channels; 1 means binary (sigmoid) segmentation.
+      dtype: computation dtype (None keeps the input's); params stay float32.
+      rngs: NNX random streams.
+    """
+    if num_classes < 1:
+      raise ValueError(
+          f'num_classes must be >= 1, got {num_classes} '
+          '(set config.model.num_classes)')
+    self.encoder = encoder_lib.Encoder(
+        in_channels, widths, norm, dtype=dtype, rngs=rngs)
+    self.decoder = Decoder(widths, norm, dtype=dtype, rngs=rngs)
+    self.head = nnx.Conv(
+        self.encoder.widths[0], num_classes, (1, 1), dtype=dtype, rngs=rngs)
+    self.num_classes = num_classes
+
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """Segments a batch of images.
+
+    Args:
+      x: images, (batch, height, width, in_channels); height and width must be
+        multiples of 2**(len(widths) - 1).
+      train: True uses and updates BatchNorm batch statistics.
+
+    Returns:
+      Logits, (batch, height, width, num_classes), float32.
+    """
+    multiple = encoder_lib.min_input_multiple(self.encoder.widths)
+    if x.ndim != 4 or x.shape[1] % multiple or x.shape[2] % multiple:
+      raise ValueError(
+          f'UNet with {len(self.encoder.widths)} levels needs NHWC input with '
+          f'height and width divisible by {multiple}, got shape {x.shape}')
+    features = self.encoder(x, train=train)
+    # Logits in float32 so losses stay accurate under a bfloat16 compute dtype.
+    return self.head(self.decoder(features, train=train)).astype(jnp.float32)

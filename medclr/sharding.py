@@ -1,0 +1,92 @@
+"""Device mesh, shardings and host->device batch transfer; multi-host start-up.
+
+medclr is data parallel: one 1-D mesh axis 'data' over every device of every
+process. Parameters and optimiser state are replicated; batches are split along
+the batch axis. The mesh is made once per run (`make_mesh`) and everything runs
+under `jax.set_mesh(mesh)`.
+"""
+import os
+
+from absl import logging
+import jax
+import numpy as np
+
+DATA_AXIS = "data"
+
+
+def maybe_initialize_distributed(coordinator_address=None, num_processes=None,
+                                 process_id=None):
+  """Starts multi-process JAX when asked to, and only then.
+
+  Explicit arguments (or the MEDCLR_COORDINATOR / MEDCLR_NUM_PROCESSES /
+  MEDCLR_PROCESS_ID environment variables) start a CPU/GPU cluster; on a Cloud
+  TPU VM (TPU_WORKER_HOSTNAMES set by the runtime) `jax.distributed.initialize()`
+  discovers the pod by itself. A plain single-process run does nothing: calling
+  initialize() there would wait for a coordinator that never comes.
+
+  Must run before anything touches a JAX device.
+  """
+  coordinator_address = coordinator_address or os.environ.get(
+      "MEDCLR_COORDINATOR")
+  num_processes = num_processes or os.environ.get("MEDCLR_NUM_PROCESSES")
+  process_id = process_id if process_id is not None else os.environ.get(
+      "MEDCLR_PROCESS_ID")
+  if coordinator_address:
+    if num_processes is None or process_id is None:
+      raise ValueError(
+          "multi-process run: --coordinator_address needs --num_processes and "
+          "--process_id too")
+    # Cross-process collectives on the CPU backend need gloo (jax 0.10).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=int(num_processes),
+                               process_id=int(process_id))
+  elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
+    jax.distributed.initialize()
+  logging.info("JAX process %d of %d, %d local / %d global devices",
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
+
+
+def make_mesh(num_devices=-1):
+  """The run's mesh: a 1-D 'data' axis with an explicit axis type.
+
+  Args:
+    num_devices: how many devices to use; -1 means all of them.
+  """
+  available = jax.device_count()
+  n = available if num_devices in (-1, None) else int(num_devices)
+  if not 1 <= n <= available:
+    raise ValueError(f"config.mesh.data={num_devices}: must be -1 or between 1 "
+                     f"and the {available} available devices")
+  return jax.make_mesh((n,), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Explicit,),
+                       devices=jax.devices()[:n])
+
+
+def data_sharding(mesh):
+  """Batch-axis sharding for inputs and per-example outputs."""
+  return jax.sharding.NamedSharding(mesh, jax.P(DATA_AXIS))
+
+
+def replicated(mesh):
+  """Full replication, for parameters, optimiser state and scalars."""
+  return jax.sharding.NamedSharding(mesh, jax.P())
+
+
+def check_batch_size(global_batch, mesh, what="config.batch_size"):
+  """Raises a clear error unless the batch splits evenly over devices/hosts."""
+  n = mesh.devices.size
+  if global_batch % n or global_batch % jax.process_count():
+    raise ValueError(
+        f"{what}={global_batch} must be divisible by the {n} devices of the "
+        f"mesh and the {jax.process_count()} processes")
+  return global_batch // jax.process_count()
+
+
+def to_global(local_batch, mesh):
+  """Turns this process's numpy batch into globally sharded jax Arrays."""
+  sharding = data_sharding(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+      local_batch)

@@ -1,0 +1,117 @@
+"""Jittable train/eval steps: pure functions of (state, batch); no I/O.
+
+The train state is a plain dict of pytrees, so that jit, donation and Orbax all
+see ordinary arrays:
+  {'step': int32 scalar, 'params': {...}, 'batch_stats': {...}, 'opt_state': ...}
+`params` / `batch_stats` are `nnx.to_pure_dict` trees of the model; the model
+is rebuilt inside the step with `nnx.merge(graphdef, params, batch_stats)`.
+Randomness is `fold_in(base_key, step)`, so a resumed run draws the same
+augmentations as an uninterrupted one without storing a key.
+"""
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import optax
+
+from medclr import augment
+from medclr import losses
+
+
+def split_model(model):
+  """(graphdef, params, batch_stats) of an NNX model, the last two pure dicts."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+
+
+def init_state(params, batch_stats, tx):
+  """A fresh train state at step 0."""
+  return {"step": jnp.zeros((), jnp.int32), "params": params,
+          "batch_stats": batch_stats, "opt_state": tx.init(params)}
+
+
+def _apply_update(state, grads, batch_stats, tx):
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  return {"step": state["step"] + 1,
+          "params": optax.apply_updates(state["params"], updates),
+          "batch_stats": batch_stats, "opt_state": opt_state}
+
+
+def make_pretrain_step(graphdef, tx, lr_fn, spec, temperature, seed):
+  """SimCLR step: device augmentation, one forward over both views, NT-Xent.
+
+  Args:
+    graphdef: graph of the `ContrastiveModel`.
+    tx: optax transformation.
+    lr_fn: schedule, logged as `lr`.
+    spec: `augment.AugmentSpec` for the device part of the views.
+    temperature: NT-Xent temperature.
+    seed: base seed of the augmentation randomness.
+
+  Returns:
+    step(state, batch) -> (state, metrics); jit it with `donate_argnums=0`:
+    the old state's buffers are reused for the new one.
+  """
+  base_key = jax.random.key(seed)
+
+  def step(state, batch):
+    key = jax.random.fold_in(base_key, state["step"])
+    view1, view2 = augment.two_views(key, batch["view1"], batch["view2"], spec)
+    b = view1.shape[0]
+    # (B, 2, ...) -> (2B, ...) keeps each device's examples on that device (no
+    # cross-device shuffle) and gives BatchNorm statistics over both views of
+    # the global batch, as SimCLR's global_bn does.
+    views = jnp.stack([view1, view2], axis=1).reshape((2 * b,) + view1.shape[1:])
+
+    def loss_fn(params, batch_stats):
+      model = nnx.merge(graphdef, params, batch_stats)
+      z, _ = model(views, train=True)
+      z = z.reshape((b, 2) + z.shape[1:])
+      z1, z2 = z[:, 0], z[:, 1]
+      loss = losses.nt_xent(z1, z2, temperature)
+      new_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+      return loss, (new_stats, losses.embedding_std(z1))
+
+    (loss, (batch_stats, z_std)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state["params"], state["batch_stats"])
+    metrics = {"loss": loss, "embedding_std": z_std, "lr": lr_fn(state["step"]),
+               "grad_norm": optax.global_norm(grads)}
+    return _apply_update(state, grads, batch_stats, tx), metrics
+
+  return step
+
+
+def make_finetune_step(graphdef, tx, lr_fn, spec, seed):
+  """Supervised U-Net step: joint image/mask augmentation, seg loss.
+
+  Returns step(state, batch) -> (state, metrics); jit with donate_argnums=0.
+  """
+  base_key = jax.random.key(seed)
+
+  def step(state, batch):
+    key = jax.random.fold_in(base_key, state["step"])
+    image, mask, weight = augment.sharded_augment_segmentation(
+        key, batch["image"], batch["mask"], batch["weight"], spec)
+
+    def loss_fn(params, batch_stats):
+      model = nnx.merge(graphdef, params, batch_stats)
+      logits = model(image, train=True)
+      loss = losses.segmentation_loss(logits, mask, weight)
+      return loss, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+
+    (loss, batch_stats), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state["params"], state["batch_stats"])
+    metrics = {"loss": loss, "lr": lr_fn(state["step"]),
+               "grad_norm": optax.global_norm(grads)}
+    return _apply_update(state, grads, batch_stats, tx), metrics
+
+  return step
+
+
+def make_predict_fn(graphdef):
+  """predict(params, batch_stats, images) -> logits, in eval mode."""
+
+  def predict(params, batch_stats, images):
+    model = nnx.merge(graphdef, params, batch_stats)
+    return model(images, train=False)
+
+  return predict

@@ -1,0 +1,88 @@
+"""Pieces shared by the pretraining and fine-tuning loops.
+
+Kept out of steps.py because they touch the host (data, checkpoints, logging).
+"""
+import time
+
+from absl import logging
+from flax import nnx
+import jax
+import numpy as np
+
+from medclr import checkpointing
+from medclr import sharding
+from medclr import steps
+from medclr.data import prepare as data_prepare
+from medclr.data import sources as data_sources
+
+
+def ensure_phantom(data_dir, names):
+  """Writes the embedded phantom dataset on first use (it needs no download)."""
+  if "phantom" in names and not data_sources.is_prepared(data_dir, "phantom"):
+    logging.info("preparing the embedded phantom dataset in %s", data_dir)
+    data_prepare.prepare("phantom", None, data_dir)
+
+
+def init_state(make_model, tx, mesh, seed):
+  """Builds the model and a replicated train state directly on the devices.
+
+  Shapes first, then one jitted init whose outputs are placed replicated, so
+  nothing is built on one device and copied (big_vision / maxtext pattern).
+
+  Returns:
+    (graphdef, abstract_state, init_fn) where init_fn() materialises the state.
+  """
+  def init():
+    model = make_model(nnx.Rngs(seed))
+    _, params, batch_stats = steps.split_model(model)
+    return steps.init_state(params, batch_stats, tx)
+
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: make_model(nnx.Rngs(seed))))
+  repl = sharding.replicated(mesh)
+  abstract = jax.eval_shape(init)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract)
+  init_fn = jax.jit(init, out_shardings=jax.tree.map(lambda _: repl, abstract))
+  return graphdef, abstract, init_fn
+
+
+def restore_or_init(checkpointer, abstract, init_fn, data_iter):
+  """Resume order: (1) the workdir's latest checkpoint, (2) a fresh state."""
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    logging.info("resuming from step %d", latest)
+    return checkpointer.restore(latest, abstract, data_iter), latest
+  return init_fn(), None
+
+
+def to_host_scalars(metrics):
+  return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+
+
+def run_loop(*, config, workdir, state, start_step, p_step, data_iter, mesh,
+             checkpointer, writer, config_dict):
+  """The training loop both phases share: step, log, checkpoint, preempt.
+
+  Returns:
+    (final state, last logged metrics dict).
+  """
+  last = {}
+  step = start_step
+  t0 = time.time()
+  for step in range(start_step, config.num_steps):
+    batch = sharding.to_global(next(data_iter), mesh)
+    state, metrics = p_step(state, batch)
+    done = step + 1
+    if done % config.log_every == 0 or done == config.num_steps:
+      last = to_host_scalars(metrics)
+      writer.write(done, last, check_finite=True)
+      writer.progress(done, last)
+    preempted = checkpointer.reached_preemption(done)
+    checkpointer.save(done, state, data_iter, config_dict,
+                      force=preempted or done == config.num_steps)
+    if preempted:
+      logging.warning("preemption signal: saved step %d, stopping", done)
+      break
+  logging.info("trained steps %d..%d in %.1fs", start_step, step + 1,
+               time.time() - t0)
+  return state, last
