@@ -45,7 +45,7 @@ class Predictor:
     """Foreground probability (binary) or class probabilities (multi-class)."""
     logits = self.logits(image)
     if logits.shape[-1] == 1:
-      return 1.0 / (1.0 + np.exp(-logits[..., 0]))
+      return inference.foreground_probability(logits)
     e = np.exp(logits - logits.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
 

@@ -204,8 +204,10 @@ def foreground_probability(logits) -> np.ndarray:
   if logits.ndim != 3 or logits.shape[-1] not in (1, 2):
     raise ValueError(f"logits must have shape (H, W, 1) or (H, W, 2) for a "
                      f"binary task, got {logits.shape}")
-  # Both cases are a sigmoid of a logit difference; this form never
-  # overflows for large logits.
+  # Both cases are a sigmoid of a logit difference. exp(-|margin|) never
+  # overflows and keeps precision for very confident background pixels.
   margin = (logits[..., 0] if logits.shape[-1] == 1 else
             logits[..., 1] - logits[..., 0])
-  return (0.5 * (1.0 + np.tanh(0.5 * margin))).astype(np.float32)
+  decay = np.exp(-np.abs(margin))
+  prob = np.where(margin >= 0, 1.0 / (1.0 + decay), decay / (1.0 + decay))
+  return prob.astype(np.float32)

@@ -102,6 +102,8 @@ class MetricWriter:
     self._jsonl = None
     self._tensorboard = None
     self._closed = False
+    self.jsonl_path = None
+    self.tensorboard_dir = None
     if not enabled:
       return
     workdir = os.fspath(workdir)

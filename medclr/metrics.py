@@ -46,7 +46,7 @@ def _check_binary(array, name):
 
 
 def _overlap_ratios(tp, fp, fn):
-  """Dice and IoU from counts; both are 1 when target and prediction are empty."""
+  """Dice and IoU from counts; both 1 when target and prediction are empty."""
   if tp + fp + fn == 0:
     return 1.0, 1.0
   return 2.0 * tp / (2.0 * tp + fp + fn), tp / (tp + fp + fn)
@@ -207,7 +207,8 @@ def multiclass_metrics(pred_labels, target, fov, num_classes):
     fn = int(np.count_nonzero(~is_pred & is_true))
     result[f"dice_{c}"], result[f"iou_{c}"] = _overlap_ratios(tp, fp, fn)
   foreground = range(1, num_classes)
-  result["mean_dice"] = float(np.mean([result[f"dice_{c}"] for c in foreground]))
+  result["mean_dice"] = float(np.mean([result[f"dice_{c}"]
+                                       for c in foreground]))
   result["mean_iou"] = float(np.mean([result[f"iou_{c}"] for c in foreground]))
   result["accuracy"] = float(np.mean(predicted == truth))
   return result
@@ -263,31 +264,79 @@ def summarize(per_image: Sequence[Mapping[str, object]], ddof: int = 0):
   return summary
 
 
-def format_table(rows: Mapping[str, Mapping[str, float]], digits: int = 4):
-  """Aligned text table of metric -> mean/std(/count) for the console.
+def _format_number(value, digits):
+  """`digits` decimals for rates; large values (pixel counts) get one."""
+  if math.isfinite(value) and abs(value) >= 1000:
+    return f"{value:.1f}"
+  return f"{value:.{digits}f}"
+
+
+def _is_stats(value):
+  """True for one metric's {"mean": ..., "std": ...} entry of a summary."""
+  return isinstance(value, Mapping) and "mean" in value and "std" in value
+
+
+def _single_summary_lines(summary, digits):
+  """Header and rows `metric | mean | std | n` of one summary."""
+  body = []
+  for metric, stats in summary.items():
+    count = stats.get("count")
+    body.append([
+        str(metric),
+        _format_number(stats["mean"], digits),
+        _format_number(stats["std"], digits),
+        "" if count is None else str(count),
+    ])
+  return ["metric", "mean", "std", "n"], body
+
+
+def _named_summaries_lines(summaries, digits):
+  """Header and rows `metric | <name> mean +/- std ...`, side by side."""
+  metrics = list(dict.fromkeys(m for s in summaries.values() for m in s))
+  body = []
+  for metric in metrics:
+    row = [str(metric)]
+    for summary in summaries.values():
+      stats = summary.get(metric)
+      row.append("-" if stats is None else
+                 f"{_format_number(stats['mean'], digits)} +/- "
+                 f"{_format_number(stats['std'], digits)}")
+    body.append(row)
+  return ["metric"] + [str(name) for name in summaries], body
+
+
+def format_table(rows: Mapping[str, Mapping[str, object]], digits: int = 4):
+  """Aligned text table of metric mean/std for the console.
+
+  Two shapes are accepted:
+    - one summary, metric -> {"mean", "std", optional "count"} (as returned
+      by `summarize`): columns metric | mean | std | n;
+    - several named summaries, name -> summary (e.g. {"scratch": ...,
+      "simclr": ...} or {"test": ...}): columns metric | one "mean +/- std"
+      column per name, so arms read side by side.
 
   Args:
-    rows: metric name -> {"mean": ..., "std": ..., optional "count": ...}, as
-      returned by `summarize`.
-    digits: decimals printed for mean and std.
+    rows: one summary or a mapping of names to summaries.
+    digits: decimals printed for mean and std (one decimal from 1000 up,
+      e.g. pixel counts).
 
   Returns:
     The table as one string with a header line, no trailing newline.
   """
-  for name, stats in rows.items():
-    if "mean" not in stats or "std" not in stats:
-      raise ValueError(f"format_table: row {name!r} needs 'mean' and 'std' "
-                       f"keys, got {sorted(stats)}")
-  header = ["metric", "mean", "std", "n"]
-  lines = [header]
-  for name, stats in rows.items():
-    count = stats.get("count")
-    lines.append([
-        str(name),
-        f"{stats['mean']:.{digits}f}",
-        f"{stats['std']:.{digits}f}",
-        "" if count is None else str(count),
-    ])
+  if not rows:
+    raise ValueError("format_table needs at least one row, got none")
+  if all(_is_stats(value) for value in rows.values()):
+    header, body = _single_summary_lines(rows, digits)
+  elif all(isinstance(value, Mapping) and value and
+           all(_is_stats(stats) for stats in value.values())
+           for value in rows.values()):
+    header, body = _named_summaries_lines(rows, digits)
+  else:
+    raise ValueError(
+        "format_table expects metric -> {'mean', 'std'} (one summary) or "
+        "name -> summary; got values of another shape for keys "
+        f"{list(rows)[:5]}")
+  lines = [header] + body
   widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
 
   def render(line):
@@ -297,4 +346,4 @@ def format_table(rows: Mapping[str, Mapping[str, float]], digits: int = 4):
     return "  ".join(cells).rstrip()
 
   rule = "  ".join("-" * width for width in widths)
-  return "\n".join([render(lines[0]), rule] + [render(l) for l in lines[1:]])
+  return "\n".join([render(header), rule] + [render(line) for line in body])

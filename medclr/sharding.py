@@ -11,6 +11,8 @@ from absl import logging
 import jax
 import numpy as np
 
+from medclr import errors
+
 DATA_AXIS = "data"
 
 
@@ -57,7 +59,7 @@ def make_mesh(num_devices=-1):
   available = jax.device_count()
   n = available if num_devices in (-1, None) else int(num_devices)
   if not 1 <= n <= available:
-    raise ValueError(f"config.mesh.data={num_devices}: must be -1 or between 1 "
+    raise errors.ConfigError(f"config.mesh.data={num_devices}: must be -1 or between 1 "
                      f"and the {available} available devices")
   return jax.make_mesh((n,), (DATA_AXIS,),
                        axis_types=(jax.sharding.AxisType.Explicit,),
@@ -78,7 +80,7 @@ def check_batch_size(global_batch, mesh, what="config.batch_size"):
   """Raises a clear error unless the batch splits evenly over devices/hosts."""
   n = mesh.devices.size
   if global_batch % n or global_batch % jax.process_count():
-    raise ValueError(
+    raise errors.ConfigError(
         f"{what}={global_batch} must be divisible by the {n} devices of the "
         f"mesh and the {jax.process_count()} processes")
   return global_batch // jax.process_count()

@@ -21,3 +21,47 @@ def shared_data():
     pytest.skip(f"real data not found at {SHARED_DATA} (set MEDCLR_SHARED_DATA "
                 "or place DRIVE/HRF/ISBI there); skipping real-data test")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def phantom_data_dir(tmp_path_factory):
+  """The embedded phantom dataset, prepared once per session as TFDS records."""
+  from medclr.data import prepare  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path_factory.mktemp("phantom_data")
+  prepare.prepare("phantom", None, str(data_dir))
+  return str(data_dir)
+
+
+def smoke_config(module, data_dir, **overrides):
+  """`configs/<module>.py:smoke` pointed at `data_dir`, with field overrides."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(f"configs.{module}").get_config("smoke")
+  config.data.data_dir = data_dir
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return config
+
+
+@pytest.fixture(scope="session")
+def pretrained_dir(tmp_path_factory, phantom_data_dir):
+  """A finished 2-step smoke SimCLR pretraining workdir (shared by tests)."""
+  from medclr import pretrain  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("pretrain"))
+  pretrain.train_and_evaluate(smoke_config("pretrain_simclr", phantom_data_dir),
+                              workdir)
+  return workdir
+
+
+@pytest.fixture(scope="session")
+def finetuned_dir(tmp_path_factory, phantom_data_dir, pretrained_dir):
+  """A finished smoke fine-tuning workdir initialised from `pretrained_dir`."""
+  from medclr import finetune  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("finetune"))
+  finetune.train_and_evaluate(
+      smoke_config("finetune_unet", phantom_data_dir,
+                   **{"init.pretrain_dir": pretrained_dir}), workdir)
+  return workdir

@@ -204,3 +204,19 @@ def test_format_table_aligns_columns():
   assert len({len(line) for line in lines}) == 1
   # The mean column ends at the same place in every row.
   assert lines[2].index("0.7500") == lines[3].index("0.9812")
+
+
+def test_format_table_puts_named_summaries_side_by_side():
+  scratch = metrics.summarize([{"dice": 0.5}, {"dice": 0.7}])
+  simclr = metrics.summarize([{"dice": 0.8, "auc_roc": 0.97}])
+  lines = metrics.format_table({"scratch": scratch,
+                                "simclr": simclr}).splitlines()
+  assert lines[0].split() == ["metric", "scratch", "simclr"]
+  assert lines[2].split() == ["dice", "0.6000", "+/-", "0.1000", "0.8000",
+                              "+/-", "0.0000"]
+  assert lines[3].split() == ["auc_roc", "-", "0.9700", "+/-", "0.0000"]
+
+
+def test_format_table_rejects_other_shapes():
+  with pytest.raises(ValueError, match="expects metric"):
+    metrics.format_table({"dice": 0.5})

@@ -1,0 +1,228 @@
+"""Grain input pipelines for pretraining (two views) and fine-tuning (patches).
+
+Both pipelines follow the same order, chosen for determinism and resumability:
+  source(s) -> this process's slice -> shuffle (new order every epoch) ->
+  repeat -> per-example random crops -> to_iter_dataset -> batch
+  [-> multiprocess prefetch]
+Slicing happens on the finite dataset, before shuffle/repeat, so the JAX
+processes read disjoint images. Random crops draw from a generator that Grain
+derives from the pipeline seed and the element index, so a restored iterator
+state reproduces the exact same batches.
+"""
+import os
+import pathlib
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from medclr import crops
+from medclr.data import readers
+from medclr.data import sources as sources_lib
+
+
+class _TwoViews(grain.transforms.RandomMap):
+  """Two independent random resized crops of the same image (SimCLR, host part)."""
+
+  def __init__(self, image_size: int, in_channels: int,
+               area: tuple[float, float], aspect: tuple[float, float]):
+    self.image_size = image_size
+    self.in_channels = in_channels
+    self.area = tuple(area)
+    self.aspect = tuple(aspect)
+
+  def random_map(self, element: dict[str, Any],
+                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+    image = element["image"]
+    views = {}
+    for key in ("view1", "view2"):
+      # Crop the uint8 image first: resizing a small window is far cheaper
+      # than converting the whole image to float, and channel conversion
+      # commutes with the (linear) bilinear resize.
+      view = crops.random_resized_crop(image, rng, self.image_size, self.area,
+                                       self.aspect)
+      views[key] = crops.to_float(view, self.in_channels)
+    return views
+
+
+class _LabeledPatch(grain.transforms.RandomMap):
+  """A random crop_size patch with its mask and FOV weight."""
+
+  def __init__(self, crop_size: int, in_channels: int):
+    self.crop_size = crop_size
+    self.in_channels = in_channels
+
+  def random_map(self, element: dict[str, Any],
+                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+    patch = crops.random_crop(
+        {"image": element["image"], "mask": element["mask"],
+         "fov": element["fov"]}, rng, self.crop_size)
+    return {
+        "image": crops.to_float(patch["image"], self.in_channels),
+        "mask": patch["mask"].astype(np.int32),
+        "weight": patch["fov"].astype(np.float32),
+    }
+
+
+class _Subset:
+  """Records `indices` of a random-access source, itself random-access.
+
+  Grain's MapDataset only slices by ranges; picking an arbitrary labelled
+  subset needs this small picklable wrapper (workers unpickle it).
+  """
+
+  def __init__(self, source: Sequence, indices: Sequence[int]):
+    self._source = source
+    self._indices = [int(i) for i in indices]
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, index: int):
+    return self._source[self._indices[index]]
+
+
+def _process_seed(seed: int, process_index: int) -> int:
+  """Distinct per-process seed in [0, 2**32) so crops are not correlated."""
+  return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
+
+
+def _slice_for_process(dataset: grain.MapDataset, process_index: int,
+                       process_count: int) -> grain.MapDataset:
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, "
+                     f"{process_count})")
+  if len(dataset) < process_count:
+    # Too few images to give each process its own: every process uses all of
+    # them (with its own seed) rather than some processes getting nothing.
+    return dataset
+  return dataset[process_index::process_count]
+
+
+def _finish(dataset: grain.MapDataset, local_batch: int,
+            worker_count: int) -> grain.IterDataset:
+  """Shared tail: to iterator, batch, optional worker processes."""
+  if local_batch < 1:
+    raise ValueError(f"local_batch must be >= 1, got {local_batch}")
+  # Prefetch a couple of batches' worth of single examples; Grain's default
+  # buffer (500 elements) would hold hundreds of MB of float crops.
+  read_options = grain.ReadOptions(
+      num_threads=max(1, min(8, os.cpu_count() or 1)),
+      prefetch_buffer_size=2 * local_batch)
+  iter_ds = dataset.to_iter_dataset(read_options).batch(
+      local_batch, drop_remainder=True)
+  if worker_count > 0:
+    iter_ds = iter_ds.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=worker_count))
+  return iter_ds
+
+
+def pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
+                     image_size: int, in_channels: int,
+                     area: tuple[float, float], aspect: tuple[float, float],
+                     local_batch: int, seed: int, process_index: int = 0,
+                     process_count: int = 1,
+                     worker_count: int = 0) -> grain.IterDataset:
+  """Endless batches of two random resized crops per image (masks ignored).
+
+  Args:
+    data_dir: root of the prepared sets.
+    sources: comma list of `name:split`, e.g. 'drive:train,hrf:train'.
+    image_size: side of each view.
+    in_channels: 1 or 3; images are converted to it.
+    area: crop area range as a fraction of the image.
+    aspect: crop width/height ratio range.
+    local_batch: examples per batch on this process.
+    seed: pipeline seed (shuffling and crops).
+    process_index: this JAX process.
+    process_count: number of JAX processes.
+    worker_count: Grain worker processes (0: in this process).
+
+  Returns:
+    IterDataset of dict(view1, view2), each float32 (b, S, S, C) in [0, 1].
+    `iter()` of it supports get_state()/set_state().
+  """
+  datasets = [grain.MapDataset.source(s)
+              for s in sources_lib.open_sources(data_dir, sources)]
+  dataset = (datasets[0] if len(datasets) == 1 else
+             grain.MapDataset.concatenate(datasets))
+  dataset = _slice_for_process(dataset, process_index, process_count)
+  dataset = (
+      dataset.seed(_process_seed(seed, process_index)).shuffle().repeat()
+      .random_map(_TwoViews(image_size, in_channels, area, aspect)))
+  return _finish(dataset, local_batch, worker_count)
+
+
+def finetune_dataset(data_dir: pathlib.Path | str, name: str, split: str, *,
+                     indices: Sequence[int], crop_size: int, in_channels: int,
+                     local_batch: int, seed: int, process_index: int = 0,
+                     process_count: int = 1,
+                     worker_count: int = 0) -> grain.IterDataset:
+  """Endless batches of random labelled patches from records `indices`.
+
+  Args:
+    data_dir: root of the prepared sets.
+    name: the set, e.g. 'drive'.
+    split: its split, e.g. 'train'.
+    indices: record indices to use (the labelled subset, see choose_labeled).
+    crop_size: patch side; smaller images are zero-padded (weight 0).
+    in_channels: 1 or 3.
+    local_batch: examples per batch on this process.
+    seed: pipeline seed.
+    process_index: this JAX process.
+    process_count: number of JAX processes.
+    worker_count: Grain worker processes (0: in this process).
+
+  Returns:
+    IterDataset of dict(image float32 (b,P,P,C), mask int32 (b,P,P),
+    weight float32 (b,P,P) = field of view).
+  """
+  source = sources_lib.open_split(data_dir, name, split)
+  indices = list(indices)
+  if not indices:
+    raise readers.DataError(f"no record indices given for {name}:{split}")
+  bad = [i for i in indices if not 0 <= i < len(source)]
+  if bad:
+    raise readers.DataError(
+        f"record indices {bad[:5]} out of range for {name}:{split} "
+        f"({len(source)} records)")
+  dataset = grain.MapDataset.source(_Subset(source, indices))
+  dataset = _slice_for_process(dataset, process_index, process_count)
+  dataset = (
+      dataset.seed(_process_seed(seed, process_index)).shuffle().repeat()
+      .random_map(_LabeledPatch(crop_size, in_channels)))
+  return _finish(dataset, local_batch, worker_count)
+
+
+def choose_labeled(source: Sequence[dict[str, Any]], num_labeled: int,
+                   seed: int) -> list[int]:
+  """Picks the labelled subset for few-label fine-tuning.
+
+  Records are ordered by stem before the seeded permutation, so the choice
+  depends only on (stems, num_labeled, seed), not on how TFDS ordered them.
+
+  Returns:
+    Sorted record indices into `source`.
+
+  Raises:
+    DataError: num_labeled is < 1 or more than the records available, or a
+      chosen record has no mask.
+  """
+  records = []
+  for index in range(len(source)):
+    record = source[index]
+    records.append(
+        (sources_lib.stem_of(record), index, bool(record["has_mask"])))
+  if not 1 <= num_labeled <= len(records):
+    raise readers.DataError(
+        f"num_labeled={num_labeled} but the split has {len(records)} records; "
+        f"choose 1..{len(records)}")
+  records.sort()
+  order = np.random.default_rng(seed).permutation(len(records))
+  chosen = [records[k] for k in order[:num_labeled]]
+  unlabeled = [stem for stem, _, has_mask in chosen if not has_mask]
+  if unlabeled:
+    raise readers.DataError(
+        f"records {unlabeled[:5]} were chosen for labelled fine-tuning but "
+        "have no mask; fine-tune on a labelled split")
+  return sorted(index for _, index, _ in chosen)

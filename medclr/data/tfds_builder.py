@@ -1,0 +1,152 @@
+"""TFDS builder that writes in-memory examples as ArrayRecord files.
+
+One builder class, `Medclr2d` (registered as 'medclr2d'), serves every 2D set:
+the BuilderConfig name is the dataset name ('drive', 'phantom', a user's
+folder name, ...). Records land in `<data_dir>/medclr2d/<name>/1.0.0/` and are
+read back with `tfds.data_source`, which needs no TensorFlow.
+
+TFDS writes into an `incomplete.*` directory and renames it at the end, so a
+crash never leaves a half-written dataset that looks complete.
+"""
+import pathlib
+import re
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from medclr.data import readers
+
+BUILDER_NAME = "medclr2d"
+VERSION = "1.0.0"
+_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def features() -> tfds.features.FeaturesDict:
+  """Feature spec shared by all sets (see readers.Example)."""
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Tensor(
+          shape=(None, None, None), dtype=np.uint8, encoding="zlib"),
+      "mask": tfds.features.Tensor(
+          shape=(None, None), dtype=np.uint8, encoding="zlib"),
+      "fov": tfds.features.Tensor(
+          shape=(None, None), dtype=np.uint8, encoding="zlib"),
+      "has_mask": tfds.features.Scalar(dtype=np.bool_),
+      "stem": tfds.features.Text(),
+  })
+
+
+class Medclr2d(tfds.core.GeneratorBasedBuilder):
+  """2D images with optional masks and field-of-view, one config per set."""
+
+  VERSION = tfds.core.Version(VERSION)
+
+  def __init__(self, *, examples_by_split: dict[str, list[readers.Example]]
+               | None = None, **kwargs):
+    # Examples come in already read and validated: this builder only writes.
+    self._examples_by_split = examples_by_split or {}
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    # DatasetInfo is built by hand: dataset_info_from_configs() expects the
+    # class to live in a TFDS package directory with a README/checksums.
+    return tfds.core.DatasetInfo(builder=self, features=features())
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing is downloaded.
+    return {
+        split: self._generate_examples(examples)
+        for split, examples in self._examples_by_split.items()
+    }
+
+  def _generate_examples(self, examples):
+    for example in examples:
+      yield example["stem"], dict(example)
+
+
+def check_name(name: str) -> None:
+  """Raises DataError unless `name` is usable as a TFDS config name."""
+  if not isinstance(name, str) or not _NAME_PATTERN.match(name):
+    raise readers.DataError(
+        f"dataset name {name!r} is invalid; use lowercase letters, digits and "
+        "underscores, starting with a letter (e.g. 'my_retina')")
+
+
+def dataset_dir(data_dir: pathlib.Path | str, name: str) -> pathlib.Path:
+  """Where the records of set `name` live: <data_dir>/medclr2d/<name>/1.0.0."""
+  return pathlib.Path(data_dir).expanduser() / BUILDER_NAME / name / VERSION
+
+
+def dataset_exists(data_dir: pathlib.Path | str, name: str) -> bool:
+  """True once set `name` was completely written (TFDS writes this file last)."""
+  return (dataset_dir(data_dir, name) / "dataset_info.json").is_file()
+
+
+def _check_examples(examples_by_split: dict[str, list[readers.Example]]) -> None:
+  """Validates everything TFDS would otherwise reject halfway through writing."""
+  if not examples_by_split:
+    raise readers.DataError("no splits to write")
+  for split, examples in examples_by_split.items():
+    if not re.match(r"^\w+$", split):
+      raise readers.DataError(
+          f"split name {split!r} is invalid; use letters, digits, underscores")
+    if not examples:
+      raise readers.DataError(f"split {split!r} has no examples")
+    seen = set()
+    for example in examples:
+      stem = example["stem"]
+      if stem in seen:
+        raise readers.DataError(f"split {split!r} has two examples with stem "
+                                f"{stem!r}; stems must be unique in a split")
+      seen.add(stem)
+      image, mask, fov = example["image"], example["mask"], example["fov"]
+      if (image.dtype != np.uint8 or image.ndim != 3 or
+          image.shape[-1] not in (1, 3)):
+        raise readers.DataError(
+            f"{split}/{stem}: image must be uint8 (H, W, 1|3), got "
+            f"{image.dtype} {image.shape}")
+      for key, array in (("mask", mask), ("fov", fov)):
+        if array.dtype != np.uint8 or array.shape != image.shape[:2]:
+          raise readers.DataError(
+              f"{split}/{stem}: {key} must be uint8 {image.shape[:2]}, got "
+              f"{array.dtype} {array.shape}")
+
+
+def write_dataset(data_dir: pathlib.Path | str, name: str,
+                  examples_by_split: dict[str, list[readers.Example]],
+                  description: str = "",
+                  overwrite: bool = False) -> pathlib.Path:
+  """Writes examples as ArrayRecord records for `tfds.data_source`.
+
+  Args:
+    data_dir: root of all prepared sets.
+    name: the set's name (TFDS config name).
+    examples_by_split: split name -> examples, already validated by a reader.
+    description: free text stored in the dataset info.
+    overwrite: replace an existing set of this name; otherwise an existing set
+      raises DataError.
+
+  Returns:
+    The directory holding the records.
+  """
+  check_name(name)
+  _check_examples(examples_by_split)
+  target = dataset_dir(data_dir, name)
+  if dataset_exists(data_dir, name):
+    if not overwrite:
+      raise readers.DataError(
+          f"dataset {name!r} already exists at {target}; pass overwrite=True "
+          "(--overwrite) to replace it")
+  if target.parent.exists():
+    # Also clears leftovers of an interrupted run (incomplete.* dirs).
+    shutil.rmtree(target.parent)
+  builder = Medclr2d(
+      data_dir=str(pathlib.Path(data_dir).expanduser()),
+      config=tfds.core.BuilderConfig(name=name, description=description),
+      file_format="array_record",
+      examples_by_split=examples_by_split)
+  # A throwaway download dir, so no empty downloads/ folder is left behind.
+  with tempfile.TemporaryDirectory() as download_dir:
+    builder.download_and_prepare(download_dir=download_dir)
+  return target

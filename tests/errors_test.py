@@ -1,0 +1,70 @@
+"""Bad input fails before training, with a message naming the file or key."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT, smoke_config
+from medclr import checkpointing
+from medclr import errors
+from medclr import finetune
+from medclr import pretrain
+from medclr.data import readers
+
+
+def test_missing_data_dir_names_it(tmp_path):
+  missing = str(tmp_path / "nowhere")
+  config = smoke_config("pretrain_simclr", missing,
+                        **{"data.sources": "drive:train"})
+  with pytest.raises(readers.DataError, match="nowhere"):
+    pretrain.train_and_evaluate(config, str(tmp_path / "work"))
+
+
+def test_unprepared_dataset_says_how_to_prepare(tmp_path, phantom_data_dir):
+  config = smoke_config("pretrain_simclr", phantom_data_dir,
+                        **{"data.sources": "phantom:train,drive:train"})
+  with pytest.raises(readers.DataError, match="launch.prepare"):
+    pretrain.train_and_evaluate(config, str(tmp_path / "work"))
+
+
+def test_pretrain_dir_without_checkpoint(tmp_path, phantom_data_dir):
+  empty = tmp_path / "empty_pretrain"
+  empty.mkdir()
+  config = smoke_config("finetune_unet", phantom_data_dir,
+                        **{"init.pretrain_dir": str(empty)})
+  with pytest.raises(checkpointing.CheckpointError, match="empty_pretrain"):
+    finetune.train_and_evaluate(config, str(tmp_path / "work"))
+  assert not (tmp_path / "work").exists()
+
+
+def test_incompatible_encoder_names_parameter(tmp_path, phantom_data_dir,
+                                              pretrained_dir):
+  config = smoke_config("finetune_unet", phantom_data_dir,
+                        **{"init.pretrain_dir": pretrained_dir,
+                           "model.widths": (8, 16, 64)})
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"encoder/level2.*shape"):
+    finetune.train_and_evaluate(config, str(tmp_path / "work"))
+
+
+def test_bad_config_value_names_key(tmp_path, phantom_data_dir):
+  config = smoke_config("pretrain_simclr", phantom_data_dir,
+                        **{"augment.preset": "nope"})
+  with pytest.raises(errors.ConfigError, match="config.augment"):
+    pretrain.train_and_evaluate(config, str(tmp_path / "work"))
+  config = smoke_config("pretrain_simclr", phantom_data_dir, batch_size=6)
+  with pytest.raises(ValueError, match="config.batch_size=6"):
+    pretrain.train_and_evaluate(config, str(tmp_path / "work2"))
+
+
+def test_unknown_config_key_on_command_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "launch.pretrain",
+       "--config=configs/pretrain_simclr.py:smoke",
+       f"--workdir={tmp_path / 'w'}", "--config.optim.learning_rat=0.1"],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode != 0
+  assert "learning_rat" in result.stderr
+  assert not (tmp_path / "w").exists()

@@ -1,0 +1,247 @@
+"""Tests for medclr.models: shapes, shared encoder paths, norms, size checks.
+
+Also pins the canonical `unet2d-32` architecture of EVALUATION.md section 2
+by its encoder parameter count and forward FLOPs, both derived by hand from
+the layer formula.
+"""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+import medclr.models
+from medclr.models import encoder as encoder_lib
+from medclr.models import heads
+from medclr.models import unet
+
+TINY = (8, 16, 32)
+UNET2D_32 = (32, 64, 128, 256, 512)
+
+
+def _tree_shapes(module: nnx.Module) -> dict:
+  return jax.tree.map(lambda a: a.shape,
+                      nnx.to_pure_dict(nnx.state(module, nnx.Param)))
+
+
+@pytest.mark.parametrize('norm', ['batch', 'group'])
+def test_encoder_returns_every_level_shallow_to_deep(norm):
+  model = encoder_lib.Encoder(3, TINY, norm, rngs=nnx.Rngs(0))
+  features = model(jnp.ones((2, 16, 16, 3)), train=True)
+  assert [f.shape for f in features] == [
+      (2, 16, 16, 8), (2, 8, 8, 16), (2, 4, 4, 32)]
+
+
+@pytest.mark.parametrize('norm', ['batch', 'group'])
+@pytest.mark.parametrize('num_classes', [1, 3])
+def test_unet_logits_have_input_resolution(norm, num_classes):
+  model = unet.UNet(1, TINY, norm, num_classes, rngs=nnx.Rngs(0))
+  logits = model(jnp.ones((2, 16, 24, 1)), train=False)
+  assert logits.shape == (2, 16, 24, num_classes)
+  assert logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize('norm', ['batch', 'group'])
+def test_contrastive_model_returns_projection_and_pooled_features(norm):
+  model = heads.ContrastiveModel(3, TINY, norm, hidden_dim=24, out_dim=12,
+                                 rngs=nnx.Rngs(0))
+  images = jax.random.uniform(jax.random.key(1), (4, 16, 16, 3))
+  z, h = model(images, train=False)
+  assert z.shape == (4, 12)
+  assert h.shape == (4, TINY[-1])
+  deepest = model.encoder(images, train=False)[-1]
+  np.testing.assert_allclose(h, deepest.mean(axis=(1, 2)), rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(z, model.projector(h), rtol=1e-5, atol=1e-6)
+
+
+def test_unet2d_32_forward_at_32px():
+  model = unet.UNet(3, UNET2D_32, 'batch', rngs=nnx.Rngs(0))
+  forward = nnx.jit(lambda m, x: m(x, train=False))
+  logits = forward(model, jnp.ones((1, 32, 32, 3)))
+  assert logits.shape == (1, 32, 32, 1)
+  assert bool(jnp.all(jnp.isfinite(logits)))
+
+
+@pytest.mark.parametrize('norm', ['batch', 'group'])
+def test_pretrain_and_unet_encoders_have_identical_param_trees(norm):
+  pretrain = heads.ContrastiveModel(3, TINY, norm, rngs=nnx.Rngs(0))
+  segment = unet.UNet(3, TINY, norm, num_classes=2, rngs=nnx.Rngs(1))
+  pretrain_tree = _tree_shapes(pretrain.encoder)
+  assert pretrain_tree == _tree_shapes(segment.encoder)
+  assert set(pretrain_tree) == {'level0', 'level1', 'level2'}
+  assert set(pretrain_tree['level0']) == {'conv0', 'norm0', 'conv1', 'norm1'}
+  # String keys only: Orbax would turn integer keys into strings on save.
+  paths = [path for path, _ in jax.tree_util.tree_leaves_with_path(
+      pretrain_tree, is_leaf=lambda x: isinstance(x, tuple))]
+  assert all(isinstance(key.key, str) for path in paths for key in path)
+
+
+def test_conv_bias_is_dropped_only_before_batch_norm():
+  batch = _tree_shapes(encoder_lib.Encoder(3, TINY, 'batch', rngs=nnx.Rngs(0)))
+  group = _tree_shapes(encoder_lib.Encoder(3, TINY, 'group', rngs=nnx.Rngs(0)))
+  assert set(batch['level1']['conv0']) == {'kernel'}
+  assert set(group['level1']['conv0']) == {'kernel', 'bias'}
+
+
+@pytest.mark.parametrize('channels, groups', [(8, 8), (32, 8), (4, 4), (12, 6),
+                                              (5, 5), (7, 7), (9, 3)])
+def test_group_norm_uses_largest_divisor_up_to_8(channels, groups):
+  assert encoder_lib.num_norm_groups(channels) == groups
+  layer = encoder_lib.make_norm(channels, 'group', dtype=None,
+                                rngs=nnx.Rngs(0))
+  assert layer.num_groups == groups
+
+
+def test_unknown_norm_is_rejected_with_its_name():
+  with pytest.raises(ValueError, match="'layer'"):
+    encoder_lib.Encoder(3, TINY, 'layer', rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="'instance'"):
+    unet.UNet(3, TINY, 'instance', rngs=nnx.Rngs(0))
+
+
+def test_unet_rejects_size_not_divisible_by_pooling():
+  model = unet.UNet(1, TINY, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r'divisible by 4.*\(1, 18, 16, 1\)'):
+    model(jnp.ones((1, 18, 16, 1)), train=False)
+
+
+def test_encoder_rejects_wrong_channel_count():
+  model = encoder_lib.Encoder(3, TINY, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r'3 channels.*\(1, 16, 16, 1\)'):
+    model(jnp.ones((1, 16, 16, 1)), train=False)
+
+
+def test_batch_norm_statistics_update_in_train_mode_only():
+  model = unet.UNet(1, TINY, 'batch', rngs=nnx.Rngs(0))
+  images = jax.random.uniform(jax.random.key(0), (2, 16, 16, 1))
+  initial = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+
+  model(images, train=False)
+  after_eval = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+  jax.tree.map(np.testing.assert_array_equal, initial, after_eval)
+
+  model(images, train=True)
+  after_train = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+  mean_before = initial['encoder']['level0']['norm0']['mean']
+  mean_after = after_train['encoder']['level0']['norm0']['mean']
+  assert not np.allclose(mean_before, mean_after)
+  # Momentum 0.9: new = 0.9 * old + 0.1 * batch mean, from old = 0.
+  conv_out = model.encoder.level0.conv0(images)
+  np.testing.assert_allclose(mean_after, 0.1 * conv_out.mean(axis=(0, 1, 2)),
+                             rtol=1e-4, atol=1e-6)
+
+
+def test_unet2d_32_encoder_param_count_matches_layer_formula():
+  abstract = nnx.eval_shape(
+      lambda: encoder_lib.Encoder(3, UNET2D_32, 'batch', rngs=nnx.Rngs(0)))
+  counted = sum(p.size for p in jax.tree.leaves(
+      nnx.to_pure_dict(nnx.state(abstract, nnx.Param))))
+  # Per level: two bias-free 3x3 convs (9 * c_in * c_out each) and two
+  # BatchNorms (scale + bias = 2 * c_out each).
+  expected = 0
+  c_in = 3
+  for c_out in UNET2D_32:
+    expected += 9 * c_in * c_out + 2 * c_out + 9 * c_out * c_out + 2 * c_out
+    c_in = c_out
+  assert expected == 4_714_208
+  assert counted == expected
+
+
+def _conv_layers(encoder, height, width):
+  """(kernel shape, output H, output W) of every conv, read from the model."""
+  params = nnx.to_pure_dict(nnx.state(encoder, nnx.Param))
+  layers = []
+  for index in range(len(encoder.widths)):
+    level = params[f'level{index}']
+    for conv in ('conv0', 'conv1'):
+      layers.append((level[conv]['kernel'].shape, height >> index,
+                     width >> index))
+  return layers
+
+
+def test_unet2d_32_encoder_forward_flops_at_128px():
+  """Forward FLOPs = 2 * MACs of the 3x3 convs (norm, ReLU, pool excluded).
+
+  The conventional count (every kernel tap of every output pixel, as
+  fvcore/ptflops count it) is what EVALUATION.md quotes as ~2.14 GFLOP.
+  XLA's own count skips the taps that fall on SAME zero padding, so it is
+  checked against that exact count instead.
+  """
+  encoder = nnx.eval_shape(
+      lambda: encoder_lib.Encoder(3, UNET2D_32, 'batch', rngs=nnx.Rngs(0)))
+  layers = _conv_layers(encoder, 128, 128)
+  conventional = sum(2 * h * w * int(np.prod(kernel))
+                     for kernel, h, w in layers)
+  assert conventional == pytest.approx(2.14e9, rel=0.05)
+  assert encoder_lib.encoder_forward_flops(3, UNET2D_32, 128, 128) == (
+      conventional)
+
+  # With zero padding, an output row/column on the border sees 2 of 3 taps:
+  # (3H - 2) in-image taps along H per output column, likewise along W.
+  padding_exact = sum(
+      2 * (3 * h - 2) * (3 * w - 2) * kernel[2] * kernel[3]
+      for kernel, h, w in layers)
+  graphdef, state = nnx.split(encoder)
+  lowered = jax.jit(
+      lambda s, x: nnx.merge(graphdef, s)(x, train=False)).lower(
+          state, jax.ShapeDtypeStruct((1, 128, 128, 3), jnp.float32))
+  xla_flops = lowered.cost_analysis()['flops']
+  # The small remainder is XLA counting BatchNorm/ReLU elementwise work.
+  assert xla_flops == pytest.approx(padding_exact, rel=0.02)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+  model = unet.UNet(1, TINY, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  features = model.encoder(jnp.ones((1, 16, 16, 1)), train=False)
+  assert features[0].dtype == jnp.bfloat16
+  assert model(jnp.ones((1, 16, 16, 1)), train=False).dtype == jnp.float32
+  params = jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  assert all(p.dtype == jnp.float32 for p in params)
+
+
+def test_unet_under_explicit_mesh_matches_single_device():
+  """Batch-sharded forward (train-mode BN uses global-batch statistics)."""
+  images = jax.random.uniform(jax.random.key(0), (8, 16, 16, 1))
+  reference = unet.UNet(1, TINY, rngs=nnx.Rngs(0))
+  expected = reference(images, train=True)
+  mesh = jax.make_mesh((8,), ('data',),
+                       axis_types=(jax.sharding.AxisType.Explicit,))
+  with jax.set_mesh(mesh):
+    model = unet.UNet(1, TINY, rngs=nnx.Rngs(0))
+    sharded = jax.device_put(images, jax.P('data'))
+    logits = nnx.jit(lambda m, x: m(x, train=True))(model, sharded)
+    assert logits.sharding.spec[0] == 'data'
+  np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_model_builders_read_config():
+  model_cfg = ml_collections.ConfigDict(dict(
+      medclr.models.MODEL_PRESETS['tiny'], in_channels=3, num_classes=2))
+  head_cfg = ml_collections.ConfigDict(dict(hidden_dim=20, out_dim=10))
+  segment = medclr.models.make_unet(model_cfg, nnx.Rngs(0))
+  pretrain = medclr.models.make_contrastive(model_cfg, head_cfg, nnx.Rngs(0))
+  assert segment(jnp.ones((1, 8, 8, 3)), train=False).shape == (1, 8, 8, 2)
+  assert pretrain(jnp.ones((2, 8, 8, 3)), train=False)[0].shape == (2, 10)
+  assert _tree_shapes(segment.encoder) == _tree_shapes(pretrain.encoder)
+
+
+def test_presets_define_the_documented_widths():
+  presets = medclr.models.MODEL_PRESETS
+  assert presets['unet2d-32']['widths'] == UNET2D_32
+  assert presets['unet2d-16']['widths'] == (16, 32, 64, 128, 256)
+  assert presets['tiny']['widths'] == TINY
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('widths', None, "missing required field 'widths'"),
+    ('widths', (8, 0), 'positive ints'),
+    ('norm', 'layer', "'layer'"),
+    ('dtype', 'float16', "'float16'"),
+])
+def test_model_kwargs_names_the_bad_field(field, value, message):
+  model_cfg = dict(widths=TINY, norm='batch', in_channels=1)
+  model_cfg[field] = value
+  with pytest.raises(ValueError, match=message):
+    medclr.models.model_kwargs(model_cfg)
