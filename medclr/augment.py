@@ -321,6 +321,15 @@ def _random_geometry(key: jax.Array, arrays: Sequence[jax.Array],
         dm_pix.rotate(a, angle, order=order, mode="constant", cval=0.0)
         for a, order in zip(arrays, orders)
     ]
+    if 0 in orders:
+      # Bilinear 'constant' in dm-pix treats source coordinates outside
+      # [0, size - 1] as outside, nearest (map_coordinates) only beyond
+      # [-0.5, size - 0.5]; zero the nearest-rotated arrays on that
+      # half-pixel band so weight 1 never marks a black padded image pixel.
+      ones = jnp.ones(arrays[0].shape[:2] + (1,), jnp.float32)
+      inside = dm_pix.rotate(ones, angle, order=1, mode="constant") > 0.5
+      arrays = [a if order else jnp.where(inside, a, 0.0)
+                for a, order in zip(arrays, orders)]
   return arrays
 
 
@@ -539,6 +548,13 @@ def _per_device(batch_fn: Callable[..., jax.Array | tuple[jax.Array, ...]],
     return batch_fn(key, *local_arrays)
 
   data = jax.P(axis_name)
+  axis_type = dict(zip(mesh.axis_names, mesh.axis_types))[axis_name]
+  if axis_type == jax.sharding.AxisType.Explicit:
+    # Explicit axes: shard_map requires the inputs' sharding types to equal
+    # in_specs (Auto axes are resharded by shard_map itself). A no-op when
+    # the caller already sharded the batch.
+    key = jax.reshard(key, jax.P())
+    arrays = [jax.reshard(a, data) for a in arrays]
   in_specs = (jax.P(),) + (data,) * len(arrays)
   out_specs = data if len(arrays) == 1 else (data,) * len(arrays)
   return jax.shard_map(local, in_specs=in_specs, out_specs=out_specs)(

@@ -31,7 +31,7 @@ def to_float(image: np.ndarray, in_channels: int) -> np.ndarray:
     raise ValueError(
         f"image must be (H, W), (H, W, 1) or (H, W, 3), got {image.shape}")
   if image.dtype == np.uint8:
-    image = image.astype(np.float32) * np.float32(1 / 255)
+    image = image.astype(np.float32) / np.float32(255)
   else:
     image = image.astype(np.float32)
   channels = image.shape[-1]
@@ -91,11 +91,12 @@ def _resize_window(image: np.ndarray, window: tuple[int, int, int, int],
   size = (out_size, out_size)
   if image.dtype == np.uint8:
     if image.shape[-1] == 1:
-      pil = Image.fromarray(image[..., 0]).resize(size, Image.Resampling.BILINEAR,
-                                                  box=box)
-      return np.asarray(pil, np.float32)[..., None] * np.float32(1 / 255)
-    pil = Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, box=box)
-    return np.asarray(pil, np.float32) * np.float32(1 / 255)
+      pil = Image.fromarray(image[..., 0]).resize(
+          size, Image.Resampling.BILINEAR, box=box)
+      return np.asarray(pil, np.float32)[..., None] / np.float32(255)
+    pil = Image.fromarray(image).resize(
+        size, Image.Resampling.BILINEAR, box=box)
+    return np.asarray(pil, np.float32) / np.float32(255)
   # Pillow has no multi-channel float mode: resize each channel as mode 'F'.
   channels = [
       np.asarray(

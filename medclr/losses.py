@@ -112,7 +112,7 @@ def nt_xent_local(
   is_self = jnp.arange(2 * global_n)[None, :] == self_index[:, None]
   logits = jnp.where(is_self, -jnp.inf, logits)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, positive)
-  return jax.lax.psum(jnp.sum(losses), axis_name) / (2 * global_n)
+  return jax.lax.pmean(jnp.mean(losses), axis_name)
 
 
 def nt_xent(

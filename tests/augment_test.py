@@ -197,15 +197,15 @@ def test_strength_zero_is_identity_for_simclr_strong(channels):
 def test_jitter_change_grows_with_strength():
   images = _images()
   changes = []
-  for strength in (0.25, 0.5, 1.0, 1.5):
+  for strength in (0.5, 1.0):
     scaled = augment.get_spec("simclr_strong", strength)
     # Isolate the jitter: the same key then draws the same uniforms, scaled.
     spec = dataclasses.replace(JITTER_ONLY, jitter=scaled.jitter,
                                jitter_p=scaled.jitter_p)
     out = _augment_batch(jax.random.key(0), images, spec)
     changes.append(float(jnp.abs(out - images).mean()))
-  assert changes == sorted(changes), changes
-  assert changes[-1] > 2 * changes[0], changes
+  # Strength 0 is the identity (tested above); the change then grows.
+  assert 0 < changes[0] < changes[1], changes
 
 
 def test_grayscale_images_skip_colour_only_ops():
@@ -218,9 +218,9 @@ def test_grayscale_images_skip_colour_only_ops():
 
 def test_output_is_gradient_stopped():
   image = _images(batch=1)[0]
-  spec = augment.get_spec("simclr_strong")
-  grad = jax.grad(lambda x: augment.augment_view(jax.random.key(0), x, spec)
-                  .sum())(image)
+  spec = augment.get_spec("chaitanya_global")
+  total = lambda x: augment.augment_view(jax.random.key(0), x, spec).sum()
+  grad = jax.jit(jax.grad(total))(image)
   np.testing.assert_array_equal(grad, jnp.zeros_like(image))
 
 
@@ -270,14 +270,14 @@ def test_segmentation_geometry_keeps_image_mask_and_weight_aligned():
   assert mismatch.sum() / valid.sum() < 0.02
   # Weight 0 exactly where the constant channel was rotated in as padding.
   real = np.asarray(out_images[..., 1]) > 0.5
-  assert np.mean(real != valid) < 0.02
+  np.testing.assert_array_equal(real, valid)
   assert np.all(np.asarray(out_masks)[~valid] == 0)
 
 
 def test_segmentation_image_matches_augment_view_for_same_key():
   image = _images(batch=1)[0]
   spec = dataclasses.replace(augment.get_spec("basic_medical"), rot90=True,
-                             jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8,
+                             jitter=(0.4, 0.4, 0.0, 0.0), jitter_p=0.8,
                              blur_p=0.5)
   mask = jnp.asarray(_l_shape())
   weight = jnp.ones((SIZE, SIZE), jnp.float32)
@@ -326,14 +326,14 @@ def test_sharded_augment_on_8_devices_equals_per_shard_augment_batch():
   same = jnp.broadcast_to(images[:2], (8, 2) + images.shape[1:]).reshape(
       images.shape)
   with jax.set_mesh(mesh):
-    out_same = _sharded_augment(key, same, spec, "data")
-  assert float(jnp.abs(out_same[:2] - out_same[2:4]).max()) > 0.01
+    out_same = np.asarray(_sharded_augment(key, same, spec, "data"))
+  assert np.abs(out_same[:2] - out_same[2:4]).max() > 0.01
 
 
 def test_sharded_augment_on_1_device_equals_folded_augment_batch():
   mesh = _mesh(1)
   key = jax.random.key(7)
-  spec = augment.get_spec("mocov2")
+  spec = augment.get_spec("simclr_strong")
   images = _images()
   with jax.set_mesh(mesh):
     out = _sharded_augment(key, images, spec, "data")
@@ -357,7 +357,7 @@ def test_sharded_augment_rejects_bad_axis_and_batch():
 def test_two_views_use_independent_keys():
   mesh = _mesh(8)
   images = _images()
-  spec = augment.get_spec("simclr_strong")
+  spec = augment.get_spec("basic_medical")
   with jax.set_mesh(mesh):
     sharded = jax.device_put(images, jax.NamedSharding(mesh, jax.P("data")))
     view1, view2 = _two_views(jax.random.key(0), sharded, sharded, spec,
@@ -384,4 +384,4 @@ def test_sharded_segmentation_on_8_devices_equals_per_shard():
         jax.random.fold_in(key, d), images[local], masks[local],
         weights[local], GEOMETRY_ONLY)
     for got, want in zip(out, expected):
-      np.testing.assert_allclose(got[local], want, atol=1e-5)
+      np.testing.assert_allclose(np.asarray(got)[local], want, atol=1e-5)

@@ -204,12 +204,11 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
 def test_unet_under_explicit_mesh_matches_single_device():
   """Batch-sharded forward (train-mode BN uses global-batch statistics)."""
   images = jax.random.uniform(jax.random.key(0), (8, 16, 16, 1))
-  reference = unet.UNet(1, TINY, rngs=nnx.Rngs(0))
-  expected = reference(images, train=True)
+  model = unet.UNet(1, TINY, rngs=nnx.Rngs(0))
+  expected = nnx.clone(model)(images, train=True)
   mesh = jax.make_mesh((8,), ('data',),
                        axis_types=(jax.sharding.AxisType.Explicit,))
   with jax.set_mesh(mesh):
-    model = unet.UNet(1, TINY, rngs=nnx.Rngs(0))
     sharded = jax.device_put(images, jax.P('data'))
     logits = nnx.jit(lambda m, x: m(x, train=True))(model, sharded)
     assert logits.sharding.spec[0] == 'data'

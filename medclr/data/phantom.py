@@ -101,7 +101,8 @@ def _coverage(size: int, centres: np.ndarray, widths: np.ndarray) -> np.ndarray:
   return coverage.reshape(size, size)
 
 
-def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+def _smooth_field(rng: np.random.Generator, size: int,
+                  cells: int) -> np.ndarray:
   """Low-frequency random field in about [-1, 1] by bilinear grid upsampling."""
   grid = rng.uniform(-1, 1, (cells + 1, cells + 1))
   coords = np.linspace(0, cells, size)

@@ -45,6 +45,11 @@ def _builder(data_dir: pathlib.Path | str, name: str):
       str(tfds_builder.dataset_dir(data_dir, name)))
 
 
+def is_prepared(data_dir: pathlib.Path | str, name: str) -> bool:
+  """True if set `name` was completely written into `data_dir`."""
+  return tfds_builder.dataset_exists(data_dir, name)
+
+
 def available_datasets(data_dir: pathlib.Path | str) -> list[str]:
   """Names of the sets completely prepared in `data_dir`."""
   root = pathlib.Path(data_dir).expanduser() / tfds_builder.BUILDER_NAME
