@@ -8,13 +8,10 @@ import os
 
 import ml_collections
 
-# unet2d-32 is the canonical model of EVALUATION.md section 2.
-MODEL_PRESETS = {
-    "unet2d-32": {"widths": (32, 64, 128, 256, 512), "norm": "batch"},
-    "unet2d-16": {"widths": (16, 32, 64, 128, 256), "norm": "batch"},
-    "small": {"widths": (16, 32, 64, 128), "norm": "batch"},
-    "tiny": {"widths": (8, 16, 32), "norm": "batch"},
-}
+from medclr import models
+
+# Named model sizes live with the models (unet2d-32 is EVALUATION.md's).
+MODEL_PRESETS = models.MODEL_PRESETS
 
 
 def parse_arg(arg, **defaults):

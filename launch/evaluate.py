@@ -17,6 +17,8 @@ _SPLIT = flags.DEFINE_string("split", None, "split to evaluate (config's "
 _STEP = flags.DEFINE_integer("step", None, "checkpoint step (latest if unset)")
 _OUT = flags.DEFINE_string("out_dir", None, "default <workdir>/eval")
 flags.mark_flags_as_required(["workdir"])
+SHOWN = ("dice", "iou", "auc_roc", "sensitivity", "specificity", "accuracy",
+         "mean_dice", "mean_iou")
 
 
 def main(argv):
@@ -27,7 +29,8 @@ def main(argv):
                                 out_dir=_OUT.value, step=_STEP.value))
   print(f"{result['dataset']}/{result['split']}: {result['num_images']} images,"
         f" checkpoint step {result['step']}")
-  print(metrics.format_table({"test": result["summary"]}))
+  shown = {k: v for k, v in result["summary"].items() if k in SHOWN}
+  print(metrics.format_table({result["split"]: shown}))
 
 
 if __name__ == "__main__":

@@ -385,8 +385,12 @@ def _color_jitter(key: jax.Array, image: jax.Array,
   ops = _jitter_ops(k_ops, image.shape[-1], spec)
   if spec.jitter_random_order and len(ops) > 1:
     order = jax.random.permutation(k_order, len(ops))
-    for step in range(len(ops)):
-      image = jnp.clip(jax.lax.switch(order[step], ops, image), 0.0, 1.0)
+
+    def apply_step(step, image):
+      return jnp.clip(jax.lax.switch(order[step], ops, image), 0.0, 1.0)
+
+    # A loop traces the ops once instead of once per step: 4x smaller graph.
+    image = jax.lax.fori_loop(0, len(ops), apply_step, image)
   else:
     for op in ops:
       image = jnp.clip(op(image), 0.0, 1.0)

@@ -118,6 +118,7 @@ def saved_tree_shapes(workdir, step=None):
   """{path: shape} tree of the saved train state, read from its metadata."""
   state_dir, step = _latest_state_dir(workdir, step)
   metadata = ocp.PyTreeCheckpointer().metadata(state_dir)
+  metadata = getattr(metadata, "item_metadata", metadata)
   tree = getattr(metadata, "tree", metadata)
   return jax.tree.map(lambda m: tuple(m.shape), tree), step
 

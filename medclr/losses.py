@@ -112,7 +112,7 @@ def nt_xent_local(
   is_self = jnp.arange(2 * global_n)[None, :] == self_index[:, None]
   logits = jnp.where(is_self, -jnp.inf, logits)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, positive)
-  return jax.lax.pmean(jnp.mean(losses), axis_name)
+  return jax.lax.psum(jnp.sum(losses), axis_name) / (2 * global_n)
 
 
 def nt_xent(
@@ -125,9 +125,12 @@ def nt_xent(
 
   Call it on global arrays inside a jitted step under `jax.set_mesh(mesh)`;
   it runs `nt_xent_local` per device with `jax.shard_map` (batch split over
-  `axis_name`, scalar replicated). Without an ambient mesh, or when the mesh
-  has no `axis_name` axis, there is nothing to split and it computes
-  `nt_xent_reference` on the global arrays (same value).
+  `axis_name`, scalar replicated). Inputs sharded otherwise (e.g. replicated)
+  are resharded first. Inside a `shard_map` over `axis_name` (the axis is
+  Manual) it calls `nt_xent_local` on the local rows directly. Without an
+  ambient mesh, or when the mesh has no `axis_name` axis, there is nothing to
+  split and it computes `nt_xent_reference` on the global arrays (same
+  value).
 
   Args:
     z1: first-view projections, (N, dim), batch-sharded over `axis_name`.
@@ -145,11 +148,20 @@ def nt_xent(
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or axis_name not in mesh.axis_names:
     return nt_xent_reference(z1, z2, temperature)
+  axis_type = mesh.axis_types[mesh.axis_names.index(axis_name)]
+  if axis_type == jax.sharding.AxisType.Manual:
+    # Already inside a shard_map over `axis_name`: z1, z2 are the local rows.
+    return nt_xent_local(z1, z2, temperature, axis_name)
   num_shards = mesh.shape[axis_name]
   if z1.shape[0] % num_shards:
     raise ValueError(
         f'NT-Xent batch {z1.shape[0]} is not divisible by the {num_shards} '
         f'devices of mesh axis {axis_name!r}')
+  if axis_type == jax.sharding.AxisType.Explicit:
+    # An Explicit-mode shard_map refuses inputs whose sharding differs from
+    # in_specs (e.g. replicated projections); move them to the batch split.
+    z1 = jax.sharding.reshard(z1, jax.P(axis_name))
+    z2 = jax.sharding.reshard(z2, jax.P(axis_name))
   local_loss = jax.shard_map(
       lambda a, b: nt_xent_local(a, b, temperature, axis_name),
       in_specs=(jax.P(axis_name), jax.P(axis_name)),

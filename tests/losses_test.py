@@ -110,6 +110,38 @@ def test_sharded_loss_and_grads_equal_single_device_reference(num_devices):
   assert local_matches == (num_devices == 1)
 
 
+@pytest.mark.parametrize('axis_type', [jax.sharding.AxisType.Explicit,
+                                       jax.sharding.AxisType.Auto])
+def test_nt_xent_reshards_unsplit_projections(axis_type):
+  """Replicated inputs (not P('data')) still give the reference gradients."""
+  z = jax.random.normal(jax.random.key(2), (GLOBAL_BATCH, DIM_OUT))
+
+  def split_loss(loss_fn):
+    return lambda z: loss_fn(z[:8], z[8:], TEMPERATURE)
+
+  expected_loss, expected_grad = jax.value_and_grad(
+      split_loss(losses.nt_xent_reference))(z)
+  mesh = jax.make_mesh((8,), ('data',), axis_types=(axis_type,))
+  with jax.set_mesh(mesh):
+    loss, grad = jax.jit(jax.value_and_grad(split_loss(losses.nt_xent)))(z)
+  np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
+  np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_nt_xent_inside_shard_map_uses_local_rows():
+  key1, key2 = jax.random.split(jax.random.key(4))
+  z1 = jax.random.normal(key1, (GLOBAL_BATCH, DIM_OUT))
+  z2 = jax.random.normal(key2, (GLOBAL_BATCH, DIM_OUT))
+  with jax.set_mesh(_mesh(8)):
+    per_device = jax.shard_map(
+        lambda a, b: losses.nt_xent(a, b, TEMPERATURE),
+        in_specs=(jax.P('data'), jax.P('data')), out_specs=jax.P())
+    loss = jax.jit(per_device)(jax.device_put(z1, jax.P('data')),
+                               jax.device_put(z2, jax.P('data')))
+  np.testing.assert_allclose(
+      loss, losses.nt_xent_reference(z1, z2, TEMPERATURE), rtol=1e-5)
+
+
 def test_nt_xent_without_mesh_equals_reference():
   key1, key2 = jax.random.split(jax.random.key(3))
   z1 = jax.random.normal(key1, (4, 8))

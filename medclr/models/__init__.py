@@ -13,6 +13,7 @@ from typing import Any
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     'unet2d-32': dict(widths=(32, 64, 128, 256, 512), norm='batch'),
     'unet2d-16': dict(widths=(16, 32, 64, 128, 256), norm='batch'),
+    'small': dict(widths=(16, 32, 64, 128), norm='batch'),
     'tiny': dict(widths=(8, 16, 32), norm='batch'),
 }
 
@@ -20,7 +21,7 @@ _DTYPES = ('float32', 'bfloat16')
 
 
 def _read(cfg: Any, key: str, default: Any = None, *, section: str) -> Any:
-  """Reads `key` from a ConfigDict or mapping; raises naming the key if absent."""
+  """Reads `key` from a ConfigDict or mapping; raises naming it if absent."""
   value = cfg.get(key, default)
   if value is None:
     raise ValueError(f'{section} config is missing required field {key!r}')

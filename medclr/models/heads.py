@@ -47,7 +47,7 @@ class ProjectionHead(nnx.Module):
 
 
 class ContrastiveModel(nnx.Module):
-  """Encoder + global average pool + `ProjectionHead`, for SimCLR pretraining."""
+  """Encoder + global average pool + `ProjectionHead`, for SimCLR."""
 
   def __init__(
       self,
