@@ -50,7 +50,7 @@ def get_config(arg=None):
   if args.quick:
     config.model = common.model_config("unet2d-16")
     config.data.crop_size = 96
-    config.num_steps = 400
+    config.num_steps = 1000
   if args.demo:  # make quickstart: a few minutes on 2 CPU cores
     config.data.dataset = "phantom"
     config.data.crop_size = 64

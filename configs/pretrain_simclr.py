@@ -16,7 +16,7 @@ from configs import common
 def get_config(arg=None):
   """SimCLR config; see the module docstring for `arg`."""
   args = common.parse_arg(arg, smoke=False, quick=False, demo=False,
-                          preset="simclr_strong")
+                          preset="")
   config = ml_collections.ConfigDict()
   config.method = "simclr"
   config.data = ml_collections.ConfigDict({
@@ -28,7 +28,7 @@ def get_config(arg=None):
       "worker_count": 0,
   })
   config.augment = ml_collections.ConfigDict(
-      {"preset": args.preset, "strength": 1.0})
+      {"preset": args.preset or "simclr_strong", "strength": 1.0})
   config.model = common.model_config("unet2d-32")
   # Canonical head: GAP -> Dense 512 -> ReLU -> Dense 128 (EVALUATION.md 2).
   config.head = ml_collections.ConfigDict({"hidden_dim": 512, "out_dim": 128})
@@ -45,8 +45,8 @@ def get_config(arg=None):
     config.data.image_size = 96
     config.model = common.model_config("unet2d-16")
     config.batch_size = 32
-    config.num_steps = 300
-    config.optim.warmup_steps = 30
+    config.num_steps = 500
+    config.optim.warmup_steps = 50
     config.log_every = 10
     config.checkpoint_every = 100
   if args.demo:  # make quickstart: a few minutes on 2 CPU cores
@@ -59,6 +59,9 @@ def get_config(arg=None):
     config.num_steps = 150
     config.optim.warmup_steps = 15
     config.checkpoint_every = 50
+    # On the phantom, strong SimCLR views are indistinguishable across images
+    # and the embedding collapses (watch embedding_std); basic views learn.
+    config.augment.preset = args.preset or "basic_medical"
   if args.smoke:
     config.data.sources = "phantom:train"
     config.data.image_size = 32

@@ -74,7 +74,7 @@ def make_pretrain_step(graphdef, tx, lr_fn, spec, temperature, seed):
     (loss, (batch_stats, z_std)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state["params"], state["batch_stats"])
     metrics = {"loss": loss, "embedding_std": z_std, "lr": lr_fn(state["step"]),
-               "grad_norm": optax.global_norm(grads)}
+               "grad_norm": optax.tree.norm(grads)}
     return _apply_update(state, grads, batch_stats, tx), metrics
 
   return step
@@ -101,7 +101,7 @@ def make_finetune_step(graphdef, tx, lr_fn, spec, seed):
     (loss, batch_stats), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state["params"], state["batch_stats"])
     metrics = {"loss": loss, "lr": lr_fn(state["step"]),
-               "grad_norm": optax.global_norm(grads)}
+               "grad_norm": optax.tree.norm(grads)}
     return _apply_update(state, grads, batch_stats, tx), metrics
 
   return step

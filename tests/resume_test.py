@@ -20,7 +20,8 @@ from medclr import pretrain
 def _params(workdir, step):
   shapes, _ = checkpointing.saved_tree_shapes(workdir, step)
   abstract = jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s, np.float32), shapes["params"])
+      lambda s: jax.ShapeDtypeStruct(s, np.float32), shapes["params"],
+      is_leaf=lambda s: isinstance(s, tuple))
   restored, _ = checkpointing.restore_subtrees(workdir, {"params": abstract},
                                                step)
   return jax.device_get(restored["params"])

@@ -1,0 +1,1 @@
+"""medclr benchmarks and studies, run as `python -m benchmarks.<name>`; see README.md."""
