@@ -155,6 +155,10 @@ def machine_info():
       "monai": _version("monai"),
       # Optimisation attempts are often XLA flags: keep them with the result.
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      # Other work on the machine distorts timings, PyTorch's most of all
+      # (its OpenMP barriers stall when a thread is descheduled): keep the
+      # load with the result so a disturbed run can be recognised.
+      "load_avg_1m_5m_15m": [round(x, 2) for x in os.getloadavg()],
   }
 
 

@@ -122,6 +122,57 @@ def nt_xent(z1, z2, temperature):
   return F.cross_entropy(logits, positive)
 
 
+def _copy(target, array):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  with torch.no_grad():
+    target.copy_(torch.from_numpy(np.array(array, dtype=np.float32)))
+
+
+def _load_conv_block(block, params, stats):
+  """medclr ConvBlock (conv0, norm0, conv1, norm1) -> ConvBlock here."""
+  for conv, norm, suffix in ((block[0], block[1], "0"), (block[3], block[4],
+                                                          "1")):
+    # Flax HWIO kernels -> PyTorch OIHW.
+    _copy(conv.weight, params["conv" + suffix]["kernel"].transpose(3, 2, 0, 1))
+    _copy(norm.weight, params["norm" + suffix]["scale"])
+    _copy(norm.bias, params["norm" + suffix]["bias"])
+    _copy(norm.running_mean, stats["norm" + suffix]["mean"])
+    _copy(norm.running_var, stats["norm" + suffix]["var"])
+
+
+def load_medclr_weights(model, params, batch_stats):
+  """Copies a medclr model's pure-dict weights into the peer `model`.
+
+  Makes the two frameworks compute the same function, which is how the tests
+  check that the peer is layer-for-layer the same model.
+
+  Args:
+    model: a `ContrastiveModel` or `UNet` of this module.
+    params: `nnx.to_pure_dict` params of the matching medclr model (numpy).
+    batch_stats: its BatchNorm running statistics (numpy).
+  """
+  for index, level in enumerate(model.encoder.levels):
+    _load_conv_block(level, params["encoder"][f"level{index}"],
+                     batch_stats["encoder"][f"level{index}"])
+  if isinstance(model, ContrastiveModel):
+    for layer, name in ((model.projector[0], "hidden"),
+                        (model.projector[2], "output")):
+      _copy(layer.weight, params["projector"][name]["kernel"].T)
+      _copy(layer.bias, params["projector"][name]["bias"])
+    return
+  for index, (upconv, block) in enumerate(zip(model.upconvs, model.blocks)):
+    level = params["decoder"][f"level{index}"]
+    # PyTorch's transposed conv is the adjoint of its conv, which correlates
+    # with the spatially flipped kernel of lax.conv_transpose.
+    kernel = level["upconv"]["kernel"][::-1, ::-1]
+    _copy(upconv.weight, kernel.transpose(2, 3, 0, 1))
+    _copy(upconv.bias, level["upconv"]["bias"])
+    _load_conv_block(block, level["block"],
+                     batch_stats["decoder"][f"level{index}"]["block"])
+  _copy(model.head.weight, params["head"]["kernel"].transpose(3, 2, 0, 1))
+  _copy(model.head.bias, params["head"]["bias"])
+
+
 def autocast(precision):
   """The context a PyTorch user wraps the forward pass in for `precision`."""
   if precision == "bfloat16":

@@ -505,22 +505,37 @@ def augment_segmentation(
 # ---------------------------------------------------------------------------
 
 
-def augment_batch(key: jax.Array, images: jax.Array,
-                  spec: AugmentSpec) -> jax.Array:
-  """`augment_view` on each image of a (B, H, W, C) batch, independent keys."""
+def example_keys(key: jax.Array, batch: int, offset=0) -> jax.Array:
+  """One key per example: fold_in(key, global example index).
+
+  Keying by the example's index in the global batch (not by device) makes
+  the augmentation independent of how many devices share the batch, so a run
+  on 1 device and on 8 draws exactly the same views.
+  """
+  index = offset + jnp.arange(batch)
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
+
+
+def augment_batch(key: jax.Array, images: jax.Array, spec: AugmentSpec,
+                  offset=0) -> jax.Array:
+  """`augment_view` on each image of a (B, H, W, C) batch.
+
+  Image i uses `fold_in(key, offset + i)`; `offset` is the index of the first
+  image in the global batch (see `example_keys`).
+  """
   if images.ndim != 4:
     raise ValueError(f"images must be (B, H, W, C), got shape {images.shape}")
-  keys = jax.random.split(key, images.shape[0])
+  keys = example_keys(key, images.shape[0], offset)
   return jax.vmap(functools.partial(augment_view, spec=spec))(keys, images)
 
 
 def augment_segmentation_batch(
     key: jax.Array, images: jax.Array, masks: jax.Array, weights: jax.Array,
-    spec: AugmentSpec) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """`augment_segmentation` on each example of a batch, independent keys."""
+    spec: AugmentSpec, offset=0) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`augment_segmentation` on each example of a batch, keyed as above."""
   if images.ndim != 4:
     raise ValueError(f"images must be (B, H, W, C), got shape {images.shape}")
-  keys = jax.random.split(key, images.shape[0])
+  keys = example_keys(key, images.shape[0], offset)
   return jax.vmap(functools.partial(augment_segmentation, spec=spec))(
       keys, images, masks, weights)
 
@@ -528,16 +543,15 @@ def augment_segmentation_batch(
 def _per_device(batch_fn: Callable[..., jax.Array | tuple[jax.Array, ...]],
                 key: jax.Array, arrays: Sequence[jax.Array],
                 axis_name: str):
-  """Runs batch_fn(device_key, *local_arrays) on each shard of `axis_name`.
+  """Runs batch_fn(key, *local_arrays, offset=...) on each shard.
 
-  The device key is fold_in(key, axis_index): a deterministic function of
-  the key and the device layout. Without an ambient mesh this is the
-  one-device case (fold_in(key, 0) on the whole batch), so results do not
-  depend on whether a trivial mesh was set.
+  `offset` is the global index of the shard's first example, so every
+  example gets the same key whatever the number of devices; without an
+  ambient mesh the whole batch is one shard at offset 0.
   """
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
-    return batch_fn(jax.random.fold_in(key, 0), *arrays)
+    return batch_fn(key, *arrays, offset=0)
   if axis_name not in mesh.axis_names:
     raise ValueError(f"axis_name {axis_name!r} is not an axis of the ambient "
                      f"mesh {mesh.axis_names}")
@@ -548,8 +562,8 @@ def _per_device(batch_fn: Callable[..., jax.Array | tuple[jax.Array, ...]],
                      f"{num_shards} devices on mesh axis {axis_name!r}")
 
   def local(key, *local_arrays):
-    key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-    return batch_fn(key, *local_arrays)
+    offset = jax.lax.axis_index(axis_name) * local_arrays[0].shape[0]
+    return batch_fn(key, *local_arrays, offset=offset)
 
   data = jax.P(axis_name)
   axis_type = dict(zip(mesh.axis_names, mesh.axis_types))[axis_name]
@@ -569,9 +583,10 @@ def sharded_augment(key: jax.Array, images: jax.Array, spec: AugmentSpec,
                     axis_name: str = "data") -> jax.Array:
   """Augments a batch sharded over `axis_name` of the ambient mesh.
 
-  Each device runs `augment_batch(fold_in(key, axis_index), local_images)`
-  inside `jax.shard_map`, so it works under an Explicit mesh (where vmapping
-  dm-pix over a sharded batch fails) and never moves images across devices.
+  Each device augments its own images inside `jax.shard_map`, so it works
+  under an Explicit mesh (where vmapping dm-pix over a sharded batch fails)
+  and never moves images across devices. Keys follow the global example
+  index, so the result equals `augment_batch(key, images)` on one device.
 
   Args:
     key: PRNG key, replicated.

@@ -52,10 +52,11 @@ def _mesh(num_devices: int):
 
 
 def _per_shard_reference(key, images, spec, num_devices):
-  """What sharded_augment must equal: augment_batch per shard, folded key."""
+  """What sharded_augment must equal: each shard keyed by global index."""
   shards = np.split(np.asarray(images), num_devices)
+  local = len(shards[0])
   return np.concatenate([
-      _augment_batch(jax.random.fold_in(key, d), shard, spec)
+      augment.augment_batch(key, shard, spec, offset=d * local)
       for d, shard in enumerate(shards)
   ])
 
@@ -322,6 +323,9 @@ def test_sharded_augment_on_8_devices_equals_per_shard_augment_batch():
   assert len(out.addressable_shards) == 8
   expected = _per_shard_reference(key, images, spec, 8)
   np.testing.assert_allclose(out, expected, atol=1e-5)
+  # Device-count invariance: 8 devices give the 1-device (no mesh) result.
+  np.testing.assert_allclose(
+      out, augment.augment_batch(key, images, spec), atol=1e-5)
   # Devices draw different augmentations for identical local inputs.
   same = jnp.broadcast_to(images[:2], (8, 2) + images.shape[1:]).reshape(
       images.shape)
@@ -380,8 +384,8 @@ def test_sharded_segmentation_on_8_devices_equals_per_shard():
     assert array.sharding.spec[0] == "data"
   for d in range(8):
     local = slice(d, d + 1)
-    expected = _augment_segmentation_batch(
-        jax.random.fold_in(key, d), images[local], masks[local],
-        weights[local], GEOMETRY_ONLY)
+    expected = augment.augment_segmentation_batch(
+        key, images[local], masks[local], weights[local], GEOMETRY_ONLY,
+        offset=d)
     for got, want in zip(out, expected):
       np.testing.assert_allclose(np.asarray(got)[local], want, atol=1e-5)

@@ -1,13 +1,17 @@
 """Grain input pipelines for pretraining (two views) and fine-tuning (patches).
 
-Both pipelines follow the same order, chosen for determinism and resumability:
-  source(s) -> this process's slice -> shuffle (new order every epoch) ->
-  repeat -> per-example random crops -> to_iter_dataset -> batch
-  [-> multiprocess prefetch]
-Slicing happens on the finite dataset, before shuffle/repeat, so the JAX
-processes read disjoint images. Random crops draw from a generator that Grain
-derives from the pipeline seed and the element index, so a restored iterator
-state reproduces the exact same batches.
+Both pipelines follow the same order, chosen for determinism, resumability
+and independence from the number of hosts:
+  source(s) -> shuffle (new order every epoch) -> repeat -> per-example random
+  crops -> batch(local_batch) -> this process's batches [p::P] ->
+  to_iter_dataset [-> multiprocess prefetch]
+Every process defines the same global example stream; global batch b is the
+local batches b*P .. b*P+P-1, one per process, in process order, which is
+also the order in which `jax.make_array_from_process_local_data` lays them
+out. Random crops draw from a generator that Grain derives from the seed and
+the global element index. So 1 process with 8 devices and 2 processes with 4
+each see exactly the same global batches, and a restored iterator state
+reproduces the exact same batches.
 """
 import os
 import pathlib
@@ -109,36 +113,27 @@ class _CachedRecords:
     return state
 
 
-def _process_seed(seed: int, process_index: int) -> int:
-  """Distinct per-process seed in [0, 2**32) so crops are not correlated."""
-  return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
-
-
-def _slice_for_process(dataset: grain.MapDataset, process_index: int,
-                       process_count: int) -> grain.MapDataset:
+def _check_process(process_index: int, process_count: int) -> None:
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, "
                      f"{process_count})")
-  if len(dataset) < process_count:
-    # Too few images to give each process its own: every process uses all of
-    # them (with its own seed) rather than some processes getting nothing.
-    return dataset
-  return dataset[process_index::process_count]
 
 
-def _finish(dataset: grain.MapDataset, local_batch: int,
-            worker_count: int) -> grain.IterDataset:
-  """Shared tail: to iterator, batch, optional worker processes."""
+def _finish(dataset: grain.MapDataset, local_batch: int, process_index: int,
+            process_count: int, worker_count: int) -> grain.IterDataset:
+  """Shared tail: batch, this process's share, iterator, optional workers."""
   if local_batch < 1:
     raise ValueError(f"local_batch must be >= 1, got {local_batch}")
-  # Batching after to_iter_dataset lets the reader threads decode and crop
-  # single examples in parallel. Prefetch a couple of batches' worth; Grain's
-  # default buffer (500 elements) would hold hundreds of MB of float crops.
+  _check_process(process_index, process_count)
+  dataset = dataset.batch(local_batch, drop_remainder=True)
+  dataset = dataset[process_index::process_count]
+  # Reader threads build whole local batches in parallel. Two in flight keep
+  # the device fed; Grain's default buffer (500 elements) would hold hundreds
+  # of MB of float crops.
   read_options = grain.ReadOptions(
       num_threads=max(1, min(8, os.cpu_count() or 1)),
-      prefetch_buffer_size=2 * local_batch)
-  iter_ds = dataset.to_iter_dataset(read_options).batch(
-      local_batch, drop_remainder=True)
+      prefetch_buffer_size=2)
+  iter_ds = dataset.to_iter_dataset(read_options)
   if worker_count > 0:
     if not flags.FLAGS.is_parsed():
       # Grain's workers read absl flags; outside an absl app (notebooks,
@@ -178,11 +173,11 @@ def pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
               for s in sources_lib.open_sources(data_dir, sources)]
   dataset = (datasets[0] if len(datasets) == 1 else
              grain.MapDataset.concatenate(datasets))
-  dataset = _slice_for_process(dataset, process_index, process_count)
   dataset = (
-      dataset.seed(_process_seed(seed, process_index)).shuffle().repeat()
+      dataset.seed(seed).shuffle().repeat()
       .random_map(_TwoViews(image_size, in_channels, area, aspect)))
-  return _finish(dataset, local_batch, worker_count)
+  return _finish(dataset, local_batch, process_index, process_count,
+                 worker_count)
 
 
 def finetune_dataset(data_dir: pathlib.Path | str, name: str, split: str, *,
@@ -219,11 +214,11 @@ def finetune_dataset(data_dir: pathlib.Path | str, name: str, split: str, *,
         f"record indices {bad[:5]} out of range for {name}:{split} "
         f"({len(source)} records)")
   dataset = grain.MapDataset.source(_CachedRecords(source, indices))
-  dataset = _slice_for_process(dataset, process_index, process_count)
   dataset = (
-      dataset.seed(_process_seed(seed, process_index)).shuffle().repeat()
+      dataset.seed(seed).shuffle().repeat()
       .random_map(_LabeledPatch(crop_size, in_channels)))
-  return _finish(dataset, local_batch, worker_count)
+  return _finish(dataset, local_batch, process_index, process_count,
+                 worker_count)
 
 
 def choose_labeled(source: Sequence[dict[str, Any]], num_labeled: int,

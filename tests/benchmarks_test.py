@@ -1,0 +1,228 @@
+"""The benchmarks run end to end at toy sizes and report sane, complete JSON.
+
+Each benchmark's `main` runs in this process (conftest's 8 CPU devices) with
+tiny images and widths, writing to a temporary results file. Nothing here
+asserts on timings: only that rates are positive and finite, that records
+hold the documented keys, and that equality checks hold. The PyTorch parts
+need the `bench` extra and are skipped with a reason when torch is absent;
+the peer-identity tests check that the PyTorch peer computes the same
+function as medclr's models once given the same weights.
+"""
+import importlib.util
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from benchmarks import common
+from benchmarks import inference
+from benchmarks import input_pipeline
+from benchmarks import pretrain_step
+from benchmarks import scaling
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+NEEDS_TORCH = pytest.mark.skipif(
+    not HAS_TORCH, reason="torch not installed: pip install torch==2.13.0 "
+    "(the bench extra) to test the PyTorch peer")
+TINY = ["--widths=4,8", "--hidden_dim=16", "--out_dim=8"]
+
+
+def _positive(value):
+  return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def _last_json_line(capsys):
+  lines = capsys.readouterr().out.strip().splitlines()
+  return json.loads(lines[-1])
+
+
+def _only_record(path):
+  lines = path.read_text().splitlines()
+  assert len(lines) == 1
+  return json.loads(lines[0])
+
+
+@pytest.fixture(scope="module")
+def step_record(tmp_path_factory):
+  """One toy pretrain_step run (PyTorch peer included when installed)."""
+  path = tmp_path_factory.mktemp("bench") / "pretrain_step.jsonl"
+  argv = TINY + ["--size=16", "--batch=4", "--steps=2", "--warmup=1",
+                 "--matmul_n=128", "--preset=basic_medical",
+                 f"--results={path}"]
+  if not HAS_TORCH:
+    argv.append("--notorch")
+  return pretrain_step.main(argv), path
+
+
+def test_pretrain_step_reports_documented_keys(step_record):
+  record, _ = step_record
+  for key in ("medclr_images_per_s", "medclr_images_per_s_with_aug",
+              "achieved_gflops", "peak_matmul_gflops", "mfu", "compile_s",
+              "peak_rss_mb"):
+    assert _positive(record[key]), (key, record[key])
+  assert record["devices"] == 1
+  assert record["backend"] == jax.default_backend()
+  assert (record["precision"], record["batch"], record["size"]) == (
+      "float32", 4, 16)
+  assert record["xla_memory"]["temp_size_mb"] >= 0
+  assert math.isfinite(record["medclr_loss"])
+  assert record["mfu"] == pytest.approx(
+      record["achieved_gflops"] / record["peak_matmul_gflops"])
+  assert record["machine"]["cores"] >= 1 and record["git_commit"]
+
+
+@NEEDS_TORCH
+def test_pretrain_step_compares_with_torch(step_record):
+  record, _ = step_record
+  assert _positive(record["torch_images_per_s"])
+  assert record["ratio_vs_torch"] == pytest.approx(
+      record["medclr_images_per_s"] / record["torch_images_per_s"])
+  assert math.isfinite(record["torch_loss"])
+
+
+def test_pretrain_step_prints_and_appends_the_same_record(tmp_path, capsys):
+  path = tmp_path / "out.jsonl"
+  record = pretrain_step.main(
+      TINY + ["--size=16", "--batch=2", "--steps=1", "--warmup=0",
+              "--matmul_n=64", "--noaug", "--notorch", f"--results={path}"])
+  assert _last_json_line(capsys) == record == _only_record(path)
+  assert "medclr_images_per_s_with_aug" not in record
+
+
+def test_pretrain_step_rejects_bad_size():
+  with pytest.raises(SystemExit, match="--size=18"):
+    pretrain_step.main(["--widths=4,8", "--size=18"])
+
+
+def test_input_pipeline_reads_step_rate_and_compares(step_record, tmp_path):
+  _, step_path = step_record
+  path = tmp_path / "input.jsonl"
+  record = input_pipeline.main(
+      ["--size=16", "--batch=4", "--phantom_images=3", "--phantom_size=32",
+       "--presets=none,simclr_strong", "--steps=2", "--warmup=1",
+       "--widths=4,8", f"--step_results={step_path}", f"--results={path}"])
+  assert str(step_path) in record["step_source"]
+  step_rate = record["step_images_per_s"]
+  assert step_rate == step_record[0]["medclr_images_per_s"]
+  assert set(record["presets"]) == {"none", "simclr_strong"}
+  for numbers in record["presets"].values():
+    for key in ("host_images_per_s", "device_aug_images_per_s",
+                "pipeline_images_per_s"):
+      assert _positive(numbers[key]), (key, numbers)
+    assert numbers["outruns_step"] == (
+        numbers["pipeline_images_per_s"] > step_rate)
+  assert record["all_outrun_step"] == all(
+      n["outruns_step"] for n in record["presets"].values())
+  assert _only_record(path) == record
+
+
+def test_scaling_runs_over_1_to_8_devices(tmp_path):
+  record = scaling.main(
+      TINY + ["--size=16", "--batch=8", "--device_counts=1,2,8",
+              "--steps=1", "--warmup=0", f"--results={tmp_path / 's.jsonl'}"])
+  assert [r["devices"] for r in record["rows"]] == [1, 2, 8]
+  assert record["all_equal"] is True
+  assert record["rows"][0]["grad_max_abs"] > 0
+  for row in record["rows"]:
+    assert row["equal"] is True
+    assert row["loss_abs_diff"] <= record["loss_atol"]
+    assert _positive(row["step_s"])
+  assert record["step_time_ratio_vs_1"]["1"] == 1.0
+
+
+def test_scaling_rejects_counts_not_dividing_batch():
+  with pytest.raises(SystemExit, match="do not divide"):
+    scaling.main(TINY + ["--batch=6", "--device_counts=1,4"])
+
+
+def test_inference_runs_full_image_both_frameworks(tmp_path):
+  argv = ["--phantom", "--height=40", "--width=36", "--widths=4,8",
+          "--window=16", "--repeats=1", "--warmup=1",
+          f"--results={tmp_path / 'i.jsonl'}"]
+  if not HAS_TORCH:
+    argv.append("--notorch")
+  record = inference.main(argv)
+  assert record["image_shape"] == [40, 36, 3]
+  assert record["medclr_logits_shape"] == [40, 36, 1]
+  assert _positive(record["medclr_images_per_s"])
+  if HAS_TORCH:
+    assert _positive(record["torch_images_per_s"])
+    assert record["ratio_vs_torch"] == pytest.approx(
+        record["medclr_images_per_s"] / record["torch_images_per_s"])
+
+
+def test_latest_record_picks_last_match(tmp_path):
+  path = tmp_path / "r.jsonl"
+  path.write_text("\n".join(json.dumps(r) for r in (
+      {"size": 1, "v": 1}, {"size": 2, "v": 2}, {"size": 1, "v": 3})) + "\n")
+  assert common.latest_record(path, size=1)["v"] == 3
+  assert common.latest_record(path, size=5) is None
+  assert common.latest_record(tmp_path / "missing.jsonl", size=1) is None
+
+
+def _with_nontrivial_stats(model):
+  """(model, params, stats): running statistics moved off their init values.
+
+  Fresh BatchNorm statistics (mean 0, var 1) would hide a peer that ignores
+  them in eval mode.
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from medclr import steps  # pylint: disable=g-import-not-at-top
+  graphdef, params, stats = steps.split_model(model)
+  rng = np.random.default_rng(1)
+  stats = jax.tree.map(
+      lambda x: np.asarray(x) + rng.uniform(0.1, 0.5, x.shape).astype(
+          np.float32), stats)
+  params = jax.tree.map(np.asarray, params)
+  return nnx.merge(graphdef, params, stats), params, stats
+
+
+@NEEDS_TORCH
+def test_torch_peer_contrastive_model_matches_medclr():
+  import torch  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from benchmarks import torch_peer  # pylint: disable=g-import-not-at-top
+  from medclr import losses  # pylint: disable=g-import-not-at-top
+  from medclr import models  # pylint: disable=g-import-not-at-top
+
+  widths = (4, 8)
+  model = models.make_contrastive(common.model_config(widths, "float32"),
+                                  {"hidden_dim": 16, "out_dim": 8},
+                                  nnx.Rngs(0))
+  model, params, stats = _with_nontrivial_stats(model)
+  peer = torch_peer.ContrastiveModel(3, widths, hidden_dim=16, out_dim=8)
+  torch_peer.load_medclr_weights(peer, params, stats)
+  views = np.random.default_rng(0).random((6, 16, 16, 3), np.float32)
+  as_torch = torch.from_numpy(views).permute(0, 3, 1, 2).contiguous(
+      memory_format=torch.channels_last)
+
+  with torch.no_grad():
+    for train in (False, True):
+      peer.train(train)
+      z_peer = peer(as_torch).numpy()
+      z_ours = np.asarray(model(views, train=train)[0])
+      np.testing.assert_allclose(z_peer, z_ours, rtol=1e-4, atol=1e-5)
+    loss_peer = torch_peer.nt_xent(torch.from_numpy(z_ours[:3]),
+                                   torch.from_numpy(z_ours[3:]), 0.1)
+  loss_ours = losses.nt_xent_reference(z_ours[:3], z_ours[3:], 0.1)
+  np.testing.assert_allclose(float(loss_peer), float(loss_ours), rtol=1e-5)
+
+
+@NEEDS_TORCH
+def test_torch_peer_unet_matches_medclr():
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from benchmarks import torch_peer  # pylint: disable=g-import-not-at-top
+  from medclr import models  # pylint: disable=g-import-not-at-top
+
+  widths = (4, 8, 16)
+  model = models.make_unet(common.model_config(widths, "float32"),
+                           nnx.Rngs(0))
+  model, params, stats = _with_nontrivial_stats(model)
+  peer_model, predict = torch_peer.make_unet_predict(3, widths)
+  torch_peer.load_medclr_weights(peer_model, params, stats)
+  images = np.random.default_rng(0).random((2, 16, 16, 3), np.float32)
+  np.testing.assert_allclose(
+      predict(images), np.asarray(model(images, train=False)), rtol=1e-4,
+      atol=1e-5)
