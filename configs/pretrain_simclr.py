@@ -45,8 +45,8 @@ def get_config(arg=None):
     config.data.image_size = 96
     config.model = common.model_config("unet2d-16")
     config.batch_size = 32
-    config.num_steps = 500
-    config.optim.warmup_steps = 50
+    config.num_steps = 300
+    config.optim.warmup_steps = 30
     config.log_every = 10
     config.checkpoint_every = 100
   if args.demo:  # make quickstart: a few minutes on 2 CPU cores
