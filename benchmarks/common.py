@@ -32,13 +32,16 @@ def force_cpu_devices(count):
   """Asks XLA for `count` host devices if JAX has not started yet.
 
   `jax_num_cpu_devices` only takes effect before the first JAX operation.
-  When JAX is already running (a test process whose conftest forced 8
-  devices, say) the existing devices are used as they are.
+  When JAX is already running the existing devices are used as they are, and
+  an earlier, larger request (a test process whose conftest asked for 8) is
+  never lowered.
 
   Returns:
     True if the setting was applied.
   """
   import jax  # pylint: disable=g-import-not-at-top
+  if int(count) <= max(jax.config.jax_num_cpu_devices, 1):
+    return False
   try:
     jax.config.update("jax_num_cpu_devices", int(count))
   except RuntimeError:

@@ -87,9 +87,10 @@ def step_rate(args, mesh):
     if record:
       return (record["medclr_images_per_s"],
               f"{path} at {record['timestamp']}")
-  step = pretrain_step.MedclrStep(
-      mesh=mesh, batch=args.batch, size=args.size, widths=args.widths,
-      precision="float32", preset="none")
+  config = pretrain_step.canonical_config(
+      batch=args.batch, size=args.size, widths=args.widths)
+  step = pretrain_step.MedclrStep(pretrain_step.Model(config, mesh),
+                                  mesh=mesh, preset="none")
   times = common.time_calls(step, args.steps, args.warmup)
   return 2 * args.batch / common.median(times), "measured in this run"
 

@@ -104,39 +104,97 @@ def memory_fields(compiled):
   }
 
 
+def canonical_config(*, method="simclr", batch=16, size=128,
+                     widths=(32, 64, 128, 256, 512), precision="float32",
+                     hidden_dim=512, out_dim=128, preset="simclr_strong"):
+  """`configs/pretrain_simclr.py` with the benchmark's sizes.
+
+  Starting from the real run config keeps the benchmark on the code path a
+  user runs; only the sizes, the preset and a constant Adam 1e-3 (the
+  canonical step has no schedule) are set here.
+  """
+  from configs import pretrain_simclr  # pylint: disable=g-import-not-at-top
+
+  config = pretrain_simclr.get_config()
+  config.method = method
+  config.batch_size = batch
+  config.data.image_size = size
+  config.model.widths = tuple(widths)
+  config.model.dtype = precision
+  config.model.preset = ("unet2d-32" if tuple(widths) == (32, 64, 128, 256,
+                                                         512) else "custom")
+  config.head.hidden_dim = hidden_dim
+  config.head.out_dim = out_dim
+  config.loss.temperature = TEMPERATURE
+  config.augment.preset = preset
+  config.augment.strength = 1.0
+  config.optim.name = "adam"
+  config.optim.learning_rate = LEARNING_RATE
+  config.optim.lr_scaling = "none"
+  config.optim.schedule = "constant"
+  config.optim.warmup_steps = 0
+  return config
+
+
+class Model:
+  """The method's model graph, optimiser and initial train state.
+
+  Built once and shared: `train_utils.init_state`'s jitted initialiser takes
+  seconds to compile even for tiny widths, and every step variant (presets,
+  device counts) must start from the same parameters anyway.
+  """
+
+  def __init__(self, config, mesh):
+    import jax  # pylint: disable=g-import-not-at-top
+
+    from medclr import methods  # pylint: disable=g-import-not-at-top
+    from medclr import optim  # pylint: disable=g-import-not-at-top
+    from medclr import train_utils  # pylint: disable=g-import-not-at-top
+
+    self.config = config
+    self.tx, self.lr_fn = optim.make_optimizer(config.optim, 1,
+                                               config.batch_size)
+    method = methods.get_method(config)
+    with jax.set_mesh(mesh):
+      self.graphdef, _, init_fn = train_utils.init_state(
+          method.make_model, self.tx, mesh, config.seed, method.init_aux)
+      self._state = init_fn()
+
+  def initial_state(self, mesh):
+    """A fresh copy of the initial state, replicated over `mesh`.
+
+    A copy, because the jitted step donates (consumes) the state it is given.
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    from medclr import sharding  # pylint: disable=g-import-not-at-top
+    return jax.tree.map(lambda x: x.copy(), jax.device_put(
+        self._state, sharding.replicated(mesh)))
+
+
 class MedclrStep:
   """medclr's pretraining step for one preset, compiled and ready to time."""
 
-  def __init__(self, *, mesh, batch, size, widths, precision, preset,
-               hidden_dim=512, out_dim=128, seed=0):
+  def __init__(self, model, *, mesh, preset):
     import time  # pylint: disable=g-import-not-at-top
 
     import jax  # pylint: disable=g-import-not-at-top
-    import ml_collections  # pylint: disable=g-import-not-at-top
 
-    from medclr import augment  # pylint: disable=g-import-not-at-top
-    from medclr import models  # pylint: disable=g-import-not-at-top
-    from medclr import optim  # pylint: disable=g-import-not-at-top
+    from medclr import methods  # pylint: disable=g-import-not-at-top
     from medclr import steps  # pylint: disable=g-import-not-at-top
-    from medclr import train_utils  # pylint: disable=g-import-not-at-top
 
-    model_cfg = common.model_config(widths, precision)
-    head_cfg = {"hidden_dim": hidden_dim, "out_dim": out_dim}
-    optim_cfg = ml_collections.ConfigDict({
-        "name": "adam", "learning_rate": LEARNING_RATE,
-        "schedule": "constant", "warmup_steps": 0})
-    tx, lr_fn = optim.make_optimizer(optim_cfg, 1, batch)
-    spec = augment.get_spec(preset)
+    config = model.config.copy_and_resolve_references()
+    config.augment.preset = preset
+    method = methods.get_method(config)
     self.mesh = mesh
     with jax.set_mesh(mesh):
-      graphdef, _, init_fn = train_utils.init_state(
-          lambda rngs: models.make_contrastive(model_cfg, head_cfg, rngs),
-          tx, mesh, seed)
-      self.state = init_fn()
-      self.batch = synthetic_batch(mesh, batch, size, seed=seed)
-      step = steps.make_pretrain_step(graphdef, tx, lr_fn, spec, TEMPERATURE,
-                                      seed)
+      self.state = model.initial_state(mesh)
+      self.batch = synthetic_batch(mesh, config.batch_size,
+                                   config.data.image_size,
+                                   config.data.in_channels, seed=config.seed)
+      step = steps.make_pretrain_step(model.graphdef, model.tx, model.lr_fn,
+                                      method, config.seed)
       start = time.perf_counter()
+      # Donate the state, as medclr.pretrain does.
       self.compiled = jax.jit(step, donate_argnums=0).lower(
           self.state, self.batch).compile()
       self.compile_s = time.perf_counter() - start
@@ -153,12 +211,9 @@ class MedclrStep:
     return float(self.metrics["loss"])
 
 
-def measure_medclr(args, mesh, preset):
+def measure_medclr(args, model, mesh, preset):
   """(images/s, details) of medclr's step with augmentation `preset`."""
-  step = MedclrStep(mesh=mesh, batch=args.batch, size=args.size,
-                    widths=args.widths, precision=args.precision,
-                    preset=preset, hidden_dim=args.hidden_dim,
-                    out_dim=args.out_dim)
+  step = MedclrStep(model, mesh=mesh, preset=preset)
   times = common.time_calls(step, args.steps, args.warmup)
   step_s = common.median(times)
   return {
@@ -169,6 +224,13 @@ def measure_medclr(args, mesh, preset):
       "xla_memory": memory_fields(step.compiled),
       "loss": step.loss(),
   }
+
+
+def config_from_args(args, precision=None):
+  return canonical_config(
+      method=args.method, batch=args.batch, size=args.size,
+      widths=args.widths, precision=precision or args.precision,
+      hidden_dim=args.hidden_dim, out_dim=args.out_dim)
 
 
 def measure_torch(args):
@@ -213,8 +275,10 @@ def main(argv=None):
   train_gflop_per_view = 3 * encoder.encoder_forward_flops(
       3, args.widths, args.size, args.size) / 1e9
 
-  plain = measure_medclr(args, mesh, "none")
-  augmented = measure_medclr(args, mesh, args.preset) if args.aug else None
+  model = Model(config_from_args(args), mesh)
+  plain = measure_medclr(args, model, mesh, "none")
+  augmented = (measure_medclr(args, model, mesh, args.preset) if args.aug
+               else None)
   peak_rss = common.peak_rss_mb()
   peak = {"float32": common.peak_matmul_gflops("float32", args.matmul_n)}
   if args.precision != "float32":

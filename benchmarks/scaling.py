@@ -114,13 +114,18 @@ def main(argv=None):
     raise SystemExit(f"--device_counts={args.device_counts} but JAX has "
                      f"{jax.device_count()} devices (it started before "
                      "jax_num_cpu_devices could be set)")
+  # One initial state for every device count: identical starting parameters
+  # by construction, placed replicated on each mesh.
+  config = pretrain_step.canonical_config(
+      batch=args.batch, size=args.size, widths=args.widths,
+      precision=args.precision, hidden_dim=args.hidden_dim,
+      out_dim=args.out_dim)
+  model = pretrain_step.Model(config, sharding.make_mesh(1))
   reference = None
   rows = []
   for count in args.device_counts:
-    step = pretrain_step.MedclrStep(
-        mesh=sharding.make_mesh(count), batch=args.batch, size=args.size,
-        widths=args.widths, precision=args.precision, preset="none",
-        hidden_dim=args.hidden_dim, out_dim=args.out_dim)
+    step = pretrain_step.MedclrStep(model, mesh=sharding.make_mesh(count),
+                                    preset="none")
     loss, grads, stats = first_step(step)
     times = common.time_calls(step, args.steps, args.warmup)
     row = {"devices": count, "loss": loss, "step_s": common.median(times),

@@ -39,12 +39,14 @@ def validate_config(config):
         f"config.data.in_channels={config.data.in_channels}")
   levels = len(config.model.widths)
   if config.data.crop_size % 2 ** (levels - 1):
-    raise errors.ConfigError(f"config.data.crop_size={config.data.crop_size} must be "
-                     f"divisible by 2**{levels - 1} for a {levels}-level U-Net")
+    raise errors.ConfigError(
+        f"config.data.crop_size={config.data.crop_size} must be divisible by "
+        f"2**{levels - 1} for a {levels}-level U-Net")
   for part in load_parts(config.init):
     if part not in LOADABLE_PARTS:
-      raise errors.ConfigError(f"config.init.load={config.init.load!r}: parts must be "
-                       f"among {LOADABLE_PARTS}")
+      raise errors.ConfigError(
+          f"config.init.load={config.init.load!r}: parts must be among "
+          f"{LOADABLE_PARTS}")
   if config.init.pretrain_dir:
     # Fails now, naming the directory, rather than after data loading.
     checkpointing.saved_tree_shapes(config.init.pretrain_dir,

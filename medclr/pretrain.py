@@ -9,8 +9,8 @@ import jax
 from medclr import augment
 from medclr import checkpointing
 from medclr import errors
+from medclr import methods
 from medclr import metric_writer
-from medclr import models
 from medclr import optim
 from medclr import sharding
 from medclr import steps
@@ -18,14 +18,12 @@ from medclr import train_utils
 from medclr.data import pipeline
 from medclr.data import sources as data_sources
 
-SUPPORTED_METHODS = ("simclr",)
-
 
 def validate_config(config):
   """Checks that fail fast, before any device work or data reading."""
-  if config.method not in SUPPORTED_METHODS:
-    raise errors.ConfigError(f"config.method={config.method!r}: supported methods are "
-                     f"{SUPPORTED_METHODS}")
+  if config.method not in methods.REGISTRY:
+    raise errors.ConfigError(f"config.method={config.method!r}: known methods "
+                             f"are {sorted(methods.REGISTRY)}")
   try:
     augment.get_spec(config.augment.preset, config.augment.strength)
   except ValueError as e:
@@ -36,10 +34,12 @@ def validate_config(config):
         f"config.data.in_channels={config.data.in_channels}")
   levels = len(config.model.widths)
   if config.data.image_size % 2 ** (levels - 1):
-    raise errors.ConfigError(f"config.data.image_size={config.data.image_size} must be "
-                     f"divisible by 2**{levels - 1} for a {levels}-level encoder")
+    raise errors.ConfigError(
+        f"config.data.image_size={config.data.image_size} must be divisible "
+        f"by 2**{levels - 1} for a {levels}-level encoder")
   if config.num_steps < 1:
-    raise errors.ConfigError(f"config.num_steps={config.num_steps}: must be >= 1")
+    raise errors.ConfigError(
+        f"config.num_steps={config.num_steps}: must be >= 1")
 
 
 def make_data_iter(config, local_batch, spec):
@@ -70,24 +70,21 @@ def train_and_evaluate(config, workdir):
     checkpointing.write_config(workdir, config_dict)
   mesh = sharding.make_mesh(config.mesh.data)
   local_batch = sharding.check_batch_size(config.batch_size, mesh)
-  spec = augment.get_spec(config.augment.preset, config.augment.strength)
-  data_iter = make_data_iter(config, local_batch, spec)
+  method = methods.get_method(config)
+  data_iter = make_data_iter(config, local_batch, method.spec)
   tx, lr_fn = optim.make_optimizer(config.optim, config.num_steps,
                                    config.batch_size)
 
-  def make_model(rngs):
-    return models.make_contrastive(config.model, config.head, rngs)
-
   with jax.set_mesh(mesh):
     graphdef, abstract, init_fn = train_utils.init_state(
-        make_model, tx, mesh, config.seed)
+        method.make_model, tx, mesh, config.seed, method.init_aux)
     checkpointer = checkpointing.Checkpointer(
         workdir, save_every=config.checkpoint_every,
         keep=config.keep_checkpoints, async_save=config.async_checkpoints)
     state, start = train_utils.restore_or_init(checkpointer, abstract, init_fn,
                                                data_iter)
-    step_fn = steps.make_pretrain_step(graphdef, tx, lr_fn, spec,
-                                       config.loss.temperature, config.seed)
+    step_fn = steps.make_pretrain_step(graphdef, tx, lr_fn, method,
+                                       config.seed)
     # Donate the state: its buffers become the next state's (no second copy).
     p_step = jax.jit(step_fn, donate_argnums=0)
     writer = metric_writer.MetricWriter(

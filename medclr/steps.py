@@ -2,7 +2,8 @@
 
 The train state is a plain dict of pytrees, so that jit, donation and Orbax all
 see ordinary arrays:
-  {'step': int32 scalar, 'params': {...}, 'batch_stats': {...}, 'opt_state': ...}
+  {'step': int32 scalar, 'params': {...}, 'batch_stats': {...},
+   'opt_state': ..., 'aux': {...} (pretraining: the method's extra state)}
 `params` / `batch_stats` are `nnx.to_pure_dict` trees of the model; the model
 is rebuilt inside the step with `nnx.merge(graphdef, params, batch_stats)`.
 Randomness is `fold_in(base_key, step)`, so a resumed run draws the same
@@ -23,28 +24,30 @@ def split_model(model):
   return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
 
 
-def init_state(params, batch_stats, tx):
-  """A fresh train state at step 0."""
-  return {"step": jnp.zeros((), jnp.int32), "params": params,
-          "batch_stats": batch_stats, "opt_state": tx.init(params)}
+def init_state(params, batch_stats, tx, aux=None):
+  """A fresh train state at step 0 (`aux`: a method's extra state)."""
+  state = {"step": jnp.zeros((), jnp.int32), "params": params,
+           "batch_stats": batch_stats, "opt_state": tx.init(params)}
+  if aux is not None:
+    state["aux"] = aux
+  return state
 
 
 def _apply_update(state, grads, batch_stats, tx):
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-  return {"step": state["step"] + 1,
-          "params": optax.apply_updates(state["params"], updates),
-          "batch_stats": batch_stats, "opt_state": opt_state}
+  return dict(state, step=state["step"] + 1,
+              params=optax.apply_updates(state["params"], updates),
+              batch_stats=batch_stats, opt_state=opt_state)
 
 
-def make_pretrain_step(graphdef, tx, lr_fn, spec, temperature, seed):
-  """SimCLR step: device augmentation, one forward over both views, NT-Xent.
+def make_pretrain_step(graphdef, tx, lr_fn, method, seed):
+  """One pretraining step for any `methods.Method`.
 
   Args:
-    graphdef: graph of the `ContrastiveModel`.
+    graphdef: graph of the method's online model.
     tx: optax transformation.
     lr_fn: schedule, logged as `lr`.
-    spec: `augment.AugmentSpec` for the device part of the views.
-    temperature: NT-Xent temperature.
+    method: the `methods.Method` (views, loss, auxiliary state updates).
     seed: base seed of the augmentation randomness.
 
   Returns:
@@ -55,27 +58,24 @@ def make_pretrain_step(graphdef, tx, lr_fn, spec, temperature, seed):
 
   def step(state, batch):
     key = jax.random.fold_in(base_key, state["step"])
-    view1, view2 = augment.two_views(key, batch["view1"], batch["view2"], spec)
-    b = view1.shape[0]
-    # (B, 2, ...) -> (2B, ...) keeps each device's examples on that device (no
-    # cross-device shuffle) and gives BatchNorm statistics over both views of
-    # the global batch, as SimCLR's global_bn does.
-    views = jnp.stack([view1, view2], axis=1).reshape((2 * b,) + view1.shape[1:])
+    views = method.device_views(key, batch)
 
     def loss_fn(params, batch_stats):
       model = nnx.merge(graphdef, params, batch_stats)
-      z, _ = model(views, train=True)
-      z = z.reshape((b, 2) + z.shape[1:])
-      z1, z2 = z[:, 0], z[:, 1]
-      loss = losses.nt_xent(z1, z2, temperature)
+      loss, (aux, metrics) = method.loss(model, state["aux"], views,
+                                         state["step"])
       new_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-      return loss, (new_stats, losses.embedding_std(z1))
+      return loss, (new_stats, aux, metrics)
 
-    (loss, (batch_stats, z_std)), grads = jax.value_and_grad(
+    (loss, (batch_stats, aux, metrics)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state["params"], state["batch_stats"])
-    metrics = {"loss": loss, "embedding_std": z_std, "lr": lr_fn(state["step"]),
-               "grad_norm": optax.tree.norm(grads)}
-    return _apply_update(state, grads, batch_stats, tx), metrics
+    metrics = dict(metrics, loss=loss, lr=lr_fn(state["step"]),
+                   grad_norm=optax.tree.norm(grads))
+    new_state = _apply_update(state, grads, batch_stats, tx)
+    new_state["aux"] = method.update_aux(aux, new_state["params"],
+                                         new_state["batch_stats"],
+                                         state["step"])
+    return new_state, metrics
 
   return step
 

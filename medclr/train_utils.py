@@ -23,11 +23,18 @@ def ensure_phantom(data_dir, names):
     data_prepare.prepare("phantom", None, data_dir)
 
 
-def init_state(make_model, tx, mesh, seed):
+def init_state(make_model, tx, mesh, seed, make_aux=None):
   """Builds the model and a replicated train state directly on the devices.
 
   Shapes first, then one jitted init whose outputs are placed replicated, so
   nothing is built on one device and copied (big_vision / maxtext pattern).
+
+  Args:
+    make_model: rngs -> NNX model.
+    tx: optax transformation.
+    mesh: the run's mesh.
+    seed: parameter initialisation seed.
+    make_aux: optional (params, batch_stats) -> a method's extra state.
 
   Returns:
     (graphdef, abstract_state, init_fn) where init_fn() materialises the state.
@@ -35,7 +42,8 @@ def init_state(make_model, tx, mesh, seed):
   def init():
     model = make_model(nnx.Rngs(seed))
     _, params, batch_stats = steps.split_model(model)
-    return steps.init_state(params, batch_stats, tx)
+    aux = None if make_aux is None else make_aux(params, batch_stats)
+    return steps.init_state(params, batch_stats, tx, aux)
 
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: make_model(nnx.Rngs(seed))))
   repl = sharding.replicated(mesh)

@@ -8,7 +8,9 @@ need the `bench` extra and are skipped with a reason when torch is absent;
 the peer-identity tests check that the PyTorch peer computes the same
 function as medclr's models once given the same weights.
 """
+import contextlib
 import importlib.util
+import io
 import json
 import math
 
@@ -33,11 +35,6 @@ def _positive(value):
   return isinstance(value, float) and math.isfinite(value) and value > 0
 
 
-def _last_json_line(capsys):
-  lines = capsys.readouterr().out.strip().splitlines()
-  return json.loads(lines[-1])
-
-
 def _only_record(path):
   lines = path.read_text().splitlines()
   assert len(lines) == 1
@@ -45,15 +42,23 @@ def _only_record(path):
 
 
 @pytest.fixture(scope="module")
-def step_record(tmp_path_factory):
-  """One toy pretrain_step run (PyTorch peer included when installed)."""
+def step_run(tmp_path_factory):
+  """One toy pretrain_step run: (record, results path, stdout)."""
   path = tmp_path_factory.mktemp("bench") / "pretrain_step.jsonl"
   argv = TINY + ["--size=16", "--batch=4", "--steps=2", "--warmup=1",
-                 "--matmul_n=128", "--preset=basic_medical",
+                 "--matmul_n=128", "--preset=chaitanya_local",
                  f"--results={path}"]
   if not HAS_TORCH:
     argv.append("--notorch")
-  return pretrain_step.main(argv), path
+  stdout = io.StringIO()
+  with contextlib.redirect_stdout(stdout):
+    record = pretrain_step.main(argv)
+  return record, path, stdout.getvalue()
+
+
+@pytest.fixture(scope="module")
+def step_record(step_run):
+  return step_run[0], step_run[1]
 
 
 def test_pretrain_step_reports_documented_keys(step_record):
@@ -82,18 +87,16 @@ def test_pretrain_step_compares_with_torch(step_record):
   assert math.isfinite(record["torch_loss"])
 
 
-def test_pretrain_step_prints_and_appends_the_same_record(tmp_path, capsys):
-  path = tmp_path / "out.jsonl"
-  record = pretrain_step.main(
-      TINY + ["--size=16", "--batch=2", "--steps=1", "--warmup=0",
-              "--matmul_n=64", "--noaug", "--notorch", f"--results={path}"])
-  assert _last_json_line(capsys) == record == _only_record(path)
-  assert "medclr_images_per_s_with_aug" not in record
+def test_pretrain_step_prints_and_appends_the_same_record(step_run):
+  record, path, stdout = step_run
+  last_line = json.loads(stdout.strip().splitlines()[-1])
+  assert last_line == record == _only_record(path)
 
 
-def test_pretrain_step_rejects_bad_size():
-  with pytest.raises(SystemExit, match="--size=18"):
-    pretrain_step.main(["--widths=4,8", "--size=18"])
+def test_pretrain_step_rejects_bad_size(tmp_path):
+  with pytest.raises(SystemExit, match="--size=17"):
+    pretrain_step.main(["--widths=4,8", "--size=17",
+                        f"--results={tmp_path / 'never.jsonl'}"])
 
 
 def test_input_pipeline_reads_step_rate_and_compares(step_record, tmp_path):
@@ -204,8 +207,8 @@ def test_torch_peer_contrastive_model_matches_medclr():
       z_peer = peer(as_torch).numpy()
       z_ours = np.asarray(model(views, train=train)[0])
       np.testing.assert_allclose(z_peer, z_ours, rtol=1e-4, atol=1e-5)
-    loss_peer = torch_peer.nt_xent(torch.from_numpy(z_ours[:3]),
-                                   torch.from_numpy(z_ours[3:]), 0.1)
+    loss_peer = torch_peer.nt_xent(torch.tensor(z_ours[:3]),
+                                   torch.tensor(z_ours[3:]), 0.1)
   loss_ours = losses.nt_xent_reference(z_ours[:3], z_ours[3:], 0.1)
   np.testing.assert_allclose(float(loss_peer), float(loss_ours), rtol=1e-5)
 
