@@ -15,7 +15,6 @@ from medclr import optim
 from medclr import sharding
 from medclr import steps
 from medclr import train_utils
-from medclr.data import pipeline
 from medclr.data import sources as data_sources
 
 
@@ -42,20 +41,13 @@ def validate_config(config):
         f"config.num_steps={config.num_steps}: must be >= 1")
 
 
-def make_data_iter(config, local_batch, spec):
-  """Two-view Grain iterator over the unlabelled pool, this process's shard."""
+def make_data_iter(config, local_batch, method):
+  """The method's Grain iterator over the unlabelled pool, this process's part."""
   names = [s.split(":")[0] for s in config.data.sources.split(",") if s]
   train_utils.ensure_phantom(config.data.data_dir, names)
   # Opening the sources here raises a clear error naming a missing dataset.
   data_sources.open_sources(config.data.data_dir, config.data.sources)
-  dataset = pipeline.pretrain_dataset(
-      config.data.data_dir, config.data.sources,
-      image_size=config.data.image_size, in_channels=config.data.in_channels,
-      area=spec.crop_area, aspect=spec.crop_aspect, local_batch=local_batch,
-      seed=config.seed, process_index=jax.process_index(),
-      process_count=jax.process_count(),
-      worker_count=config.data.worker_count)
-  return iter(dataset)
+  return iter(method.host_dataset(config, local_batch))
 
 
 def train_and_evaluate(config, workdir):
@@ -71,7 +63,7 @@ def train_and_evaluate(config, workdir):
   mesh = sharding.make_mesh(config.mesh.data)
   local_batch = sharding.check_batch_size(config.batch_size, mesh)
   method = methods.get_method(config)
-  data_iter = make_data_iter(config, local_batch, method.spec)
+  data_iter = make_data_iter(config, local_batch, method)
   tx, lr_fn = optim.make_optimizer(config.optim, config.num_steps,
                                    config.batch_size)
 

@@ -5,6 +5,9 @@ generic step (`steps.make_pretrain_step`) owns what all methods share:
 device augmentation keys, the optimizer update, BatchNorm statistics,
 donation and sharding. A method only says what is special about it:
 
+  host_dataset(config, local_batch)
+                            the Grain pipeline of host crops (default: two
+                            random resized crops per image, `pretrain_dataset`).
   make_model(rngs)          the trainable (online) model; holds `encoder`
                             so its weights hand over to the U-Net by path.
   init_aux(params, stats)   non-parameter state kept in the train state and
@@ -17,11 +20,19 @@ donation and sharding. A method only says what is special about it:
 """
 import importlib
 
+import jax
+
 from medclr import augment
+from medclr.data import pipeline
 
 # name -> module path; each module exposes `make(config) -> Method`.
 REGISTRY = {
     "simclr": "medclr.methods.simclr",
+    "mocov2": "medclr.methods.moco",
+    "adco": "medclr.methods.adco",
+    "byol": "medclr.methods.byol",
+    "dino": "medclr.methods.dino",
+    "volume_supcon": "medclr.methods.volume_supcon",
 }
 
 
@@ -34,6 +45,17 @@ class Method:
     self.config = config
     self.spec = augment.get_spec(config.augment.preset,
                                  config.augment.strength)
+
+  def host_dataset(self, config, local_batch):
+    """Grain IterDataset of host crops for this process (see module doc)."""
+    return pipeline.pretrain_dataset(
+        config.data.data_dir, config.data.sources,
+        image_size=config.data.image_size,
+        in_channels=config.data.in_channels, area=self.spec.crop_area,
+        aspect=self.spec.crop_aspect, local_batch=local_batch,
+        seed=config.seed, process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        worker_count=config.data.worker_count)
 
   def make_model(self, rngs):
     raise NotImplementedError
