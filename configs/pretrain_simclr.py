@@ -38,6 +38,12 @@ def get_config(arg=None):
       "name": "adam", "learning_rate": 1e-3, "lr_scaling": "none",
       "schedule": "cosine", "warmup_steps": 100, "weight_decay": 0.0,
       "grad_clip_norm": 0.0})
+  # ContrastiveCrop (METHODS.md 1.7, xyupeng/ContrastiveCrop): mode 'ccrop'
+  # turns it on. alpha 0.6 / box_thresh 0.1 are its ImageNet values (0.1 for
+  # its small-data configs); warm-up and interval are in steps here.
+  config.crop = ml_collections.ConfigDict({
+      "mode": "rrc", "alpha": 0.6, "box_thresh": 0.1, "warmup_steps": 100,
+      "loc_interval": 100, "loc_size": 0, "loc_batch": 16})
   config.batch_size = 16  # images; each gives two views
   common.run_block(config, num_steps=2000, log_every=10, checkpoint_every=200)
 
@@ -49,6 +55,8 @@ def get_config(arg=None):
     config.optim.warmup_steps = 30
     config.log_every = 10
     config.checkpoint_every = 100
+    config.crop.warmup_steps = 100
+    config.crop.loc_interval = 100
   if args.demo:  # make quickstart: a few minutes on 2 CPU cores
     config.data.sources = "phantom:train"
     config.data.image_size = 64
@@ -73,4 +81,7 @@ def get_config(arg=None):
     config.optim.warmup_steps = 1
     config.log_every = 1
     config.checkpoint_every = 1
+    config.crop.warmup_steps = 1
+    config.crop.loc_interval = 1
+    config.crop.loc_batch = 8
   return config

@@ -46,13 +46,28 @@ class Checkpointer:
   def latest_step(self):
     return self._manager.latest_step()
 
-  def save(self, step, state, data_iter, config_dict, *, force=False):
-    """Saves when the interval policy (or `force`) says so; returns whether."""
-    args = ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data_iter=grain.checkpoint.CheckpointSave(data_iter),
-        config=ocp.args.JsonSave(config_dict))
-    return self._manager.save(int(step), args=args, force=force)
+  def save(self, step, state, data_iter, config_dict, *, force=False,
+           extras=None):
+    """Saves when the interval policy (or `force`) says so; returns whether.
+
+    `extras` is an optional JSON-able dict of host-side state (e.g.
+    ContrastiveCrop boxes) saved with the step and read by `restore_extras`.
+    """
+    items = {"state": ocp.args.StandardSave(state),
+             "data_iter": grain.checkpoint.CheckpointSave(data_iter),
+             "config": ocp.args.JsonSave(config_dict)}
+    if extras is not None:
+      items["extras"] = ocp.args.JsonSave(extras)
+    return self._manager.save(int(step), args=ocp.args.Composite(**items),
+                              force=force)
+
+  def restore_extras(self, step):
+    """The `extras` dict saved at `step`, or None if it has none."""
+    path = self._manager.directory / str(int(step)) / "extras"
+    if not path.exists():
+      return None
+    return self._manager.restore(int(step), args=ocp.args.Composite(
+        extras=ocp.args.JsonRestore()))["extras"]
 
   def reached_preemption(self, step):
     """True on every host once any host got a preemption signal (SIGTERM)."""

@@ -42,16 +42,27 @@ def to_float(image: np.ndarray, in_channels: int) -> np.ndarray:
   return (image @ _LUMA)[..., None]
 
 
+def _uniform_place(rng, height, width, crop_height, crop_width):
+  """RandomResizedCrop's placement: any position where the window fits."""
+  return (int(rng.integers(0, height - crop_height + 1)),
+          int(rng.integers(0, width - crop_width + 1)))
+
+
 def sample_crop_window(height: int, width: int, rng: np.random.Generator,
                        area: tuple[float, float] = (0.08, 1.0),
                        aspect: tuple[float, float] = (3 / 4, 4 / 3),
-                       attempts: int = 10) -> tuple[int, int, int, int]:
+                       attempts: int = 10,
+                       place=_uniform_place) -> tuple[int, int, int, int]:
   """Samples a crop window the way torchvision's RandomResizedCrop does.
 
   The window's area is a uniform fraction in `area` of the whole image and its
   width/height ratio is log-uniform in `aspect`. After `attempts` windows that
   do not fit, falls back to the largest centred window whose aspect ratio is
   clamped into `aspect`.
+
+  `place(rng, height, width, crop_height, crop_width) -> (top, left)` picks
+  where a fitting window goes: uniformly by default; ContrastiveCrop passes
+  its box-constrained Beta placement.
 
   Returns:
     (top, left, crop_height, crop_width), all in pixels, inside the image.
@@ -64,8 +75,7 @@ def sample_crop_window(height: int, width: int, rng: np.random.Generator,
     crop_width = int(round(math.sqrt(target_area * ratio)))
     crop_height = int(round(math.sqrt(target_area / ratio)))
     if 0 < crop_width <= width and 0 < crop_height <= height:
-      top = int(rng.integers(0, height - crop_height + 1))
-      left = int(rng.integers(0, width - crop_width + 1))
+      top, left = place(rng, height, width, crop_height, crop_width)
       return top, left, crop_height, crop_width
   ratio = width / height
   if ratio < aspect[0]:
@@ -76,6 +86,12 @@ def sample_crop_window(height: int, width: int, rng: np.random.Generator,
     crop_width, crop_height = width, height
   return ((height - crop_height) // 2, (width - crop_width) // 2, crop_height,
           crop_width)
+
+
+def resize_whole(image: np.ndarray, out_size: int) -> np.ndarray:
+  """The whole image resized to (out_size, out_size, C), float32 [0, 1]."""
+  return _resize_window(image, (0, 0, image.shape[0], image.shape[1]),
+                        out_size)
 
 
 def _resize_window(image: np.ndarray, window: tuple[int, int, int, int],
@@ -110,8 +126,8 @@ def _resize_window(image: np.ndarray, window: tuple[int, int, int, int],
 def random_resized_crop(image: np.ndarray, rng: np.random.Generator,
                         out_size: int,
                         area: tuple[float, float] = (0.08, 1.0),
-                        aspect: tuple[float, float] = (3 / 4, 4 / 3)
-                        ) -> np.ndarray:
+                        aspect: tuple[float, float] = (3 / 4, 4 / 3),
+                        place=_uniform_place) -> np.ndarray:
   """SimCLR / torchvision RandomResizedCrop of one image.
 
   Args:
@@ -120,13 +136,15 @@ def random_resized_crop(image: np.ndarray, rng: np.random.Generator,
     out_size: output height and width.
     area: range of the crop area as a fraction of the whole image.
     aspect: range of the crop's width/height ratio.
+    place: window placement (see `sample_crop_window`).
 
   Returns:
     float32 (out_size, out_size, C) in [0, 1].
   """
   if image.ndim != 3:
     raise ValueError(f"image must be (H, W, C), got shape {image.shape}")
-  window = sample_crop_window(image.shape[0], image.shape[1], rng, area, aspect)
+  window = sample_crop_window(image.shape[0], image.shape[1], rng, area, aspect,
+                              place=place)
   return _resize_window(image, window, out_size)
 
 

@@ -8,6 +8,7 @@ import jax
 
 from medclr import augment
 from medclr import checkpointing
+from medclr import contrastive_crop
 from medclr import errors
 from medclr import methods
 from medclr import metric_writer
@@ -41,13 +42,43 @@ def validate_config(config):
         f"config.num_steps={config.num_steps}: must be >= 1")
 
 
-def make_data_iter(config, local_batch, method):
-  """The method's Grain iterator over the unlabelled pool, this process's part."""
+def uses_contrastive_crop(config):
+  crop = config.get("crop")
+  return crop is not None and crop.mode == "ccrop"
+
+
+def make_dataset(config, local_batch, method, boxes=None):
+  """The method's Grain dataset over the unlabelled pool, this process's part.
+
+  Returns:
+    (dataset, the opened sources).
+  """
   names = [s.split(":")[0] for s in config.data.sources.split(",") if s]
   train_utils.ensure_phantom(config.data.data_dir, names)
   # Opening the sources here raises a clear error naming a missing dataset.
-  data_sources.open_sources(config.data.data_dir, config.data.sources)
-  return iter(method.host_dataset(config, local_batch))
+  opened = data_sources.open_sources(config.data.data_dir, config.data.sources)
+  if boxes is None:
+    return method.host_dataset(config, local_batch), opened
+  if type(method).host_dataset is not methods.Method.host_dataset:
+    raise errors.ConfigError(
+        f"config.crop.mode='ccrop': method {config.method!r} makes its own "
+        "host crops; ContrastiveCrop works with two-view methods")
+  return method.host_dataset(config, local_batch, boxes=boxes,
+                             crop_alpha=config.crop.alpha), opened
+
+
+def contrastive_crop_controller(config, graphdef, dataset, opened, table,
+                                checkpointer, start, writer):
+  """ContrastiveCrop's localisation schedule, boxes restored on resume."""
+  if start is not None:
+    saved = checkpointer.restore_extras(start)
+    if saved and "ccrop" in saved:
+      table.load_json(saved["ccrop"])
+  loc_size = config.crop.loc_size or config.data.image_size
+  images = contrastive_crop.pool_images(opened, loc_size,
+                                        config.data.in_channels)
+  return contrastive_crop.Controller(config.crop, graphdef, images, dataset,
+                                     table, writer)
 
 
 def train_and_evaluate(config, workdir):
@@ -63,7 +94,13 @@ def train_and_evaluate(config, workdir):
   mesh = sharding.make_mesh(config.mesh.data)
   local_batch = sharding.check_batch_size(config.batch_size, mesh)
   method = methods.get_method(config)
-  data_iter = make_data_iter(config, local_batch, method)
+  table = None
+  if uses_contrastive_crop(config):
+    table = contrastive_crop.BoxTable(sum(
+        data_sources.split_size(config.data.data_dir, *source)
+        for source in data_sources.parse_sources(config.data.sources)))
+  dataset, opened = make_dataset(config, local_batch, method, table)
+  data_iter = iter(dataset)
   tx, lr_fn = optim.make_optimizer(config.optim, config.num_steps,
                                    config.batch_size)
 
@@ -85,11 +122,19 @@ def train_and_evaluate(config, workdir):
     logging.info("pretraining %s for %d steps, global batch %d on %d devices",
                  config.method, config.num_steps, config.batch_size,
                  mesh.devices.size)
+    hooks = {}
+    if table is not None:
+      controller = contrastive_crop_controller(
+          config, graphdef, dataset, opened, table, checkpointer, start,
+          writer)
+      hooks = {"before_step": controller.before_step,
+               "extras_fn": lambda: {"ccrop": table.to_json()}}
     try:
       state, last = train_utils.run_loop(
           config=config, workdir=workdir, state=state, start_step=start or 0,
           p_step=p_step, data_iter=data_iter, mesh=mesh,
-          checkpointer=checkpointer, writer=writer, config_dict=config_dict)
+          checkpointer=checkpointer, writer=writer, config_dict=config_dict,
+          **hooks)
     finally:
       checkpointer.close()
       writer.close()

@@ -68,8 +68,16 @@ def to_host_scalars(metrics):
 
 
 def run_loop(*, config, workdir, state, start_step, p_step, data_iter, mesh,
-             checkpointer, writer, config_dict):
+             checkpointer, writer, config_dict, before_step=None,
+             extras_fn=None):
   """The training loop both phases share: step, log, checkpoint, preempt.
+
+  Args:
+    before_step: optional (step, state, data_iter) -> data_iter, called
+      before each step (ContrastiveCrop localisation may rebuild the
+      iterator).
+    extras_fn: optional () -> JSON-able dict saved with each checkpoint.
+    (the rest: the run's pieces, as built by pretrain.py / finetune.py)
 
   Returns:
     (final state, last logged metrics dict).
@@ -78,6 +86,8 @@ def run_loop(*, config, workdir, state, start_step, p_step, data_iter, mesh,
   step = start_step
   t0 = time.time()
   for step in range(start_step, config.num_steps):
+    if before_step is not None:
+      data_iter = before_step(step, state, data_iter)
     batch = sharding.to_global(next(data_iter), mesh)
     state, metrics = p_step(state, batch)
     done = step + 1
@@ -87,7 +97,8 @@ def run_loop(*, config, workdir, state, start_step, p_step, data_iter, mesh,
       writer.progress(done, last)
     preempted = checkpointer.reached_preemption(done)
     checkpointer.save(done, state, data_iter, config_dict,
-                      force=preempted or done == config.num_steps)
+                      force=preempted or done == config.num_steps,
+                      extras=extras_fn() if extras_fn else None)
     if preempted:
       logging.warning("preemption signal: saved step %d, stopping", done)
       break

@@ -21,33 +21,60 @@ from absl import flags
 import grain
 import numpy as np
 
+from medclr import contrastive_crop
 from medclr import crops
 from medclr.data import readers
 from medclr.data import sources as sources_lib
 
 
 class _TwoViews(grain.transforms.RandomMap):
-  """Two independent random resized crops of one image (SimCLR, host part)."""
+  """Two independent random resized crops of one image (SimCLR, host part).
+
+  With a ContrastiveCrop `boxes` table that is active, each crop's centre is
+  drawn inside the image's box (`contrastive_crop.beta_place`).
+  """
 
   def __init__(self, image_size: int, in_channels: int,
-               area: tuple[float, float], aspect: tuple[float, float]):
+               area: tuple[float, float], aspect: tuple[float, float],
+               boxes=None, crop_alpha: float = 1.0):
     self.image_size = image_size
     self.in_channels = in_channels
     self.area = tuple(area)
     self.aspect = tuple(aspect)
+    self.boxes = boxes
+    self.crop_alpha = crop_alpha
 
   def random_map(self, element: dict[str, Any],
                  rng: np.random.Generator) -> dict[str, np.ndarray]:
     image = element["image"]
+    kwargs = {}
+    if self.boxes is not None and self.boxes.active:
+      kwargs["place"] = contrastive_crop.beta_place(
+          self.boxes.boxes[element["pool_index"]], self.crop_alpha)
     views = {}
     for key in ("view1", "view2"):
       # Crop the uint8 image first: resizing a small window is far cheaper
       # than converting the whole image to float, and channel conversion
       # commutes with the (linear) bilinear resize.
       view = crops.random_resized_crop(image, rng, self.image_size, self.area,
-                                       self.aspect)
+                                       self.aspect, **kwargs)
       views[key] = crops.to_float(view, self.in_channels)
     return views
+
+
+class _PoolIndex(grain.transforms.MapWithIndex):
+  """Tags a record with its position in the (concatenated) pool.
+
+  Grain's epoch-aware shuffle asks its parent for `index + epoch * len`, so
+  the position is the index modulo the pool size.
+  """
+
+  def __init__(self, pool_size: int):
+    self.pool_size = pool_size
+
+  def map_with_index(self, index: int,
+                     element: dict[str, Any]) -> dict[str, Any]:
+    return dict(element, pool_index=index % self.pool_size)
 
 
 class _LabeledPatch(grain.transforms.RandomMap):
@@ -148,8 +175,8 @@ def pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
                      image_size: int, in_channels: int,
                      area: tuple[float, float], aspect: tuple[float, float],
                      local_batch: int, seed: int, process_index: int = 0,
-                     process_count: int = 1,
-                     worker_count: int = 0) -> grain.IterDataset:
+                     process_count: int = 1, worker_count: int = 0,
+                     boxes=None, crop_alpha: float = 1.0) -> grain.IterDataset:
   """Endless batches of two random resized crops per image (masks ignored).
 
   Args:
@@ -164,6 +191,9 @@ def pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
     process_index: this JAX process.
     process_count: number of JAX processes.
     worker_count: Grain worker processes (0: in this process).
+    boxes: optional `contrastive_crop.BoxTable` over the pool, in the order
+      of `sources` (ContrastiveCrop); read when crops are made.
+    crop_alpha: ContrastiveCrop's Beta(alpha, alpha) centre parameter.
 
   Returns:
     IterDataset of dict(view1, view2), each float32 (b, S, S, C) in [0, 1].
@@ -174,8 +204,9 @@ def pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
   dataset = (datasets[0] if len(datasets) == 1 else
              grain.MapDataset.concatenate(datasets))
   dataset = (
-      dataset.seed(seed).shuffle().repeat()
-      .random_map(_TwoViews(image_size, in_channels, area, aspect)))
+      dataset.map_with_index(_PoolIndex(len(dataset))).seed(seed).shuffle().repeat()
+      .random_map(_TwoViews(image_size, in_channels, area, aspect, boxes,
+                            crop_alpha)))
   return _finish(dataset, local_batch, process_index, process_count,
                  worker_count)
 

@@ -46,8 +46,13 @@ class Method:
     self.spec = augment.get_spec(config.augment.preset,
                                  config.augment.strength)
 
-  def host_dataset(self, config, local_batch):
-    """Grain IterDataset of host crops for this process (see module doc)."""
+  def host_dataset(self, config, local_batch, boxes=None, crop_alpha=1.0):
+    """Grain IterDataset of host crops for this process (see module doc).
+
+    `boxes`/`crop_alpha` switch the crops to ContrastiveCrop (see
+    `medclr.contrastive_crop`); methods with their own host pipeline do not
+    take them.
+    """
     return pipeline.pretrain_dataset(
         config.data.data_dir, config.data.sources,
         image_size=config.data.image_size,
@@ -55,7 +60,8 @@ class Method:
         aspect=self.spec.crop_aspect, local_batch=local_batch,
         seed=config.seed, process_index=jax.process_index(),
         process_count=jax.process_count(),
-        worker_count=config.data.worker_count)
+        worker_count=config.data.worker_count, boxes=boxes,
+        crop_alpha=crop_alpha)
 
   def make_model(self, rngs):
     raise NotImplementedError
