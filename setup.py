@@ -26,10 +26,14 @@ setuptools.setup(
         "pillow>=10.0",
         # TensorBoard event files without TensorFlow.
         "tensorboardX>=2.6",
+        # 3D volumes (NIfTI, DICOM series) for the volume-aware methods.
+        "nibabel>=5.0",
+        "pydicom>=3.0",
     ],
     extras_require={
+        # nilearn ships the MNI152 template used by the volume tests.
         "test": ["pytest>=8.0", "nbclient>=0.10", "nbformat>=5.10",
-                 "ipykernel>=6.29", "matplotlib>=3.8"],
+                 "ipykernel>=6.29", "matplotlib>=3.8", "nilearn>=0.10"],
         "notebook": ["matplotlib>=3.8", "ipykernel>=6.29"],
         "tpu": ["jax[tpu]>=0.10.2"],
     },

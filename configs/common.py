@@ -58,3 +58,83 @@ def run_block(config, *, num_steps, log_every, checkpoint_every, keep=2):
   config.async_checkpoints = True
   config.mesh = ml_collections.ConfigDict({"data": -1})
   return config
+
+
+def pretrain_config(method, args, *, preset="simclr_strong"):
+  """The blocks every pretraining method shares, with the profiles applied.
+
+  Args:
+    method: registered method name (`config.method`).
+    args: `parse_arg` result with smoke, quick, demo (bools) and preset.
+    preset: the method's default augmentation preset (`args.preset` wins).
+
+  Returns:
+    ConfigDict with data, augment, model, head, loss, optim, crop, batch and
+    run fields; method configs add their own blocks on top.
+  """
+  config = ml_collections.ConfigDict()
+  config.method = method
+  config.data = ml_collections.ConfigDict({
+      "data_dir": default_data_dir(),
+      # Unlabelled pool, "name:split" comma list; never DRIVE test/.
+      "sources": "drive:train,hrf:train",
+      "image_size": 128,
+      "in_channels": 3,
+      "worker_count": 0,
+  })
+  config.augment = ml_collections.ConfigDict(
+      {"preset": args.preset or preset, "strength": 1.0})
+  config.model = model_config("unet2d-32")
+  # Canonical head: GAP -> Dense 512 -> ReLU -> Dense 128 (EVALUATION.md 2).
+  config.head = ml_collections.ConfigDict({"hidden_dim": 512, "out_dim": 128})
+  config.loss = ml_collections.ConfigDict({"temperature": 0.1})
+  # Canonical step optimiser: Adam 1e-3 (EVALUATION.md 2).
+  config.optim = ml_collections.ConfigDict({
+      "name": "adam", "learning_rate": 1e-3, "lr_scaling": "none",
+      "schedule": "cosine", "warmup_steps": 100, "weight_decay": 0.0,
+      "grad_clip_norm": 0.0})
+  # ContrastiveCrop (METHODS.md 1.7, xyupeng/ContrastiveCrop): mode 'ccrop'
+  # turns it on. alpha 0.6 / box_thresh 0.1 are its ImageNet values (0.1 for
+  # its small-data configs); warm-up and interval are in steps here.
+  config.crop = ml_collections.ConfigDict({
+      "mode": "rrc", "alpha": 0.6, "box_thresh": 0.1, "warmup_steps": 100,
+      "loc_interval": 100, "loc_size": 0, "loc_batch": 16})
+  config.batch_size = 16  # images; each gives two views
+  run_block(config, num_steps=2000, log_every=10, checkpoint_every=200)
+
+  if args.quick:  # the 2-core CPU DRIVE study; matches finetune_unet:quick
+    config.data.image_size = 96
+    config.model = model_config("unet2d-16")
+    config.batch_size = 32
+    config.num_steps = 300
+    config.optim.warmup_steps = 30
+    config.checkpoint_every = 100
+  if args.demo:  # make quickstart: a few minutes on 2 CPU cores
+    config.data.sources = "phantom:train"
+    config.data.image_size = 64
+    config.model = model_config("small")
+    config.head.hidden_dim = 128
+    config.head.out_dim = 64
+    config.num_steps = 150
+    config.optim.warmup_steps = 15
+    config.checkpoint_every = 50
+  if args.smoke:  # two steps on the phantom, tiny model: tests
+    config.data.sources = "phantom:train"
+    config.data.image_size = 32
+    config.model = model_config("tiny")
+    config.head.hidden_dim = 32
+    config.head.out_dim = 16
+    config.batch_size = 8
+    config.num_steps = 2
+    config.optim.warmup_steps = 1
+    config.log_every = 1
+    config.checkpoint_every = 1
+    config.crop.warmup_steps = 1
+    config.crop.loc_interval = 1
+    config.crop.loc_batch = 8
+  return config
+
+
+def pretrain_args(arg):
+  """The `:arg` every pretraining config accepts."""
+  return parse_arg(arg, smoke=False, quick=False, demo=False, preset="")

@@ -22,6 +22,7 @@ from medclr import sharding
 from medclr import steps
 from medclr import train_utils
 from medclr.data import pipeline
+from medclr.data import prepare as data_prepare
 from medclr.data import sources as data_sources
 
 LOADABLE_PARTS = ("encoder", "decoder")
@@ -29,19 +30,7 @@ LOADABLE_PARTS = ("encoder", "decoder")
 
 def validate_config(config):
   """Checks that fail fast, before any device work or training."""
-  try:
-    augment.get_spec(config.augment.preset, config.augment.strength)
-  except ValueError as e:
-    raise errors.ConfigError(f"config.augment: {e}") from e
-  if config.model.in_channels != config.data.in_channels:
-    raise errors.ConfigError(
-        f"config.model.in_channels={config.model.in_channels} differs from "
-        f"config.data.in_channels={config.data.in_channels}")
-  levels = len(config.model.widths)
-  if config.data.crop_size % 2 ** (levels - 1):
-    raise errors.ConfigError(
-        f"config.data.crop_size={config.data.crop_size} must be divisible by "
-        f"2**{levels - 1} for a {levels}-level U-Net")
+  train_utils.check_common_config(config, "crop_size")
   for part in load_parts(config.init):
     if part not in LOADABLE_PARTS:
       raise errors.ConfigError(
@@ -106,7 +95,7 @@ def labeled_subset(config, workdir):
 
 
 def make_data_iter(config, workdir, local_batch):
-  train_utils.ensure_phantom(config.data.data_dir, [config.data.dataset])
+  data_prepare.ensure_phantom(config.data.data_dir, [config.data.dataset])
   indices = labeled_subset(config, workdir)
   dataset = pipeline.finetune_dataset(
       config.data.data_dir, config.data.dataset, config.data.train_split,

@@ -39,7 +39,10 @@ def make_optimizer(optim_cfg, num_steps, global_batch):
   elif name == "lars":
     tx = optax.lars(lr, weight_decay=wd, momentum=optim_cfg.get("momentum", 0.9))
   elif name == "sgd":
-    tx = optax.sgd(lr, momentum=optim_cfg.get("momentum", 0.9))
+    # torch-style coupled weight decay (added to the gradient), as the PCL /
+    # MoCo reference optimisers use.
+    tx = optax.chain(optax.add_decayed_weights(wd) if wd else optax.identity(),
+                     optax.sgd(lr, momentum=optim_cfg.get("momentum", 0.9)))
   else:
     raise ValueError(f"config.optim.name={name!r}: expected one of adam, adamw, "
                      "lars, sgd")

@@ -6,7 +6,6 @@ restore-or-init -> jitted donated step -> loop with logging and checkpoints.
 from absl import logging
 import jax
 
-from medclr import augment
 from medclr import checkpointing
 from medclr import contrastive_crop
 from medclr import errors
@@ -24,22 +23,7 @@ def validate_config(config):
   if config.method not in methods.REGISTRY:
     raise errors.ConfigError(f"config.method={config.method!r}: known methods "
                              f"are {sorted(methods.REGISTRY)}")
-  try:
-    augment.get_spec(config.augment.preset, config.augment.strength)
-  except ValueError as e:
-    raise errors.ConfigError(f"config.augment: {e}") from e
-  if config.model.in_channels != config.data.in_channels:
-    raise errors.ConfigError(
-        f"config.model.in_channels={config.model.in_channels} differs from "
-        f"config.data.in_channels={config.data.in_channels}")
-  levels = len(config.model.widths)
-  if config.data.image_size % 2 ** (levels - 1):
-    raise errors.ConfigError(
-        f"config.data.image_size={config.data.image_size} must be divisible "
-        f"by 2**{levels - 1} for a {levels}-level encoder")
-  if config.num_steps < 1:
-    raise errors.ConfigError(
-        f"config.num_steps={config.num_steps}: must be >= 1")
+  train_utils.check_common_config(config, "image_size")
 
 
 def uses_contrastive_crop(config):
@@ -53,8 +37,7 @@ def make_dataset(config, local_batch, method, boxes=None):
   Returns:
     (dataset, the opened sources).
   """
-  names = [s.split(":")[0] for s in config.data.sources.split(",") if s]
-  train_utils.ensure_phantom(config.data.data_dir, names)
+  method.prepare_data(config)
   # Opening the sources here raises a clear error naming a missing dataset.
   opened = data_sources.open_sources(config.data.data_dir, config.data.sources)
   if boxes is None:

@@ -9,18 +9,36 @@ from flax import nnx
 import jax
 import numpy as np
 
+from medclr import augment
 from medclr import checkpointing
+from medclr import errors
 from medclr import sharding
 from medclr import steps
-from medclr.data import prepare as data_prepare
-from medclr.data import sources as data_sources
 
 
-def ensure_phantom(data_dir, names):
-  """Writes the embedded phantom dataset on first use (it needs no download)."""
-  if "phantom" in names and not data_sources.is_prepared(data_dir, "phantom"):
-    logging.info("preparing the embedded phantom dataset in %s", data_dir)
-    data_prepare.prepare("phantom", None, data_dir)
+def check_common_config(config, size_key):
+  """Config checks both phases share; `size_key` names the input size field.
+
+  Raises:
+    errors.ConfigError naming the offending key.
+  """
+  try:
+    augment.get_spec(config.augment.preset, config.augment.strength)
+  except ValueError as e:
+    raise errors.ConfigError(f"config.augment: {e}") from e
+  if config.model.in_channels != config.data.in_channels:
+    raise errors.ConfigError(
+        f"config.model.in_channels={config.model.in_channels} differs from "
+        f"config.data.in_channels={config.data.in_channels}")
+  levels = len(config.model.widths)
+  size = config.data[size_key]
+  if size % 2 ** (levels - 1):
+    raise errors.ConfigError(
+        f"config.data.{size_key}={size} must be divisible by "
+        f"2**{levels - 1} for a {levels}-level encoder")
+  if config.num_steps < 1:
+    raise errors.ConfigError(
+        f"config.num_steps={config.num_steps}: must be >= 1")
 
 
 def init_state(make_model, tx, mesh, seed, make_aux=None):

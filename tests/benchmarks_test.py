@@ -124,13 +124,16 @@ def test_input_pipeline_reads_step_rate_and_compares(step_record, tmp_path):
 def test_scaling_runs_over_1_to_8_devices(tmp_path):
   record = scaling.main(
       TINY + ["--size=16", "--batch=8", "--device_counts=1,2,8",
-              "--steps=1", "--warmup=0", f"--results={tmp_path / 's.jsonl'}"])
+              "--steps=1", "--warmup=0", "--floor_draws=1",
+              f"--results={tmp_path / 's.jsonl'}"])
   assert [r["devices"] for r in record["rows"]] == [1, 2, 8]
   assert record["all_equal"] is True
   assert record["rows"][0]["grad_max_abs"] > 0
+  assert record["grad_tolerance_rel_l2"] >= record["grad_rtol"]
   for row in record["rows"]:
     assert row["equal"] is True
     assert row["loss_abs_diff"] <= record["loss_atol"]
+    assert row["grad_rel_l2_diff"] <= record["grad_tolerance_rel_l2"]
     assert _positive(row["step_s"])
   assert record["step_time_ratio_vs_1"]["1"] == 1.0
 

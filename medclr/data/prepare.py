@@ -127,3 +127,15 @@ def prepare(dataset: str, manual_dir: pathlib.Path | str | None,
                                     description, overwrite=overwrite)
   print(_summary(name, path, examples_by_split))
   return path
+
+
+def ensure_phantom(data_dir, names) -> None:
+  """Writes the embedded phantom dataset on first use (it needs no download).
+
+  Args:
+    data_dir: root of the prepared sets.
+    names: dataset names a run is about to read; only 'phantom' is made.
+  """
+  from medclr.data import sources  # pylint: disable=g-import-not-at-top
+  if "phantom" in names and not sources.is_prepared(data_dir, "phantom"):
+    prepare("phantom", None, data_dir)

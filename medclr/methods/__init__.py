@@ -5,6 +5,8 @@ generic step (`steps.make_pretrain_step`) owns what all methods share:
 device augmentation keys, the optimizer update, BatchNorm statistics,
 donation and sharding. A method only says what is special about it:
 
+  prepare_data(config)      writes embedded/synthetic sets the run reads
+                            (default: the phantom, if named in data.sources).
   host_dataset(config, local_batch)
                             the Grain pipeline of host crops (default: two
                             random resized crops per image, `pretrain_dataset`).
@@ -24,6 +26,8 @@ import jax
 
 from medclr import augment
 from medclr.data import pipeline
+from medclr.data import prepare as data_prepare
+from medclr.data import sources as data_sources
 
 # name -> module path; each module exposes `make(config) -> Method`.
 REGISTRY = {
@@ -45,6 +49,12 @@ class Method:
     self.config = config
     self.spec = augment.get_spec(config.augment.preset,
                                  config.augment.strength)
+
+  def prepare_data(self, config):
+    """Creates the embedded datasets `config.data.sources` names, if absent."""
+    names = [name for name, _ in
+             data_sources.parse_sources(config.data.sources)]
+    data_prepare.ensure_phantom(config.data.data_dir, names)
 
   def host_dataset(self, config, local_batch, boxes=None, crop_alpha=1.0):
     """Grain IterDataset of host crops for this process (see module doc).

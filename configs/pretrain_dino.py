@@ -1,0 +1,125 @@
+r"""DINO pretraining of the U-Net encoder (METHODS.md 1.4, 1.6; methods/dino.py).
+
+  python -m launch.pretrain --config=configs/pretrain_dino.py \
+      --workdir=/tmp/dino --config.data.sources=drive:train,hrf:train
+
+Arguments after the colon: `smoke` (a couple of steps on the embedded phantom,
+tiny model; used by the tests), `quick` (the 2-core CPU DRIVE profile, same
+model and global view size as pretrain_simclr quick), `crops=<preset>` (the
+multi-crop preset: dino_default, strong, weak; it fills config.crops),
+`preset=<augment preset>` (base preset: flips, rotation and crop aspect
+ratio), e.g. `--config=configs/pretrain_dino.py:quick,crops=weak`.
+For explicit scales: `--config.crops.preset=custom
+--config.crops.global_scale=(0.5,1.0) --config.crops.local_scale=(0.1,0.5)`.
+
+Sources: facebookresearch/dino main_dino.py (code defaults) and README;
+each value says where it is from.
+"""
+import ml_collections
+
+from configs import common
+from medclr.methods import dino
+
+
+def get_config(arg=None):
+  """DINO config; see the module docstring for `arg`."""
+  args = common.parse_arg(arg, smoke=False, quick=False, preset="",
+                          crops="dino_default")
+  if args.crops not in dino.CROP_PRESETS:
+    raise ValueError(f"unknown crops preset {args.crops!r} in {arg!r}; known: "
+                     f"{sorted(dino.CROP_PRESETS)}")
+  config = ml_collections.ConfigDict()
+  config.method = "dino"
+  config.data = ml_collections.ConfigDict({
+      "data_dir": common.default_data_dir(),
+      # Unlabelled pool, "name:split" comma list; never DRIVE test/.
+      "sources": "drive:train,hrf:train",
+      # Side of the 2 global crops (224 in DINO; medclr's canonical 128).
+      "image_size": 128,
+      "in_channels": 3,
+      "worker_count": 0,
+  })
+  # The base preset gives flips (simclr_strong: hflip 0.5, as DINO's
+  # RandomHorizontalFlip) and the crop aspect range (3/4, 4/3), torchvision's
+  # RandomResizedCrop default that DINO uses. Its crop area is not used:
+  # config.crops has the global/local scales. DINO's per-view intensity
+  # (methods/dino.py _VIEW_PROBS) replaces the preset's.
+  config.augment = ml_collections.ConfigDict(
+      {"preset": args.preset or "simclr_strong", "strength": 1.0})
+  preset = dino.CROP_PRESETS[args.crops]
+  config.crops = ml_collections.ConfigDict({
+      # dino_default | strong | weak | custom (methods/dino.py CROP_PRESETS).
+      "preset": args.crops,
+      # Filled from the preset; read as given only with preset 'custom'.
+      "global_scale": preset.global_scale,
+      "local_scale": preset.local_scale,
+      "jitter": preset.jitter,
+      # main_dino.py --local_crops_number default 8 (METHODS.md 1.4 agrees).
+      "num_local": 8,
+      # 0: image_size * 96/224 rounded to a multiple of 2**(levels-1)
+      # (48 px here), DINO's 96 px locals for 224 px globals.
+      "local_size": 0,
+  })
+  config.model = common.model_config("unet2d-32")
+  # main_dino.py defaults: --out_dim 65536, --norm_last_layer True,
+  # --use_bn_in_head False; DINOHead nlayers 3, hidden 2048, bottleneck 256;
+  # --freeze_last_layer 1 epoch: drive:train + hrf:train (20 + 45 images)
+  # at batch 16 is 4 steps.
+  config.head = ml_collections.ConfigDict({
+      "hidden_dim": 2048, "bottleneck_dim": 256, "out_dim": 65536,
+      "num_layers": 3, "norm_last_layer": True,
+      "freeze_last_layer_steps": 4})
+  # DINOLoss: student temp 0.1, center momentum 0.9. Teacher temperature:
+  # README's improved recipe --teacher_temp 0.07 after a linear warm-up from
+  # --warmup_teacher_temp 0.04 over --warmup_teacher_temp_epochs 30 of 300
+  # (10% of the steps); the code default is 0.04 throughout.
+  config.loss = ml_collections.ConfigDict({
+      "student_temp": 0.1, "teacher_temp": 0.07, "warmup_teacher_temp": 0.04,
+      "warmup_teacher_temp_steps": 200, "center_momentum": 0.9})
+  # --momentum_teacher 0.996, cosine to 1.
+  config.ema = ml_collections.ConfigDict({"base_momentum": 0.996})
+  # main_dino.py defaults: AdamW, --lr 5e-4 x batch/256, --warmup_epochs 10
+  # of 100 (10% of the steps), cosine, --weight_decay 0.04, --clip_grad 3.0.
+  # Deviations (medclr.optim): the rate decays to 0, not --min_lr 1e-6; the
+  # weight decay stays 0.04 (DINO: cosine to --weight_decay_end 0.4, and no
+  # decay on biases and norms); clipping is by global norm, DINO clips each
+  # parameter's gradient norm. DINO's ResNet-50 recipe (README) is
+  # --config.optim.name=sgd --config.optim.learning_rate=0.03
+  # --config.optim.weight_decay=1e-4 with crops (0.14, 1) / (0.05, 0.14).
+  config.optim = ml_collections.ConfigDict({
+      "name": "adamw", "learning_rate": 5e-4, "lr_scaling": "linear",
+      "schedule": "cosine", "warmup_steps": 200, "weight_decay": 0.04,
+      "grad_clip_norm": 3.0})
+  config.batch_size = 16  # images; each gives 2 + num_local crops
+  common.run_block(config, num_steps=2000, log_every=10, checkpoint_every=200)
+
+  if args.quick:  # 2-core CPU DRIVE profile, as pretrain_simclr quick
+    config.data.image_size = 96
+    config.model = common.model_config("unet2d-16")
+    config.batch_size = 32
+    config.num_steps = 300
+    # CPU budget: 4 local crops (48 px) instead of 8, and K = 4096 outputs
+    # instead of 65536 for a 65-image pool.
+    config.crops.num_local = 4
+    config.head.out_dim = 4096
+    config.head.freeze_last_layer_steps = 2  # 1 epoch of 65 images at 32
+    config.loss.warmup_teacher_temp_steps = 30  # 10% of the steps
+    config.optim.warmup_steps = 30  # 10% of the steps
+    config.log_every = 10
+    config.checkpoint_every = 100
+  if args.smoke:
+    config.data.sources = "phantom:train"
+    config.data.image_size = 32
+    config.model = common.model_config("tiny")
+    config.crops.num_local = 2
+    config.head.hidden_dim = 32
+    config.head.bottleneck_dim = 16
+    config.head.out_dim = 64
+    config.head.freeze_last_layer_steps = 1
+    config.loss.warmup_teacher_temp_steps = 1
+    config.batch_size = 8
+    config.num_steps = 2
+    config.optim.warmup_steps = 1
+    config.log_every = 1
+    config.checkpoint_every = 1
+  return config
