@@ -250,7 +250,7 @@ def test_bank_too_large_for_the_run_names_the_fields():
     methods.get_method(_config(**{"adco.bank_size": 80}))
 
 
-@pytest.mark.parametrize("arg", ["", "smoke", "quick"])
+@pytest.mark.parametrize("arg", ["", "smoke", "quick", "demo"])
 def test_config_loads_locks_and_runs_the_adversarial_phase(arg):
   config = importlib.import_module("configs.pretrain_adco").get_config(
       arg or None)

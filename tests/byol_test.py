@@ -53,6 +53,7 @@ def test_config_loads_and_locks(arg):
   with pytest.raises(AttributeError):
     config.ema.base_momentun = 0.9  # a typo must not create a field
   assert config.method == "byol" and config.ema.base_momentum == 0.996
+  byol.make(config)  # validates the whole config
   if "quick" in arg:  # the fine-tune quick profile expects these
     assert config.model.preset == "unet2d-16"
     assert config.data.image_size == 96

@@ -63,6 +63,8 @@ def test_config_loads_and_locks(arg):
     config.crops.global_scal = (0.5, 1.0)  # a typo must not create a field
   preset = dino.resolve_crops(config.crops)
   assert preset == dino.CROP_PRESETS[config.crops.preset]
+  method = dino.make(config)  # validates the whole config
+  assert method.local_size % 2 ** (len(config.model.widths) - 1) == 0
   if "quick" in arg:  # the fine-tune quick profile expects these
     assert config.model.preset == "unet2d-16"
     assert config.data.image_size == 96

@@ -216,7 +216,7 @@ def test_queue_size_not_multiple_of_batch_names_the_fields():
     methods.get_method(_config(**{"moco.queue_size": 20}))
 
 
-@pytest.mark.parametrize("arg", ["", "smoke", "quick",
+@pytest.mark.parametrize("arg", ["", "smoke", "quick", "demo",
                                  "quick,preset=basic_medical"])
 def test_config_loads_locks_and_matches_simclr_quick_model(arg):
   module = importlib.import_module("configs.pretrain_mocov2")

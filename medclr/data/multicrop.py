@@ -106,8 +106,10 @@ def multicrop_dataset(data_dir: pathlib.Path | str, sources: str, *,
     raise ValueError(f"num_local must be >= 0, got {num_local}")
   _check_scale("global_scale", global_scale)
   _check_scale("local_scale", local_scale)
-  # pipeline's record cache, shared so both pretraining pipelines read alike.
-  datasets = [grain.MapDataset.source(pipeline._CachedRecords(s))  # pylint: disable=protected-access
+  # pipeline's record cache and batching tail, shared so both pretraining
+  # pipelines read, batch and split across processes alike.
+  # pylint: disable=protected-access
+  datasets = [grain.MapDataset.source(pipeline._CachedRecords(s))
               for s in sources_lib.open_sources(data_dir, sources)]
   dataset = (datasets[0] if len(datasets) == 1 else
              grain.MapDataset.concatenate(datasets))
@@ -117,5 +119,5 @@ def multicrop_dataset(data_dir: pathlib.Path | str, sources: str, *,
                             num_local=num_local, in_channels=in_channels,
                             global_scale=global_scale,
                             local_scale=local_scale, aspect=aspect)))
-  return pipeline._finish(dataset, local_batch, process_index, process_count,  # pylint: disable=protected-access
+  return pipeline._finish(dataset, local_batch, process_index, process_count,
                           worker_count)
