@@ -8,6 +8,12 @@ from configs import common
 
 CONFIGS = {"pretrain_simclr": ["", "smoke", "quick", "demo",
                                "quick,preset=basic_medical"],
+           "pretrain_mocov2": ["", "smoke", "quick"],
+           "pretrain_adco": ["", "smoke", "quick"],
+           "pretrain_byol": ["", "smoke", "quick"],
+           "pretrain_dino": ["", "smoke", "quick", "crops=weak"],
+           "pretrain_chaitanya": ["", "smoke", "quick"],
+           "pretrain_pcl": ["", "smoke", "quick"],
            "finetune_unet": ["", "smoke", "quick", "demo"]}
 
 

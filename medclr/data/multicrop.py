@@ -45,7 +45,7 @@ class MultiCrop(grain.transforms.RandomMap):
     self.aspect = tuple(aspect)
 
   def _crop(self, image, rng, size, scale):
-    # Crop the uint8 image first, convert channels after (as _TwoViews).
+    # Crop the uint8 image first, convert channels after (as TwoViews).
     view = crops.random_resized_crop(image, rng, size, scale, self.aspect)
     return crops.to_float(view, self.in_channels)
 
@@ -109,7 +109,7 @@ def multicrop_dataset(data_dir: pathlib.Path | str, sources: str, *,
   # pipeline's record cache and batching tail, shared so both pretraining
   # pipelines read, batch and split across processes alike.
   # pylint: disable=protected-access
-  datasets = [grain.MapDataset.source(pipeline._CachedRecords(s))
+  datasets = [grain.MapDataset.source(pipeline.CachedRecords(s))
               for s in sources_lib.open_sources(data_dir, sources)]
   dataset = (datasets[0] if len(datasets) == 1 else
              grain.MapDataset.concatenate(datasets))
@@ -119,5 +119,5 @@ def multicrop_dataset(data_dir: pathlib.Path | str, sources: str, *,
                             num_local=num_local, in_channels=in_channels,
                             global_scale=global_scale,
                             local_scale=local_scale, aspect=aspect)))
-  return pipeline._finish(dataset, local_batch, process_index, process_count,
-                          worker_count)
+  return pipeline.batch_for_process(dataset, local_batch, process_index,
+                                    process_count, worker_count)

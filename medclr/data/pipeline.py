@@ -27,7 +27,7 @@ from medclr.data import readers
 from medclr.data import sources as sources_lib
 
 
-class _TwoViews(grain.transforms.RandomMap):
+class TwoViews(grain.transforms.RandomMap):
   """Two independent random resized crops of one image (SimCLR, host part).
 
   With a ContrastiveCrop `boxes` table that is active, each crop's centre is
@@ -103,7 +103,7 @@ class _LabeledPatch(grain.transforms.RandomMap):
 _CACHE_BUDGET_BYTES = 512 * 2**20
 
 
-class _CachedRecords:
+class CachedRecords:
   """Random-access view of `source` (optionally only records `indices`).
 
   Grain's MapDataset only slices by ranges, so an arbitrary labelled subset
@@ -146,8 +146,9 @@ def _check_process(process_index: int, process_count: int) -> None:
                      f"{process_count})")
 
 
-def _finish(dataset: grain.MapDataset, local_batch: int, process_index: int,
-            process_count: int, worker_count: int) -> grain.IterDataset:
+def batch_for_process(dataset: grain.MapDataset, local_batch: int,
+                      process_index: int, process_count: int,
+                      worker_count: int) -> grain.IterDataset:
   """Shared tail: batch, this process's share, iterator, optional workers."""
   if local_batch < 1:
     raise ValueError(f"local_batch must be >= 1, got {local_batch}")
@@ -199,16 +200,16 @@ def pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
     IterDataset of dict(view1, view2), each float32 (b, S, S, C) in [0, 1].
     `iter()` of it supports get_state()/set_state().
   """
-  datasets = [grain.MapDataset.source(_CachedRecords(s))
+  datasets = [grain.MapDataset.source(CachedRecords(s))
               for s in sources_lib.open_sources(data_dir, sources)]
   dataset = (datasets[0] if len(datasets) == 1 else
              grain.MapDataset.concatenate(datasets))
   dataset = (
       dataset.map_with_index(_PoolIndex(len(dataset))).seed(seed).shuffle().repeat()
-      .random_map(_TwoViews(image_size, in_channels, area, aspect, boxes,
+      .random_map(TwoViews(image_size, in_channels, area, aspect, boxes,
                             crop_alpha)))
-  return _finish(dataset, local_batch, process_index, process_count,
-                 worker_count)
+  return batch_for_process(dataset, local_batch, process_index,
+                           process_count, worker_count)
 
 
 def finetune_dataset(data_dir: pathlib.Path | str, name: str, split: str, *,
@@ -244,12 +245,12 @@ def finetune_dataset(data_dir: pathlib.Path | str, name: str, split: str, *,
     raise readers.DataError(
         f"record indices {bad[:5]} out of range for {name}:{split} "
         f"({len(source)} records)")
-  dataset = grain.MapDataset.source(_CachedRecords(source, indices))
+  dataset = grain.MapDataset.source(CachedRecords(source, indices))
   dataset = (
       dataset.seed(seed).shuffle().repeat()
       .random_map(_LabeledPatch(crop_size, in_channels)))
-  return _finish(dataset, local_batch, process_index, process_count,
-                 worker_count)
+  return batch_for_process(dataset, local_batch, process_index,
+                           process_count, worker_count)
 
 
 def choose_labeled(source: Sequence[dict[str, Any]], num_labeled: int,

@@ -90,9 +90,8 @@ SAMPLINGS = ("random", "partition")
 LABEL_KEYS = ("volume_id", "partition", "position")
 # The shared host-pipeline pieces of pipeline.py (same crops, caching,
 # batching and process split as every other method).
-_TwoViews = pipeline._TwoViews  # pylint: disable=protected-access
-_CachedRecords = pipeline._CachedRecords  # pylint: disable=protected-access
-_finish = pipeline._finish  # pylint: disable=protected-access
+TwoViews = pipeline.TwoViews
+CachedRecords = pipeline.CachedRecords
 # Stands in for -inf in masked log-sum-exps: finite, so a row with nothing
 # unmasked (e.g. no negatives) gives finite values and zero gradients, where
 # -inf would give NaN gradients.
@@ -345,7 +344,7 @@ def _labels(record: dict[str, Any], volume_offset: int,
 class _SliceViews(grain.transforms.RandomMap):
   """Two host crops of a slice plus its volume id, partition and position."""
 
-  def __init__(self, two_views: _TwoViews, partitions: int):
+  def __init__(self, two_views: TwoViews, partitions: int):
     self.two_views = two_views
     self.partitions = partitions
 
@@ -469,8 +468,8 @@ def volume_pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
   # Each source numbers its volumes from 0: shift them to be unique.
   sizes = [int(table[:, 0].max()) + 1 for table in tables]
   offsets = [int(o) for o in np.cumsum([0] + sizes)[:-1]]
-  records = [_CachedRecords(s) for s in opened]
-  slice_views = _SliceViews(_TwoViews(image_size, in_channels, area, aspect),
+  records = [CachedRecords(s) for s in opened]
+  slice_views = _SliceViews(TwoViews(image_size, in_channels, area, aspect),
                             partitions)
   if sampling == "random":
     datasets = [grain.MapDataset.source(_WithOffset(r, o))
@@ -478,8 +477,8 @@ def volume_pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
     dataset = (datasets[0] if len(datasets) == 1 else
                grain.MapDataset.concatenate(datasets))
     dataset = dataset.seed(seed).shuffle().repeat().random_map(slice_views)
-    return _finish(dataset, local_batch, process_index, process_count,
-                   worker_count)
+    return pipeline.batch_for_process(dataset, local_batch, process_index,
+                                      process_count, worker_count)
   if local_batch % partitions:
     raise readers.DataError(
         f"sampling='partition' needs the per-process batch ({local_batch}) "
@@ -487,8 +486,9 @@ def volume_pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
   groups = _volume_groups(tables, offsets, partitions, names)
   dataset = (grain.MapDataset.range(len(groups)).seed(seed).shuffle().repeat()
              .random_map(_PartitionGroup(records, groups, slice_views)))
-  return _finish(dataset, local_batch // partitions, process_index,
-                 process_count, worker_count).map(_flatten_groups)
+  return pipeline.batch_for_process(
+      dataset, local_batch // partitions, process_index, process_count,
+      worker_count).map(_flatten_groups)
 
 
 # ---------------------------------------------------------------------------
