@@ -36,5 +36,8 @@ setuptools.setup(
                  "ipykernel>=6.29", "matplotlib>=3.8", "nilearn>=0.10"],
         "notebook": ["matplotlib>=3.8", "ipykernel>=6.29"],
         "tpu": ["jax[tpu]>=0.10.2"],
+        # The PyTorch peer of benchmarks/. Pinned on purpose: torch 2.13.0 has
+        # a CPU wheel here, while an unpinned torch pulls a multi-GB CUDA build.
+        "bench": ["torch==2.13.0", "monai==1.6.1"],
     },
 )

@@ -1,1 +1,1 @@
-"""medclr benchmarks and studies, run as `python -m benchmarks.<name>`; see README.md."""
+"""medclr benchmarks and studies (python -m benchmarks.NAME); see README.md."""

@@ -1,4 +1,4 @@
-r"""Full-resolution sliding-window inference of one fundus image: medclr vs PyTorch.
+r"""Sliding-window inference of one full fundus image: medclr vs PyTorch.
 
   python -m benchmarks.inference        # DRIVE test image 01 if ../shared/data
 
@@ -114,7 +114,8 @@ def measure_torch(args, image):
                   "pip install torch==2.13.0")
   model, predict_nhwc = torch_peer.make_unet_predict(3, args.widths)
   try:
-    from monai.inferers import sliding_window_inference  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from monai.inferers import sliding_window_inference
   except ImportError:
     sliding_window_inference = None
 

@@ -31,6 +31,7 @@ import sys
 from benchmarks import common
 
 NAME = "pretrain_step"
+METHODS = ("simclr",)
 CANONICAL_WIDTHS = "32,64,128,256,512"
 TEMPERATURE = 0.1
 LEARNING_RATE = 1e-3
@@ -40,7 +41,10 @@ def parse_args(argv):
   parser = argparse.ArgumentParser(
       prog=f"python -m benchmarks.{NAME}",
       description="Canonical SimCLR step: medclr vs PyTorch; JSON last line.")
-  parser.add_argument("--method", default="simclr", choices=("simclr",))
+  # Only SimCLR so far: its step is the canonical one, the peer implements
+  # it, and the synthetic batch holds its two views. Another method needs its
+  # own inputs (e.g. multi-crop) and a peer before it can be added here.
+  parser.add_argument("--method", default="simclr", choices=METHODS)
   parser.add_argument("--batch", type=int, default=16,
                       help="images per step (2 views each)")
   parser.add_argument("--size", type=int, default=128, help="view side")
@@ -107,15 +111,19 @@ def memory_fields(compiled):
 def canonical_config(*, method="simclr", batch=16, size=128,
                      widths=(32, 64, 128, 256, 512), precision="float32",
                      hidden_dim=512, out_dim=128, preset="simclr_strong"):
-  """`configs/pretrain_simclr.py` with the benchmark's sizes.
+  """The method's run config (`configs/pretrain_<method>.py`) resized.
 
   Starting from the real run config keeps the benchmark on the code path a
   user runs; only the sizes, the preset and a constant Adam 1e-3 (the
-  canonical step has no schedule) are set here.
+  canonical step has no schedule) are set here. A method without its own
+  config file starts from `configs/pretrain_simclr.py`.
   """
-  from configs import pretrain_simclr  # pylint: disable=g-import-not-at-top
+  import importlib  # pylint: disable=g-import-not-at-top
 
-  config = pretrain_simclr.get_config()
+  name = f"pretrain_{method}"
+  if not (common.REPO / "configs" / f"{name}.py").is_file():
+    name = "pretrain_simclr"
+  config = importlib.import_module(f"configs.{name}").get_config()
   config.method = method
   config.batch_size = batch
   config.data.image_size = size
@@ -226,10 +234,10 @@ def measure_medclr(args, model, mesh, preset):
   }
 
 
-def config_from_args(args, precision=None):
+def config_from_args(args):
   return canonical_config(
       method=args.method, batch=args.batch, size=args.size,
-      widths=args.widths, precision=precision or args.precision,
+      widths=args.widths, precision=args.precision,
       hidden_dim=args.hidden_dim, out_dim=args.out_dim)
 
 

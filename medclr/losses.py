@@ -28,7 +28,9 @@ _DICE_SMOOTH = 1e-5
 _COUNT_EPS = 1e-6
 
 
-def _l2_normalize(z: jax.Array) -> jax.Array:
+def l2_normalize(z: jax.Array) -> jax.Array:
+  """Rows of `z` scaled to unit L2 norm, computed in float32."""
+  z = z.astype(jnp.float32)
   norm = jnp.linalg.norm(z, axis=-1, keepdims=True)
   return z / jnp.maximum(norm, _NORM_EPS)
 
@@ -60,7 +62,7 @@ def nt_xent_reference(
   """
   _check_pair(z1, z2)
   n = z1.shape[0]
-  z = _l2_normalize(jnp.concatenate([z1, z2]).astype(jnp.float32))
+  z = l2_normalize(jnp.concatenate([z1, z2]).astype(jnp.float32))
   logits = z @ z.T / temperature
   is_self = jnp.eye(2 * n, dtype=bool)
   logits = jnp.where(is_self, -jnp.inf, logits)
@@ -94,8 +96,8 @@ def nt_xent_local(
   """
   _check_pair(z1, z2)
   n = z1.shape[0]
-  local1 = _l2_normalize(z1.astype(jnp.float32))
-  local2 = _l2_normalize(z2.astype(jnp.float32))
+  local1 = l2_normalize(z1.astype(jnp.float32))
+  local2 = l2_normalize(z2.astype(jnp.float32))
   # Global layout [all first views; all second views], matching the
   # reference so that global row indices mean the same thing.
   global1 = jax.lax.all_gather(local1, axis_name, tiled=True)
@@ -183,7 +185,7 @@ def embedding_std(z: jax.Array) -> jax.Array:
   Returns:
     Scalar float32.
   """
-  normalized = _l2_normalize(z.astype(jnp.float32))
+  normalized = l2_normalize(z.astype(jnp.float32))
   return jnp.mean(jnp.std(normalized, axis=0, ddof=1))
 
 

@@ -40,14 +40,10 @@ from medclr import methods
 from medclr import models
 
 # torch.nn.functional.normalize's eps, as the reference code normalises with it.
-_NORM_EPS = 1e-12
 
 
-def l2_normalize(x: jax.Array) -> jax.Array:
-  """Rows of `x` scaled to unit L2 norm (float32)."""
-  x = x.astype(jnp.float32)
-  norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
-  return x / jnp.maximum(norm, _NORM_EPS)
+# One normalisation everywhere (losses.l2_normalize); re-exported for AdCo.
+l2_normalize = losses.l2_normalize
 
 
 def gather_to_replicated(x: jax.Array, axis_name: str = "data") -> jax.Array:
