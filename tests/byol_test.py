@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import smoke_config
+from conftest import assert_trees_close, saved_subtrees, smoke_config
 from medclr import checkpointing
 from medclr import errors
 from medclr import finetune
@@ -25,6 +25,10 @@ from medclr.methods import byol
 
 BATCH = 8
 SIZE = 32
+
+
+def _saved(workdir, step):
+  return saved_subtrees(workdir, step, ("params", "aux"))
 
 
 def _config(**overrides):
@@ -155,23 +159,6 @@ def test_asymmetric_views_and_strength():
     byol.view_specs(config.augment)
 
 
-def _saved(workdir, step):
-  """params and aux saved at `step`, as numpy trees."""
-  shapes, _ = checkpointing.saved_tree_shapes(workdir, step)
-  abstract = jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s, np.float32),
-      {"params": shapes["params"], "aux": shapes["aux"]},
-      is_leaf=lambda s: isinstance(s, tuple))
-  restored, _ = checkpointing.restore_subtrees(workdir, abstract, step)
-  return jax.device_get(restored)
-
-
-def _assert_trees_close(got, want, rtol, atol):
-  assert jax.tree.structure(got) == jax.tree.structure(want)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol,
-                                                       atol=atol), got, want)
-
-
 @pytest.mark.slow
 def test_pretrain_ema_resume_on_one_device_and_finetune(tmp_path,
                                                         phantom_data_dir):
@@ -198,7 +185,7 @@ def test_pretrain_ema_resume_on_one_device_and_finetune(tmp_path,
     want = jax.tree.map(lambda old, online: tau * old + (1 - tau) * online,
                         before["aux"]["target_params"][part],
                         after["params"][part])
-    _assert_trees_close(after["aux"]["target_params"][part], want, 1e-5,
+    assert_trees_close(after["aux"]["target_params"][part], want, 1e-5,
                         1e-7)
   # Teeth: the online network moved, and so did the target's statistics.
   moved = jax.tree.map(lambda a, b: not np.allclose(a, b), before, after)
@@ -215,7 +202,7 @@ def test_pretrain_ema_resume_on_one_device_and_finetune(tmp_path,
   config.mesh.data = 1
   resumed = pretrain.train_and_evaluate(config, str(killed))
   assert resumed["loss"] == pytest.approx(last["loss"], rel=1e-4)
-  _assert_trees_close(_saved(killed, 2), after, 1e-4, 1e-6)
+  assert_trees_close(_saved(killed, 2), after, 1e-4, 1e-6)
 
   ft_config = smoke_config("finetune_unet", phantom_data_dir,
                            **{"init.pretrain_dir": str(full)})

@@ -65,3 +65,30 @@ def finetuned_dir(tmp_path_factory, phantom_data_dir, pretrained_dir):
       smoke_config("finetune_unet", phantom_data_dir,
                    **{"init.pretrain_dir": pretrained_dir}), workdir)
   return workdir
+
+
+def saved_subtrees(workdir, step, parts=("params",)):
+  """The listed top-level parts of the train state saved at `step` (numpy).
+
+  Restored as float32 onto the shapes in the checkpoint's metadata, as a test
+  of what a run actually wrote.
+  """
+  import jax  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from medclr import checkpointing  # pylint: disable=g-import-not-at-top
+  shapes, _ = checkpointing.saved_tree_shapes(workdir, step)
+  abstract = jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s, np.float32),
+      {part: shapes[part] for part in parts},
+      is_leaf=lambda s: isinstance(s, tuple))
+  restored, _ = checkpointing.restore_subtrees(workdir, abstract, step)
+  return jax.device_get(restored)
+
+
+def assert_trees_close(got, want, rtol, atol):
+  """Same tree structure and every leaf close."""
+  import jax  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol,
+                                                       atol=atol), got, want)

@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import smoke_config
-from medclr import checkpointing
+from conftest import saved_subtrees, smoke_config
 from medclr import contrastive_crop
 from medclr import crops
 from medclr import pretrain
@@ -72,13 +71,7 @@ def test_ccrop_run_logs_box_area_and_resumes_exactly(tmp_path,
   pretrain.train_and_evaluate(config, str(killed))
 
   def params(workdir):
-    shapes, _ = checkpointing.saved_tree_shapes(workdir, 4)
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, np.float32),
-                            shapes["params"],
-                            is_leaf=lambda s: isinstance(s, tuple))
-    restored, _ = checkpointing.restore_subtrees(
-        workdir, {"params": abstract}, 4)
-    return jax.tree.leaves(jax.device_get(restored["params"]))
+    return jax.tree.leaves(saved_subtrees(workdir, 4)["params"])
 
   for a, b in zip(params(full), params(killed)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

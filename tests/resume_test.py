@@ -12,19 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import smoke_config
-from medclr import checkpointing
+from conftest import saved_subtrees, smoke_config
 from medclr import pretrain
-
-
-def _params(workdir, step):
-  shapes, _ = checkpointing.saved_tree_shapes(workdir, step)
-  abstract = jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s, np.float32), shapes["params"],
-      is_leaf=lambda s: isinstance(s, tuple))
-  restored, _ = checkpointing.restore_subtrees(workdir, {"params": abstract},
-                                               step)
-  return jax.device_get(restored["params"])
 
 
 @pytest.mark.slow
@@ -42,12 +31,13 @@ def test_resume_matches_uninterrupted_run(tmp_path, phantom_data_dir):
   (killed / "metrics.jsonl").unlink()
   pretrain.train_and_evaluate(config, str(killed))
 
-  want, got = _params(full, 4), _params(killed, 4)
+  want = saved_subtrees(full, 4)["params"]
+  got = saved_subtrees(killed, 4)["params"]
   leaves_want, leaves_got = jax.tree.leaves(want), jax.tree.leaves(got)
   assert len(leaves_want) == len(leaves_got) > 0
   for a, b in zip(leaves_want, leaves_got):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
   # And the run did move: step 4 differs from step 2, so equality means
   # something.
-  start = jax.tree.leaves(_params(full, 2))
+  start = jax.tree.leaves(saved_subtrees(full, 2)["params"])
   assert any(not np.allclose(a, b) for a, b in zip(start, leaves_want))

@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import smoke_config
+from conftest import saved_subtrees, smoke_config
 from medclr import checkpointing
 from medclr import finetune
 from medclr import losses
@@ -30,6 +30,10 @@ from medclr.methods import volume_supcon as vs
 
 GLOBAL_BATCH = 16
 DIM_IN, DIM_OUT = 6, 5
+
+
+def _params(workdir, step):
+  return jax.tree.leaves(saved_subtrees(workdir, step)["params"])
 
 
 def _relation(a, b, partition, position, positives, threshold):
@@ -299,16 +303,6 @@ def test_configs_load_lock_and_validate(module, arg):
   else:
     assert spec.threshold == (0.05 if "0.05" in arg else 0.1)
     assert spec.scale == pytest.approx(0.1 / 0.07)
-
-
-def _params(workdir, step):
-  shapes, _ = checkpointing.saved_tree_shapes(workdir, step)
-  abstract = jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s, np.float32), shapes["params"],
-      is_leaf=lambda s: isinstance(s, tuple))
-  restored, _ = checkpointing.restore_subtrees(workdir, {"params": abstract},
-                                               step)
-  return jax.tree.leaves(jax.device_get(restored["params"]))
 
 
 @pytest.mark.slow
