@@ -39,12 +39,36 @@ def run(cmd, log):
   return round(time.time() - t0, 1)
 
 
-def arm_preset(arm):
-  """'simclr_basic_medical' -> ('simclr', 'basic_medical'); 'scratch' -> None."""
+# Arms that need more than `<method>_<preset>`: (config file stem, config
+# args after the colon, extra --config flags).
+NAMED_ARMS = {
+    # ContrastiveCrop is a crop option; with MoCo v2, one of its papers' hosts.
+    "ccrop_mocov2": ("mocov2", "preset=mocov2", ["--config.crop.mode=ccrop"]),
+    "dino_default": ("dino", "crops=dino_default", []),
+    "dino_weak": ("dino", "crops=weak", []),
+    "dino_strong": ("dino", "crops=strong", []),
+    "chaitanya_gd": ("chaitanya", "positives=gd", []),
+    "chaitanya_gd-": ("chaitanya", "positives=gd-", []),
+    "pcl": ("pcl", "threshold=0.1", []),
+}
+# Volume-aware methods need slices with volume ids: DRIVE and HRF are single
+# 2D images, so these arms pretrain on their config's own volume set (the
+# procedural synthetic volumes unless overridden) and fine-tune on DRIVE.
+VOLUME_CONFIGS = ("chaitanya", "pcl")
+
+
+def arm_spec(arm):
+  """Arm name -> (config stem, config args, extra flags); 'scratch' -> None.
+
+  'simclr_basic_medical' -> ('simclr', 'preset=basic_medical', []); named
+  arms come from NAMED_ARMS.
+  """
   if arm == "scratch":
     return None
+  if arm in NAMED_ARMS:
+    return NAMED_ARMS[arm]
   method, _, preset = arm.partition("_")
-  return method, preset
+  return method, f"preset={preset}", []
 
 
 def main():
@@ -76,17 +100,17 @@ def main():
   RESULTS.mkdir(parents=True, exist_ok=True)
   for arm in args.arms.split(","):
     pretrain_dir, pretrain_cmd, pretrain_s = "", None, 0.0
-    method_preset = arm_preset(arm)
-    if method_preset:
-      method, preset = method_preset
+    spec = arm_spec(arm)
+    if spec:
+      stem, config_args, extra = spec
       pretrain_dir = str(work / f"pretrain_{arm}")
+      sources = ([] if stem in VOLUME_CONFIGS else
+                 ["--config.data.sources=drive:train,hrf:train"])
       pretrain_cmd = [
           py, "-m", "launch.pretrain",
-          f"--config=configs/pretrain_{method}.py:{args.profile},"
-          f"preset={preset}",
+          f"--config=configs/pretrain_{stem}.py:{args.profile},{config_args}",
           f"--workdir={pretrain_dir}", f"--config.data.data_dir={data_dir}",
-          "--config.data.sources=drive:train,hrf:train"
-      ] + args.pretrain_overrides.split()
+      ] + sources + extra + args.pretrain_overrides.split()
       pretrain_s = run(pretrain_cmd, log)
     for k in map(int, args.k.split(",")):
       for seed in map(int, args.seeds.split(",")):

@@ -201,18 +201,16 @@ def _median(values):
           (ordered[mid - 1] + ordered[mid]) / 2)
 
 
-def measure_pretrain_step(*, batch, size, widths, precision, steps, warmup,
-                          in_channels=3, temperature=0.1, threads=None,
-                          hidden_dim=512, out_dim=128, seed=0):
-  """Median images/s (views) of the SimCLR train step in PyTorch.
+def make_pretrain_step(*, batch, size, widths, precision, in_channels=3,
+                       temperature=0.1, threads=None, hidden_dim=512,
+                       out_dim=128, seed=0):
+  """The peer's SimCLR train step as a no-argument callable.
 
   Args:
     batch: images per step; each gives two views, so 2 * batch views.
     size: view side in pixels.
     widths: encoder widths.
     precision: 'float32' or 'bfloat16' (autocast).
-    steps: timed steps.
-    warmup: untimed steps first (oneDNN picks kernels on the first calls).
     in_channels: image channels.
     temperature: NT-Xent temperature.
     threads: intra-op threads; default all cores.
@@ -221,7 +219,8 @@ def measure_pretrain_step(*, batch, size, widths, precision, steps, warmup,
     seed: torch seed of weights and inputs.
 
   Returns:
-    dict(images_per_s, step_s, step_times_s, threads, loss).
+    step(): runs one step and returns its loss as a float; `step.threads`
+    is the thread count in use.
   """
   threads = configure_threads(threads)
   torch.manual_seed(seed)
@@ -230,7 +229,6 @@ def measure_pretrain_step(*, batch, size, widths, precision, steps, warmup,
   optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
   views = torch.rand(2 * batch, in_channels, size, size).contiguous(
       memory_format=torch.channels_last)
-  last_loss = []
 
   def step():
     optimizer.zero_grad(set_to_none=True)
@@ -239,12 +237,29 @@ def measure_pretrain_step(*, batch, size, widths, precision, steps, warmup,
     loss = nt_xent(z[:batch], z[batch:], temperature)
     loss.backward()
     optimizer.step()
-    last_loss.append(float(loss.detach()))
+    return float(loss.detach())
 
-  times = _time(step, steps, warmup)
+  step.threads = threads
+  return step
+
+
+def measure_pretrain_step(*, steps, warmup, **step_args):
+  """Median images/s (views) of the SimCLR train step in PyTorch.
+
+  Args:
+    steps: timed steps.
+    warmup: untimed steps first (oneDNN picks kernels on the first calls).
+    **step_args: as `make_pretrain_step`.
+
+  Returns:
+    dict(images_per_s, step_s, step_times_s, threads, loss).
+  """
+  step = make_pretrain_step(**step_args)
+  losses = []
+  times = _time(lambda: losses.append(step()), steps, warmup)
   step_s = _median(times)
-  return {"images_per_s": 2 * batch / step_s, "step_s": step_s,
-          "step_times_s": times, "threads": threads, "loss": last_loss[-1]}
+  return {"images_per_s": 2 * step_args["batch"] / step_s, "step_s": step_s,
+          "step_times_s": times, "threads": step.threads, "loss": losses[-1]}
 
 
 def make_unet_predict(in_channels, widths, num_classes=1, threads=None,

@@ -244,3 +244,24 @@ def test_model_kwargs_names_the_bad_field(field, value, message):
   model_cfg[field] = value
   with pytest.raises(ValueError, match=message):
     medclr.models.model_kwargs(model_cfg)
+
+
+@pytest.mark.parametrize('shape', [(2, 8, 8, 3), (2, 9, 7, 3)])
+def test_max_pool_2x2_matches_reduce_window_pool_and_its_gradient(shape):
+  """Same values and, on tie-free inputs, the same gradient as nnx.max_pool."""
+  x = jax.random.normal(jax.random.key(0), shape)  # continuous: no ties
+  reference = lambda v: nnx.max_pool(v, (2, 2), strides=(2, 2))
+  np.testing.assert_array_equal(encoder_lib.max_pool_2x2(x), reference(x))
+  cotangent = jax.random.normal(jax.random.key(1), reference(x).shape)
+  grad = jax.vjp(encoder_lib.max_pool_2x2, x)[1](cotangent)[0]
+  np.testing.assert_array_equal(grad, jax.vjp(reference, x)[1](cotangent)[0])
+
+
+def test_max_pool_2x2_keeps_batch_sharding_under_explicit_mesh():
+  x = jax.random.normal(jax.random.key(0), (8, 4, 4, 2))
+  mesh = jax.make_mesh((8,), ('data',),
+                       axis_types=(jax.sharding.AxisType.Explicit,))
+  with jax.set_mesh(mesh):
+    pooled = jax.jit(encoder_lib.max_pool_2x2)(jax.device_put(x, jax.P('data')))
+    assert pooled.sharding.spec[0] == 'data'
+  np.testing.assert_array_equal(pooled, encoder_lib.max_pool_2x2(x))

@@ -25,6 +25,31 @@ MAX_NORM_GROUPS = 8
 NORMS = ('batch', 'group')
 
 
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max-pool, stride 2, VALID (odd last rows/columns dropped).
+
+  The same forward values as `nnx.max_pool(x, (2, 2), strides=(2, 2))`,
+  written as a reshape and a max because XLA:CPU lowers the gradient of
+  `reduce_window` max to a variadic reduce-window over (value, iota index)
+  pairs plus select-and-scatter, about 25x slower than this reshape's
+  gradient (benchmarks/README.md, optimisation log). One difference: where
+  a window holds equal maxima, this gradient is shared among them, whereas
+  `reduce_window`'s goes to one. In the encoder the pool follows a ReLU, so
+  ties are zeros whose ReLU gradient is zero either way.
+  """
+  n, h, w, c = x.shape
+  x = x[:, :h - h % 2, :w - w % 2, :]
+  windows = (n, h // 2, 2, w // 2, 2, c)
+  if jax.sharding.get_abstract_mesh().empty:
+    return jnp.max(x.reshape(windows), axis=(2, 4))
+  # Under an explicit-sharding mesh a reshape must name its output sharding:
+  # the split axes inherit their parent's, the new window axes are whole.
+  spec = tuple(jax.typeof(x).sharding.spec) + (None,) * 4
+  out = jax.sharding.PartitionSpec(spec[0], spec[1], None, spec[2], None,
+                                   spec[3])
+  return jnp.max(jnp.reshape(x, windows, out_sharding=out), axis=(2, 4))
+
+
 def num_norm_groups(channels: int) -> int:
   """Largest divisor of `channels` that is at most `MAX_NORM_GROUPS`.
 
@@ -180,7 +205,7 @@ class Encoder(nnx.Module):
     features = []
     for index in range(len(self.widths)):
       if index > 0:
-        x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool_2x2(x)
       x = getattr(self, f'level{index}')(x, train=train)
       features.append(x)
     return features
