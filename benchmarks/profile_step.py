@@ -7,12 +7,16 @@ medclr: the step of `benchmarks.pretrain_step` (augmentation preset 'none')
 runs `--steps` times under `jax.profiler.trace`; XLA:CPU records one trace
 event per executed HLO instruction (thunk), which is matched to the compiled
 HLO to get its opcode, shape and, for fusions, what the fused computation
-holds. Convolutions are split into forward, input gradient (kernel reversed
-/ transposed: `01oi` or `rhs_reversal`) and filter gradient (output shaped
-like the kernel). PyTorch: the peer's step under `torch.profiler`, self CPU
-time per aten op. Both are reported in milliseconds per step, with the wall
-step time, so the op times can be checked against it (the sum can exceed it
-when ops run concurrently on the 2 cores).
+holds; convolutions are split into forward, input gradient and filter
+gradient (`conv_kind`). Library convolutions (Eigen) run on the intra-op
+thread pool and their trace event covers only their dispatch, so each of
+the encoder's convolutions is also timed alone (`conv_ms`: forward, input
+grad, filter grad, jitted separately on the step's 2B views). PyTorch: the
+peer's step under `torch.profiler`, self CPU time per aten op, and the same
+per-conv table (`conv_ms`: forward, forward + gradients). Times are
+milliseconds per step; `step_s` is the wall time of a step measured before
+profiling. Op times can add up to more than the step when ops overlap on the
+2 cores.
 
 The last stdout line is one JSON object, also appended to
 benchmarks/results/profile_step.jsonl.
@@ -59,18 +63,20 @@ def conv_kind(line):
   """'conv forward' / 'conv input grad' / 'conv filter grad' of a conv line.
 
   XLA:CPU canonicalises every convolution to `b01f_01io->b01f` with explicit
-  transposes around it, so the kind is read from elsewhere: the op_name
-  metadata says whether it comes from the backward pass (`transpose(jvp`),
-  and a backward conv whose window is larger than the model's 3x3 kernel is
-  the filter gradient (its "kernel" is the output gradient, whose window is
-  the whole feature map).
+  transposes around it, so the kind is read from elsewhere. The filter
+  gradient convolves the input with the output gradient: its window is a
+  whole feature map, larger than its output (the kernel, e.g. 3x3). Of the
+  rest, the op_name metadata marks the backward pass (`transpose(jvp`).
   """
-  if "transpose(jvp" not in line:
-    return "conv forward"
+  shape = re.search(r"=\s*[a-z0-9]+\[([0-9,]*)\]", line)
+  dims = [int(d) for d in shape.group(1).split(",") if d] if shape else []
   window = re.search(r"window=\{size=(\d+)x(\d+)", line)
-  if window and int(window.group(1)) * int(window.group(2)) > 9:
+  if window and len(dims) == 4 and (
+      int(window.group(1)) > dims[1] or int(window.group(2)) > dims[2]):
     return "conv filter grad"
-  return "conv input grad"
+  if "transpose(jvp" in line:
+    return "conv input grad"
+  return "conv forward"
 
 
 def category(name, instructions, computations):

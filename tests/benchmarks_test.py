@@ -240,3 +240,50 @@ def test_torch_peer_unet_matches_medclr():
   np.testing.assert_allclose(
       predict(images), np.asarray(model(images, train=False)), rtol=1e-4,
       atol=1e-5)
+
+
+def test_profile_step_classifies_each_conv_of_a_two_layer_gradient():
+  """Forward, input-gradient and filter-gradient convs are told apart."""
+  from benchmarks import profile_step  # pylint: disable=g-import-not-at-top
+
+  def conv(x, k):
+    return jax.lax.conv_general_dilated(
+        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def loss(kernels, x):
+    return (conv(jax.nn.relu(conv(x, kernels[0])), kernels[1]) ** 2).sum()
+
+  kernels = (np.ones((3, 3, 3, 4), np.float32),
+             np.ones((3, 3, 4, 4), np.float32))
+  text = jax.jit(jax.grad(loss)).lower(
+      kernels, np.ones((2, 16, 16, 3), np.float32)).compile().as_text()
+  instructions, _ = profile_step.parse_hlo(text)
+  kinds = sorted(profile_step.conv_kind(line)
+                 for opcode, line in instructions.values()
+                 if opcode == "convolution")
+  # The images get no gradient, so only the second conv has an input grad.
+  assert kinds == ["conv filter grad"] * 2 + ["conv forward"] * 2 + [
+      "conv input grad"]
+
+
+@pytest.mark.slow
+def test_profile_step_reports_per_op_times(tmp_path):
+  from benchmarks import profile_step  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "profile_step.jsonl"
+  argv = ["--widths=4,8", "--size=16", "--batch=2", "--steps=1",
+          "--warmup=1", "--conv_repeats=1", f"--results={path}"]
+  if not HAS_TORCH:
+    argv.append("--notorch")
+  with contextlib.redirect_stdout(io.StringIO()):
+    record = profile_step.main(argv)
+  assert record == _only_record(path)
+  medclr = record["medclr"]
+  assert {"conv forward", "conv filter grad"} <= set(medclr["ms_per_step"])
+  assert _positive(medclr["step_s"]) and medclr["op_ms_sum"] > 0
+  assert list(medclr["conv_ms"]) == ["3->4@16", "4->4@16", "4->8@8",
+                                     "8->8@8"]
+  assert "input_grad" not in medclr["conv_ms"]["3->4@16"]
+  assert "input_grad" in medclr["conv_ms"]["4->4@16"]
+  if HAS_TORCH:
+    assert "conv forward" in record["torch"]["ms_per_step"]
+    assert len(record["torch"]["conv_ms"]) == 4
