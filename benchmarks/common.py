@@ -49,6 +49,13 @@ def force_cpu_devices(count):
   return True
 
 
+def add_torch_flags(parser):
+  """--torch / --notorch: also measure the PyTorch peer (default on)."""
+  parser.add_argument("--torch", dest="torch", action="store_true",
+                      default=True, help="also measure the PyTorch peer")
+  parser.add_argument("--notorch", dest="torch", action="store_false")
+
+
 def parse_widths(text):
   """'32,64,128' -> (32, 64, 128), with an error naming the flag."""
   try:

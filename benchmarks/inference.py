@@ -48,9 +48,7 @@ def parse_args(argv):
                       help="windows per model call (config.eval.batch_size)")
   parser.add_argument("--repeats", type=int, default=3, help="timed images")
   parser.add_argument("--warmup", type=int, default=1)
-  parser.add_argument("--torch", dest="torch", action="store_true",
-                      default=True)
-  parser.add_argument("--notorch", dest="torch", action="store_false")
+  common.add_torch_flags(parser)
   parser.add_argument("--results", default=None)
   args = parser.parse_args(argv)
   args.widths = common.parse_widths(args.widths)

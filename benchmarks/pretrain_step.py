@@ -62,9 +62,7 @@ def parse_args(argv):
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps")
   parser.add_argument("--devices", type=int, default=1,
                       help="mesh size (forced host devices on CPU)")
-  parser.add_argument("--torch", dest="torch", action="store_true",
-                      default=True, help="also measure the PyTorch peer")
-  parser.add_argument("--notorch", dest="torch", action="store_false")
+  common.add_torch_flags(parser)
   parser.add_argument("--torch_subprocess", action="store_true",
                       help="run the PyTorch peer in a child process")
   parser.add_argument("--aug", dest="aug", action="store_true", default=True,

@@ -126,6 +126,16 @@ def summarise(per_key_us, steps, top=None):
   return {k: round(v / steps / 1e3, 2) for k, v in items}
 
 
+def report_times(wall, by_category, by_op, args):
+  """The per-framework record: wall step time, op totals, top ops."""
+  return {
+      "step_s": common.median(wall),
+      "op_ms_sum": round(sum(by_category.values()) / args.steps / 1e3, 1),
+      "ms_per_step": summarise(by_category, args.steps),
+      "top_ops_ms": summarise(by_op, args.steps, top=args.top),
+  }
+
+
 def profile_medclr(args):
   """Per-category and per-op ms/step of medclr's step, and its wall time."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -151,12 +161,7 @@ def profile_medclr(args):
     by_category[kind] += event["dur"]
     shape = re.search(r"=\s*(\S+)", instructions[name][1]).group(1)
     by_op[f"{kind}: {name} {shape}"] += event["dur"]
-  return {
-      "step_s": common.median(wall),
-      "op_ms_sum": round(sum(by_category.values()) / args.steps / 1e3, 1),
-      "ms_per_step": summarise(by_category, args.steps),
-      "top_ops_ms": summarise(by_op, args.steps, top=args.top),
-  }
+  return report_times(wall, by_category, by_op, args)
 
 
 def conv_layers(args):
@@ -277,12 +282,7 @@ def profile_torch(args):
   for average in profiler.key_averages():
     by_category[torch_category(average.key)] += average.self_cpu_time_total
     by_op[average.key] += average.self_cpu_time_total
-  return {
-      "step_s": common.median(wall),
-      "op_ms_sum": round(sum(by_category.values()) / args.steps / 1e3, 1),
-      "ms_per_step": summarise(by_category, args.steps),
-      "top_ops_ms": summarise(by_op, args.steps, top=args.top),
-  }
+  return report_times(wall, by_category, by_op, args)
 
 
 def parse_args(argv):
@@ -298,9 +298,7 @@ def parse_args(argv):
   parser.add_argument("--conv_repeats", type=int, default=5,
                       help="timed calls per single-conv measurement (0: "
                       "skip the per-conv table)")
-  parser.add_argument("--torch", dest="torch", action="store_true",
-                      default=True)
-  parser.add_argument("--notorch", dest="torch", action="store_false")
+  common.add_torch_flags(parser)
   parser.add_argument("--results", default=None)
   args = parser.parse_args(argv)
   args.widths = common.parse_widths(args.widths)
