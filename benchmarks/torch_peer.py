@@ -24,8 +24,8 @@ import contextlib
 import json
 import os
 import sys
-import time
 
+from benchmarks import common
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -183,24 +183,6 @@ def autocast(precision):
                    f"{precision!r}")
 
 
-def _time(fn, steps, warmup):
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return times
-
-
-def _median(values):
-  ordered = sorted(values)
-  mid = len(ordered) // 2
-  return (ordered[mid] if len(ordered) % 2 else
-          (ordered[mid - 1] + ordered[mid]) / 2)
-
-
 def make_pretrain_step(*, batch, size, widths, precision, in_channels=3,
                        temperature=0.1, threads=None, hidden_dim=512,
                        out_dim=128, seed=0):
@@ -256,8 +238,8 @@ def measure_pretrain_step(*, steps, warmup, **step_args):
   """
   step = make_pretrain_step(**step_args)
   losses = []
-  times = _time(lambda: losses.append(step()), steps, warmup)
-  step_s = _median(times)
+  times = common.time_calls(lambda: losses.append(step()), steps, warmup)
+  step_s = common.median(times)
   return {"images_per_s": 2 * step_args["batch"] / step_s, "step_s": step_s,
           "step_times_s": times, "threads": step.threads, "loss": losses[-1]}
 
