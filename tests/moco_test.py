@@ -17,16 +17,13 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import smoke_config
-from medclr import checkpointing
+from conftest import saved_subtrees, smoke_config
 from medclr import errors
 from medclr import finetune
 from medclr import methods
-from medclr import optim
 from medclr import pretrain
 from medclr import sharding
 from medclr import steps
-from medclr import train_utils
 from medclr.methods import moco
 
 IMAGE_SIZE = 16
@@ -235,17 +232,8 @@ def test_config_loads_locks_and_matches_simclr_quick_model(arg):
   assert config.augment.preset == expected_preset
 
 
-def _saved_params_and_aux(config, workdir, step):
-  method = methods.get_method(config)
-  tx, _ = optim.make_optimizer(config.optim, config.num_steps,
-                               config.batch_size)
-  mesh = sharding.make_mesh(-1)
-  with jax.set_mesh(mesh):
-    _, abstract, _ = train_utils.init_state(method.make_model, tx, mesh,
-                                            config.seed, method.init_aux)
-    restored, _ = checkpointing.restore_subtrees(
-        workdir, {"params": abstract["params"], "aux": abstract["aux"]}, step)
-  return jax.device_get(restored)
+def _saved_params_and_aux(workdir, step):
+  return saved_subtrees(workdir, step, ("params", "aux"))
 
 
 @pytest.mark.slow
@@ -263,13 +251,13 @@ def test_pretrain_resume_and_finetune_end_to_end(tmp_path, phantom_data_dir):
   shutil.rmtree(killed / "checkpoints" / "2")
   (killed / "metrics.jsonl").unlink()
   pretrain.train_and_evaluate(config, str(killed))
-  want = _saved_params_and_aux(config, str(full), 2)
-  got = _saved_params_and_aux(config, str(killed), 2)
+  want = _saved_params_and_aux(str(full), 2)
+  got = _saved_params_and_aux(str(killed), 2)
   assert set(got["aux"]) == {"target_params", "target_stats", "queue",
                              "queue_ptr"}
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6,
                                                        atol=1e-7), got, want)
-  step1 = _saved_params_and_aux(config, str(full), 1)
+  step1 = _saved_params_and_aux(str(full), 1)
   assert not np.allclose(step1["aux"]["queue"], want["aux"]["queue"])
 
   ft_config = smoke_config("finetune_unet", phantom_data_dir,
