@@ -62,30 +62,11 @@ def get_config(arg=None):
   config.batch_size = 16  # images; each gives two views (as pretrain_simclr)
   common.run_block(config, num_steps=2000, log_every=10, checkpoint_every=200)
 
-  if args.quick:  # 2-core CPU DRIVE profile, as pretrain_simclr quick
-    config.data.image_size = 96
-    config.model = common.model_config("unet2d-16")
-    config.batch_size = 32
-    config.num_steps = 300
-    # The study compares methods with one recipe: pretrain_simclr quick's
-    # Adam 1e-3 with 30 warm-up steps (LARS at 0.45 x 32/256 is tuned for
-    # batches of thousands).
-    config.optim = ml_collections.ConfigDict({
-        "name": "adam", "learning_rate": 1e-3, "lr_scaling": "none",
-        "schedule": "cosine", "warmup_steps": 30, "weight_decay": 0.0,
-        "grad_clip_norm": 0.0})
-    config.log_every = 10
-    config.checkpoint_every = 100
+  if args.quick:  # the shared study profile and optimiser (common.py)
+    common.quick_profile(config)
   if args.smoke:
-    config.data.sources = "phantom:train"
-    config.data.image_size = 32
-    config.model = common.model_config("tiny")
+    common.smoke_profile(config)
     config.head.hidden_dim = 32
     config.head.out_dim = 16
     config.head.predictor_hidden_dim = 32
-    config.batch_size = 8
-    config.num_steps = 2
-    config.optim.warmup_steps = 1
-    config.log_every = 1
-    config.checkpoint_every = 1
   return config

@@ -83,22 +83,5 @@ def get_config(arg=None):
   common.run_block(config, num_steps=10001, log_every=50,
                    checkpoint_every=1000)
 
-  if args.quick:  # 2-core CPU profile, as pretrain_simclr quick
-    config.data.image_size = 96
-    config.data.in_channels = 3  # the encoder goes to the DRIVE fine-tune
-    config.model = common.model_config("unet2d-16", in_channels=3)
-    config.batch_size = 32
-    config.num_steps = 300
-    config.log_every = 10
-    config.checkpoint_every = 100
-  if args.smoke:
-    config.data.image_size = 32
-    config.data.in_channels = 3  # as the smoke fine-tune (phantom, RGB)
-    config.model = common.model_config("tiny", in_channels=3)
-    config.head.hidden_dim = 32
-    config.head.out_dim = 16
-    config.batch_size = 8
-    config.num_steps = 2
-    config.log_every = 1
-    config.checkpoint_every = 1
+  common.volume_profiles(config, args)
   return config

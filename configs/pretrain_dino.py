@@ -93,39 +93,20 @@ def get_config(arg=None):
   config.batch_size = 16  # images; each gives 2 + num_local crops
   common.run_block(config, num_steps=2000, log_every=10, checkpoint_every=200)
 
-  if args.quick:  # 2-core CPU DRIVE profile, as pretrain_simclr quick
-    config.data.image_size = 96
-    config.model = common.model_config("unet2d-16")
-    config.batch_size = 32
-    config.num_steps = 300
+  if args.quick:  # the shared study profile and optimiser (common.py)
+    common.quick_profile(config)
     # CPU budget: 4 local crops (48 px) instead of 8, and K = 4096 outputs
     # instead of 65536 for a 65-image pool.
     config.crops.num_local = 4
     config.head.out_dim = 4096
     config.head.freeze_last_layer_steps = 2  # 1 epoch of 65 images at 32
     config.loss.warmup_teacher_temp_steps = 30  # 10% of the steps
-    # The study compares methods with one recipe: pretrain_simclr quick's
-    # Adam 1e-3 with 30 warm-up steps (AdamW at 5e-4 x 32/256 would barely
-    # move in 300 steps).
-    config.optim = ml_collections.ConfigDict({
-        "name": "adam", "learning_rate": 1e-3, "lr_scaling": "none",
-        "schedule": "cosine", "warmup_steps": 30, "weight_decay": 0.0,
-        "grad_clip_norm": 0.0})
-    config.log_every = 10
-    config.checkpoint_every = 100
   if args.smoke:
-    config.data.sources = "phantom:train"
-    config.data.image_size = 32
-    config.model = common.model_config("tiny")
+    common.smoke_profile(config)
     config.crops.num_local = 2
     config.head.hidden_dim = 32
     config.head.bottleneck_dim = 16
     config.head.out_dim = 64
     config.head.freeze_last_layer_steps = 1
     config.loss.warmup_teacher_temp_steps = 1
-    config.batch_size = 8
-    config.num_steps = 2
-    config.optim.warmup_steps = 1
-    config.log_every = 1
-    config.checkpoint_every = 1
   return config

@@ -75,24 +75,8 @@ def get_config(arg=None):
   common.run_block(config, num_steps=2000, log_every=10,
                    checkpoint_every=200)
 
-  if args.quick:  # 2-core CPU profile, as pretrain_simclr quick
-    config.data.image_size = 96
-    config.data.in_channels = 3  # the encoder goes to the DRIVE fine-tune
-    config.model = common.model_config("unet2d-16", in_channels=3)
+  common.volume_profiles(config, args)
+  if args.quick:
     config.head.hidden_dim = 256
     config.head.out_dim = 256
-    config.batch_size = 32
-    config.num_steps = 300
-    config.log_every = 10
-    config.checkpoint_every = 100
-  if args.smoke:
-    config.data.image_size = 32
-    config.data.in_channels = 3
-    config.model = common.model_config("tiny", in_channels=3)
-    config.head.hidden_dim = 32
-    config.head.out_dim = 16
-    config.batch_size = 8
-    config.num_steps = 2
-    config.log_every = 1
-    config.checkpoint_every = 1
   return config
