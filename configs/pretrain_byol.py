@@ -53,12 +53,13 @@ def get_config(arg=None):
   # momentum 0.9), base lr x batch/256 (_LR_PRESETS: 0.45 for <= 100
   # epochs, the preset nearest our short runs), weight decay 1e-6
   # (_WD_PRESETS), 10 warm-up epochs of 100 -> 10% of the steps, cosine to
-  # 0. Deviation: optax.lars decays and adapts every parameter; BYOL
-  # excludes biases and BatchNorm parameters (exclude_bias_and_norm).
+  # 0. Biases and BatchNorm parameters get neither weight decay nor LARS
+  # adaptation (exclude_bias_and_norm): weight_decay_on 'kernels'.
   config.optim = ml_collections.ConfigDict({
       "name": "lars", "learning_rate": 0.45, "lr_scaling": "linear",
       "momentum": 0.9, "schedule": "cosine", "warmup_steps": 200,
-      "weight_decay": 1e-6, "grad_clip_norm": 0.0})
+      "weight_decay": 1e-6, "weight_decay_on": "kernels",
+      "grad_clip_norm": 0.0})
   config.batch_size = 16  # images; each gives two views (as pretrain_simclr)
   common.run_block(config, num_steps=2000, log_every=10, checkpoint_every=200)
 

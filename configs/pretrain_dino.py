@@ -79,17 +79,17 @@ def get_config(arg=None):
   # --momentum_teacher 0.996, cosine to 1.
   config.ema = ml_collections.ConfigDict({"base_momentum": 0.996})
   # main_dino.py defaults: AdamW, --lr 5e-4 x batch/256, --warmup_epochs 10
-  # of 100 (10% of the steps), cosine, --weight_decay 0.04, --clip_grad 3.0.
-  # Deviations (medclr.optim): the rate decays to 0, not --min_lr 1e-6; the
-  # weight decay stays 0.04 (DINO: cosine to --weight_decay_end 0.4, and no
-  # decay on biases and norms); clipping is by global norm, DINO clips each
-  # parameter's gradient norm. DINO's ResNet-50 recipe (README) is
+  # of 100 (10% of the steps), cosine to --min_lr 1e-6, --weight_decay 0.04
+  # cosine to --weight_decay_end 0.4, none on biases and norms
+  # (get_params_groups), --clip_grad 3.0. Deviation: clipping is by global
+  # norm, DINO clips each parameter's gradient norm. DINO's ResNet-50 recipe (README) is
   # --config.optim.name=sgd --config.optim.learning_rate=0.03
   # --config.optim.weight_decay=1e-4 with crops (0.14, 1) / (0.05, 0.14).
   config.optim = ml_collections.ConfigDict({
       "name": "adamw", "learning_rate": 5e-4, "lr_scaling": "linear",
-      "schedule": "cosine", "warmup_steps": 200, "weight_decay": 0.04,
-      "grad_clip_norm": 3.0})
+      "schedule": "cosine", "warmup_steps": 200, "end_learning_rate": 1e-6,
+      "weight_decay": 0.04, "weight_decay_end": 0.4,
+      "weight_decay_on": "kernels", "grad_clip_norm": 3.0})
   config.batch_size = 16  # images; each gives 2 + num_local crops
   common.run_block(config, num_steps=2000, log_every=10, checkpoint_every=200)
 
