@@ -3,8 +3,12 @@ r"""The few-label DRIVE study of EVALUATION.md section 1, as one command.
   python -m benchmarks.drive_study --shared_data=../shared/data \
       --work=/tmp/drive_study --arms=scratch,simclr_basic_medical --k=2 --seeds=0
 
-For each pretraining arm it runs `launch.pretrain` once on the unlabelled pool
-(DRIVE training images + HRF, never DRIVE test), then for every (k, seed)
+An arm is `scratch` (no pretraining), `<method>_<preset>` (e.g.
+`mocov2_mocov2`: configs/pretrain_mocov2.py:<profile>,preset=mocov2) or a
+named arm of NAMED_ARMS (`ccrop_mocov2`, `dino_weak`, `chaitanya_gd`, `pcl`,
+...). For each pretraining arm it runs `launch.pretrain` once on the
+unlabelled pool (DRIVE training images + HRF, never DRIVE test; the
+volume-aware arms use their config's volume set), then for every (k, seed)
 `launch.finetune` and `launch.evaluate` on the 20 DRIVE test images at full
 resolution inside the FOV. Every command is run as a subprocess exactly as a
 user would type it, and recorded with its wall time. One JSON row per
