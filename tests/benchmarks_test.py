@@ -10,6 +10,7 @@ the peer-identity tests check that the PyTorch peer computes the same
 function as medclr's models once given the same weights.
 """
 import contextlib
+import importlib
 import importlib.util
 import io
 import json
@@ -287,3 +288,20 @@ def test_profile_step_reports_per_op_times(tmp_path):
   if HAS_TORCH:
     assert "conv forward" in record["torch"]["ms_per_step"]
     assert len(record["torch"]["conv_ms"]) == 4
+
+
+def test_drive_study_arms_name_real_configs():
+  """Every named arm's config file exists and takes its arguments."""
+  from benchmarks import drive_study  # pylint: disable=g-import-not-at-top
+  assert drive_study.arm_spec("scratch") is None
+  assert drive_study.arm_spec("simclr_basic_medical") == (
+      "simclr", "preset=basic_medical", [])
+  for arm in drive_study.NAMED_ARMS:
+    stem, config_args, extra = drive_study.arm_spec(arm)
+    module = importlib.import_module(f"configs.pretrain_{stem}")
+    config = module.get_config(f"quick,{config_args}")
+    assert config.num_steps > 0
+    for flag in extra:
+      key, value = flag.removeprefix("--config.").split("=")
+      section, field = key.split(".")
+      assert str(config[section][field]) != value  # the flag changes it
