@@ -166,7 +166,7 @@ def profile_medclr(args):
 
 def conv_layers(args):
   """(in_channels, out_channels, side) of every 3x3 conv of the encoder."""
-  layers, previous, side = [], 3, args.size
+  layers, previous = [], 3
   for level, width in enumerate(args.widths):
     side = args.size // 2**level
     layers += [(previous, width, side), (width, width, side)]

@@ -82,7 +82,8 @@ def get_config(arg=None):
   # of 100 (10% of the steps), cosine to --min_lr 1e-6, --weight_decay 0.04
   # cosine to --weight_decay_end 0.4, none on biases and norms
   # (get_params_groups), --clip_grad 3.0. Deviation: clipping is by global
-  # norm, DINO clips each parameter's gradient norm. DINO's ResNet-50 recipe (README) is
+  # norm, DINO clips each parameter's gradient norm. DINO's ResNet-50 recipe
+  # (README) is
   # --config.optim.name=sgd --config.optim.learning_rate=0.03
   # --config.optim.weight_decay=1e-4 with crops (0.14, 1) / (0.05, 0.14).
   config.optim = ml_collections.ConfigDict({

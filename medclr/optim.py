@@ -5,10 +5,10 @@ Fields: `name` (adam, adamw, lars, sgd), `learning_rate`, `lr_scaling`
 `warmup_steps`, `end_learning_rate` (cosine floor, default 0), `momentum`,
 `weight_decay`, `weight_decay_end` (if set, the decay follows a cosine
 from `weight_decay` to it over the run, DINO's schedule), `weight_decay_on`
-('all', or 'kernels': only parameters with
-2 or more dimensions, i.e. no biases and no norm scales/offsets, which is
-what BYOL's `exclude_bias_and_norm` and DINO's `get_params_groups` do; for
-LARS it also masks the trust-ratio adaptation), `grad_clip_norm`.
+('all', or 'kernels': only parameters with 2 or more dimensions, i.e. no
+biases and no norm scales/offsets, which is what BYOL's
+`exclude_bias_and_norm` and DINO's `get_params_groups` do; for LARS it also
+masks the trust-ratio adaptation), `grad_clip_norm`.
 """
 import jax
 import optax
