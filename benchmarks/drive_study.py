@@ -1,7 +1,10 @@
 r"""The few-label DRIVE study of EVALUATION.md section 1, as one command.
 
   python -m benchmarks.drive_study --shared_data=../shared/data \
-      --work=/tmp/drive_study --arms=scratch,simclr_basic_medical --k=2 --seeds=0
+      --work=/tmp/drive_study --arms=scratch,simclr_basic_medical --k=2 \
+      --seeds=0,1,2 [--cross=stare]
+  python -m benchmarks.drive_study --work=/tmp/ablation --results=ablation \
+      --variant=no_norm --finetune_overrides="--config.data.normalize=none"
 
 An arm is `scratch` (no pretraining), `<method>_<preset>` (e.g.
 `mocov2_mocov2`: configs/pretrain_mocov2.py:<profile>,preset=mocov2) or a
@@ -13,10 +16,18 @@ volume-aware arms use their config's volume set), then for every (k, seed)
 resolution inside the FOV. Every command is run as a subprocess exactly as a
 user would type it, and recorded with its wall time. One JSON row per
 (arm, k, seed) is appended to benchmarks/results/drive_study.jsonl and a
-Markdown table of mean +/- std is written to benchmarks/results/drive_study.md.
+Markdown table is written to benchmarks/results/drive_study.md: one line
+per run (mean +/- std over test images, and the pooled metrics over all FOV
+pixels of the split) and one line per (arm, variant, dataset, k) aggregated
+over seeds, whose seed-to-seed std decides whether two arms differ.
+`--variant` names a set of fine-tuning overrides (an ablation row);
+`--dataset=stare` fine-tunes and tests on STARE instead of DRIVE; `--cross`
+also evaluates every fine-tuned model on other labelled sets. Commands are
+stored with $WORK and $DATA placeholders, never this machine's paths.
 Results never include images (DRIVE's terms forbid redistribution).
 """
 import argparse
+import collections
 import datetime
 import json
 import os
@@ -29,6 +40,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 METRICS = ("dice", "auc_roc", "sensitivity", "specificity", "accuracy", "iou")
 HUMAN_DICE = 0.788  # 2nd vs 1st observer on the DRIVE test set (data README)
+# Labelled sets the study can fine-tune or test on: prepare arguments.
+LABELED_SETS = {"drive": ("--dataset=drive", "drive"),
+                "stare": ("--dataset=folder --name=stare", "stare")}
 
 
 def run(cmd, log):
@@ -75,7 +89,7 @@ def arm_spec(arm):
   return method, f"preset={preset}", []
 
 
-def main():
+def parse_args():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--shared_data", default=str(REPO.parent / "shared" /
                                                   "data"))
@@ -84,102 +98,230 @@ def main():
   parser.add_argument("--k", default="2")
   parser.add_argument("--seeds", default="0")
   parser.add_argument("--profile", default="quick")
+  parser.add_argument("--dataset", default="drive", choices=LABELED_SETS,
+                      help="labelled set to fine-tune and test on")
+  parser.add_argument("--cross", default="",
+                      help="comma list of other labelled sets to evaluate "
+                      "every fine-tuned model on")
+  parser.add_argument("--variant", default="default",
+                      help="name of this set of fine-tuning overrides")
+  parser.add_argument("--results", default="drive_study",
+                      help="rows go to benchmarks/results/<results>.jsonl")
   parser.add_argument("--pretrain_overrides", default="",
                       help="extra --config.x=y flags for launch.pretrain, "
                       "space separated")
   parser.add_argument("--finetune_overrides", default="")
-  args = parser.parse_args()
+  return parser.parse_args()
 
+
+def prepare_data(args, data_dir, log):
+  """Prepares DRIVE, HRF and every labelled set the study names."""
+  py = sys.executable
+  names = {args.dataset, *filter(None, args.cross.split(","))}
+  shared = pathlib.Path(args.shared_data)
+  commands = [("--dataset=hrf", shared / "hrf_unlabeled")]
+  for name in sorted(names | {"drive"}):
+    if name not in LABELED_SETS:
+      raise SystemExit(f"unknown labelled set {name!r}; known: "
+                       f"{sorted(LABELED_SETS)}")
+    flags, folder = LABELED_SETS[name]
+    commands.append((flags, shared / folder))
+  for flags, path in commands:
+    if not path.is_dir():
+      raise SystemExit(f"{path} not found: pass --shared_data=DIR")
+    run([py, "-m", "launch.prepare", *flags.split(), f"--manual_dir={path}",
+         f"--data_dir={data_dir}"], log)
+
+
+def placeholders(cmd, work, data_dir):
+  """A command as text with $WORK/$DATA instead of this machine's paths."""
+  text = " ".join(cmd).replace(sys.executable, "python")
+  return text.replace(str(data_dir), "$DATA").replace(str(work), "$WORK")
+
+
+def eval_row(ft_dir, name):
+  """Per-image summary and pooled metrics of one evaluation."""
+  sub = "eval" if name is None else f"eval_{name}"
+  result = json.load(open(os.path.join(ft_dir, sub, "metrics.json")))
+  return {"summary": {m: result["summary"][m] for m in METRICS},
+          "pooled": {m: result["pooled"][m] for m in METRICS},
+          "num_test_images": result["num_images"]}
+
+
+def run_one(args, arm, k, seed, pretrain, work, data_dir, log):
+  """Fine-tunes, evaluates (in domain and across sets) and returns the row."""
+  py = sys.executable
+  tag = "" if args.variant == "default" else f"_{args.variant}"
+  ft_dir = str(work / f"finetune_{arm}{tag}_{args.dataset}_k{k}_s{seed}")
+  ft_cmd = [
+      py, "-m", "launch.finetune",
+      f"--config=configs/finetune_unet.py:{args.profile}",
+      f"--workdir={ft_dir}", f"--config.data.data_dir={data_dir}",
+      f"--config.data.dataset={args.dataset}", f"--config.data.num_labeled={k}",
+      f"--config.data.label_seed={seed}", f"--config.seed={seed}",
+      f"--config.init.pretrain_dir={pretrain['dir']}"
+  ] + args.finetune_overrides.split()
+  ft_s = run(ft_cmd, log)
+  commands = [c for c in (pretrain["cmd"], ft_cmd) if c]
+  eval_cmd = [py, "-m", "launch.evaluate", f"--workdir={ft_dir}"]
+  eval_s = run(eval_cmd, log)
+  commands.append(eval_cmd)
+  cross = {}
+  for name in filter(None, args.cross.split(",")):
+    cmd = eval_cmd + [f"--dataset={name}"]
+    run(cmd, log)
+    commands.append(cmd)
+    cross[name] = eval_row(ft_dir, name)
+  config = json.load(open(os.path.join(ft_dir, "config.json")))
+  return {
+      "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+      "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"],
+                            cwd=REPO, capture_output=True,
+                            text=True).stdout.strip(),
+      "profile": args.profile, "arm": arm, "variant": args.variant,
+      "dataset": args.dataset, "k": k, "seed": seed,
+      **eval_row(ft_dir, None), "cross": cross,
+      "labeled": json.load(open(os.path.join(ft_dir, "labeled.json")))[
+          "stems"],
+      "finetune_steps": config["num_steps"],
+      "batch_size": config["batch_size"],
+      "model_widths": config["model"]["widths"],
+      "normalize": config["data"].get("normalize", "none"),
+      "augment": config["augment"],
+      "schedule": config["optim"]["schedule"],
+      "pretrain_seconds": pretrain["seconds"], "finetune_seconds": ft_s,
+      "eval_seconds": eval_s,
+      "commands": [placeholders(c, work, data_dir) for c in commands],
+  }
+
+
+def pretrain_arm(args, arm, work, data_dir, log):
+  """Runs the arm's pretraining (none for scratch): dir, command, seconds."""
+  spec = arm_spec(arm)
+  if not spec:
+    return {"dir": "", "cmd": None, "seconds": 0.0}
+  stem, config_args, extra = spec
+  pretrain_dir = str(work / f"pretrain_{arm}")
+  sources = ([] if stem in VOLUME_CONFIGS else
+             ["--config.data.sources=drive:train,hrf:train"])
+  cmd = [
+      sys.executable, "-m", "launch.pretrain",
+      f"--config=configs/pretrain_{stem}.py:{args.profile},{config_args}",
+      f"--workdir={pretrain_dir}", f"--config.data.data_dir={data_dir}",
+  ] + sources + extra + args.pretrain_overrides.split()
+  return {"dir": pretrain_dir, "cmd": cmd, "seconds": run(cmd, log)}
+
+
+def main():
+  args = parse_args()
   work = pathlib.Path(args.work).absolute()
   data_dir = work / "data"
   log = work / "study.log"
   work.mkdir(parents=True, exist_ok=True)
-  py = sys.executable
-  drive = pathlib.Path(args.shared_data) / "drive"
-  hrf = pathlib.Path(args.shared_data) / "hrf_unlabeled"
-  for name, path in (("drive", drive), ("hrf", hrf)):
-    run([py, "-m", "launch.prepare", f"--dataset={name}",
-         f"--manual_dir={path}", f"--data_dir={data_dir}"], log)
-
+  prepare_data(args, data_dir, log)
   RESULTS.mkdir(parents=True, exist_ok=True)
+  jsonl = RESULTS / f"{args.results}.jsonl"
   for arm in args.arms.split(","):
-    pretrain_dir, pretrain_cmd, pretrain_s = "", None, 0.0
-    spec = arm_spec(arm)
-    if spec:
-      stem, config_args, extra = spec
-      pretrain_dir = str(work / f"pretrain_{arm}")
-      sources = ([] if stem in VOLUME_CONFIGS else
-                 ["--config.data.sources=drive:train,hrf:train"])
-      pretrain_cmd = [
-          py, "-m", "launch.pretrain",
-          f"--config=configs/pretrain_{stem}.py:{args.profile},{config_args}",
-          f"--workdir={pretrain_dir}", f"--config.data.data_dir={data_dir}",
-      ] + sources + extra + args.pretrain_overrides.split()
-      pretrain_s = run(pretrain_cmd, log)
+    pretrain = pretrain_arm(args, arm, work, data_dir, log)
     for k in map(int, args.k.split(",")):
       for seed in map(int, args.seeds.split(",")):
-        ft_dir = str(work / f"finetune_{arm}_k{k}_s{seed}")
-        ft_cmd = [
-            py, "-m", "launch.finetune",
-            f"--config=configs/finetune_unet.py:{args.profile}",
-            f"--workdir={ft_dir}", f"--config.data.data_dir={data_dir}",
-            "--config.data.dataset=drive", f"--config.data.num_labeled={k}",
-            f"--config.data.label_seed={seed}", f"--config.seed={seed}",
-            f"--config.init.pretrain_dir={pretrain_dir}"
-        ] + args.finetune_overrides.split()
-        ft_s = run(ft_cmd, log)
-        eval_cmd = [py, "-m", "launch.evaluate", f"--workdir={ft_dir}"]
-        eval_s = run(eval_cmd, log)
-        result = json.load(open(os.path.join(ft_dir, "eval", "metrics.json")))
-        config = json.load(open(os.path.join(ft_dir, "config.json")))
-        row = {
-            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"],
-                                  cwd=REPO, capture_output=True,
-                                  text=True).stdout.strip(),
-            "profile": args.profile, "arm": arm, "k": k, "seed": seed,
-            "summary": {m: result["summary"][m] for m in METRICS},
-            "num_test_images": result["num_images"],
-            "labeled": json.load(open(os.path.join(ft_dir, "labeled.json")))[
-                "stems"],
-            "finetune_steps": config["num_steps"],
-            "model_widths": config["model"]["widths"],
-            "pretrain_seconds": pretrain_s, "finetune_seconds": ft_s,
-            "eval_seconds": eval_s,
-            "commands": [c for c in (pretrain_cmd, ft_cmd, eval_cmd) if c],
-        }
-        with open(RESULTS / "drive_study.jsonl", "a") as f:
+        row = run_one(args, arm, k, seed, pretrain, work, data_dir, log)
+        with open(jsonl, "a") as f:
           f.write(json.dumps(row) + "\n")
-        print(json.dumps({"arm": arm, "k": k, "seed": seed,
+        print(json.dumps({"arm": arm, "variant": args.variant, "k": k,
+                          "seed": seed,
                           "dice": row["summary"]["dice"]["mean"],
-                          "auc": row["summary"]["auc_roc"]["mean"]}),
-              flush=True)
-  write_table(RESULTS / "drive_study.jsonl", RESULTS / "drive_study.md")
+                          "pooled_auc": row["pooled"]["auc_roc"],
+                          "seconds": row["finetune_seconds"]}), flush=True)
+        write_table(jsonl, RESULTS / f"{args.results}.md")
 
 
-def write_table(jsonl, md):
-  """Markdown table of the latest row per (profile, arm, k, seed)."""
+def row_key(row):
+  return (row["profile"], row["arm"], row.get("variant", "default"),
+          row.get("dataset", "drive"), row["k"])
+
+
+def latest_rows(jsonl):
+  """The latest row per (profile, arm, variant, dataset, k, seed)."""
   rows = {}
   for line in open(jsonl):
     row = json.loads(line)
-    rows[(row["profile"], row["arm"], row["k"], row["seed"])] = row
+    rows[row_key(row) + (row["seed"],)] = row
+  return rows
+
+
+def _mean_std(values):
+  n = len(values)
+  mean = sum(values) / n
+  return mean, (sum((v - mean) ** 2 for v in values) / n) ** 0.5
+
+
+def seed_table(rows, where=None):
+  """Lines aggregating runs over seeds: mean, seed std, image std, pooled.
+
+  `where` None reads the in-domain test; a set name reads its cross rows.
+  """
+  groups = collections.defaultdict(list)
+  for key, row in sorted(rows.items()):
+    result = row if where is None else row.get("cross", {}).get(where)
+    if result and "pooled" in result:
+      groups[key[:-1]].append(result)
+  lines = []
+  for (profile, arm, variant, dataset, k), results in groups.items():
+    dice = [r["summary"]["dice"]["mean"] for r in results]
+    image_std = [r["summary"]["dice"]["std"] for r in results]
+    auc = [r["summary"]["auc_roc"]["mean"] for r in results]
+    p_dice = [r["pooled"]["dice"] for r in results]
+    p_auc = [r["pooled"]["auc_roc"] for r in results]
+    (dm, ds), (am, as_) = _mean_std(dice), _mean_std(auc)
+    test = dataset if where is None else where
+    lines.append(
+        f"| {profile} | {arm} | {variant} | {dataset} -> {test} | {k} | "
+        f"{len(results)} | **{dm:.4f}** | {ds:.4f} | "
+        f"{sum(image_std) / len(image_std):.4f} | {am:.4f} +/- {as_:.4f} | "
+        f"{_mean_std(p_dice)[0]:.4f} | {_mean_std(p_auc)[0]:.4f} |")
+  return lines
+
+
+def write_table(jsonl, md):
+  """Markdown: runs aggregated over seeds, then one line per run."""
+  rows = latest_rows(jsonl)
+  crosses = sorted({name for row in rows.values()
+                    for name in row.get("cross", {})})
   lines = [
-      "# DRIVE few-label study (test set, 20 images, inside FOV)", "",
-      "Written by `python -m benchmarks.drive_study`; one row per run "
-      "(mean +/- std over the 20 test images). Human reference: 2nd vs 1st "
-      f"observer Dice {HUMAN_DICE}. Data: DRIVE (Staal et al., IEEE TMI 2004), "
-      "HRF (Budai et al. 2013).", "",
-      "| profile | arm | k | seed | Dice | AUC-ROC | Sens | Spec | Acc | "
-      "pretrain s | finetune s |",
-      "|---|---|---|---|---|---|---|---|---|---|---|"]
-  for (profile, arm, k, seed), row in sorted(rows.items()):
+      f"# {jsonl.stem}: few-label fundus segmentation (inside the FOV)", "",
+      "Written by `python -m benchmarks.drive_study`. Human reference on "
+      f"DRIVE: 2nd vs 1st observer Dice {HUMAN_DICE}. Data: DRIVE (Staal et "
+      "al., IEEE TMI 2004), STARE (Hoover et al., IEEE TMI 2000), HRF (Budai "
+      "et al. 2013). Commands: see the `.jsonl` rows.", "",
+      "## Over seeds", "",
+      "Dice: mean over seeds of the per-seed mean over test images; seed "
+      "std: std of those per-seed means (decides whether arms differ); image "
+      "std: mean over seeds of the std over test images; pooled: over all "
+      "FOV pixels of the test split.", "",
+      "| profile | arm | variant | train -> test | k | seeds | Dice | seed "
+      "std | image std | AUC | pooled Dice | pooled AUC |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  lines += seed_table(rows)
+  for name in crosses:
+    lines += seed_table(rows, name)
+  lines += [
+      "", "## Runs", "",
+      "| profile | arm | variant | set | k | seed | Dice | AUC-ROC | Sens | "
+      "Spec | pooled Dice | pooled AUC | finetune s |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for key, row in sorted(rows.items()):
+    profile, arm, variant, dataset, k, seed = key
     s = row["summary"]
     cell = lambda m: f"{s[m]['mean']:.4f} +/- {s[m]['std']:.4f}"
+    pooled = row.get("pooled")
+    pooled_cells = (f"{pooled['dice']:.4f} | {pooled['auc_roc']:.4f}"
+                    if pooled else "-- | --")
     lines.append(
-        f"| {profile} | {arm} | {k} | {seed} | {cell('dice')} | "
-        f"{cell('auc_roc')} | {s['sensitivity']['mean']:.4f} | "
-        f"{s['specificity']['mean']:.4f} | {s['accuracy']['mean']:.4f} | "
-        f"{row['pretrain_seconds']} | {row['finetune_seconds']} |")
+        f"| {profile} | {arm} | {variant} | {dataset} | {k} | {seed} | "
+        f"{cell('dice')} | {cell('auc_roc')} | "
+        f"{s['sensitivity']['mean']:.4f} | {s['specificity']['mean']:.4f} | "
+        f"{pooled_cells} | {row['finetune_seconds']} |")
   md.write_text("\n".join(lines) + "\n")
 
 

@@ -51,6 +51,20 @@ def model_config(preset="unet2d-32", in_channels=3, num_classes=1):
   return cfg
 
 
+def preprocess_fields():
+  """`config.data` fields that must match in pretraining, fine-tuning and
+  evaluation (medclr.data.preprocess; chosen by benchmarks/results/ablation).
+  """
+  return {
+      # none | image (per-image, per-channel standardisation in the FOV) |
+      # dataset (per-channel statistics of the training split).
+      "normalize": "image",
+      # Resample so the field of view is this many pixels across (0: the
+      # dataset's own resolution). DRIVE's FOV is about 540 px.
+      "fov_diameter": 0,
+  }
+
+
 def run_block(config, *, num_steps, log_every, checkpoint_every, keep=2):
   """Step counts, intervals and mesh shared by pretraining and fine-tuning."""
   config.seed = 0
@@ -84,6 +98,7 @@ def pretrain_config(method, args, *, preset="simclr_strong"):
       "image_size": 128,
       "in_channels": 3,
       "worker_count": 0,
+      **preprocess_fields(),
   })
   config.augment = ml_collections.ConfigDict(
       {"preset": args.preset or preset, "strength": 1.0})

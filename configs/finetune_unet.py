@@ -25,9 +25,13 @@ def get_config(arg=None):
       "test_split": "test",
       "num_labeled": 2,
       "label_seed": 0,
+      # Comma list of training image names (file stems); overrides
+      # num_labeled and label_seed.
+      "labeled": "",
       "crop_size": 128,
       "in_channels": 3,
       "worker_count": 0,
+      **common.preprocess_fields(),
   })
   config.init = ml_collections.ConfigDict({
       "pretrain_dir": "",
@@ -36,7 +40,7 @@ def get_config(arg=None):
   })
   # Joint image/mask augmentation on device.
   config.augment = ml_collections.ConfigDict(
-      {"preset": "basic_medical", "strength": 1.0})
+      {"preset": "geometric", "strength": 1.0})
   config.model = common.model_config("unet2d-32")
   config.optim = ml_collections.ConfigDict({
       "name": "adam", "learning_rate": 1e-3, "lr_scaling": "none",
@@ -48,9 +52,11 @@ def get_config(arg=None):
       {"window": 0, "overlap": 0.5, "batch_size": 4, "save_predictions": True})
 
   if args.quick:
-    config.model = common.model_config("unet2d-16")
+    # Chosen one factor at a time: benchmarks/results/ablation.md.
+    config.model = common.model_config("small")
     config.data.crop_size = 96
-    config.num_steps = 1000
+    config.batch_size = 16
+    config.num_steps = 700
   if args.demo:  # make quickstart: a few minutes on 2 CPU cores
     config.data.dataset = "phantom"
     config.data.crop_size = 64

@@ -31,6 +31,7 @@ def get_config(arg=None):
       "image_size": 128,
       "in_channels": 3,
       "worker_count": 0,
+      **common.preprocess_fields(),
   })
   # The base preset gives the host crop and the geometry: simclr_strong's
   # random resized crop (0.08, 1) x (3/4, 4/3) and flip p 0.5 are BYOL's

@@ -38,6 +38,7 @@ def get_config(arg=None):
       "image_size": 128,
       "in_channels": 3,
       "worker_count": 0,
+      **common.preprocess_fields(),
   })
   # The base preset gives flips (simclr_strong: hflip 0.5, as DINO's
   # RandomHorizontalFlip) and the crop aspect range (3/4, 4/3), torchvision's

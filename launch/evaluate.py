@@ -1,8 +1,11 @@
 r"""Evaluates a fine-tuned U-Net at full resolution on the test split.
 
   python -m launch.evaluate --workdir=/tmp/ft [--split=test] [--step=N]
+  python -m launch.evaluate --workdir=/tmp/ft --dataset=stare [--data_dir=D]
 
-Writes <workdir>/eval/metrics.json and prediction PNGs, prints a table.
+Writes <workdir>/eval/metrics.json (another dataset: eval_<name>/) and
+prediction PNGs, prints a table: mean and std over images, and the pooled
+metrics over all field-of-view pixels of the split.
 """
 from absl import app
 from absl import flags
@@ -16,6 +19,12 @@ _SPLIT = flags.DEFINE_string("split", None, "split to evaluate (config's "
                              "test split by default)")
 _STEP = flags.DEFINE_integer("step", None, "checkpoint step (latest if unset)")
 _OUT = flags.DEFINE_string("out_dir", None, "default <workdir>/eval")
+_DATASET = flags.DEFINE_string(
+    "dataset", None, "evaluate on this prepared dataset instead of the one "
+    "the run was trained on (cross-dataset)")
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "where --dataset is prepared (default: the run's "
+    "config.data.data_dir)")
 flags.mark_flags_as_required(["workdir"])
 SHOWN = ("dice", "iou", "auc_roc", "sensitivity", "specificity", "accuracy",
          "mean_dice", "mean_iou")
@@ -26,11 +35,18 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   result = runner.run_user_errors_clean(
       lambda: evaluate.evaluate(_WORKDIR.value, split=_SPLIT.value,
-                                out_dir=_OUT.value, step=_STEP.value))
+                                out_dir=_OUT.value, step=_STEP.value,
+                                dataset=_DATASET.value,
+                                data_dir=_DATA_DIR.value))
   print(f"{result['dataset']}/{result['split']}: {result['num_images']} images,"
-        f" checkpoint step {result['step']}")
+        f" checkpoint step {result['step']} (trained on "
+        f"{result['trained_on']})")
   shown = {k: v for k, v in result["summary"].items() if k in SHOWN}
   print(metrics.format_table({result["split"]: shown}))
+  if "pooled" in result:
+    pooled = ", ".join(f"{k} {v:.4f}" for k, v in result["pooled"].items()
+                       if k in SHOWN)
+    print(f"pooled over all FOV pixels: {pooled}")
 
 
 if __name__ == "__main__":

@@ -17,33 +17,49 @@ import numpy as np
 from PIL import Image
 
 from medclr import checkpointing
-from medclr import crops
 from medclr import inference
 from medclr import metrics as seg_metrics
 from medclr import models
 from medclr import steps
+from medclr.data import preprocess
 from medclr.data import sources as data_sources
 
 
 class Predictor:
-  """A restored U-Net: `probabilities(image)` at full resolution."""
+  """A restored U-Net: `probabilities(image, fov)` at full resolution.
 
-  def __init__(self, config, params, batch_stats, graphdef, step):
+  The image goes through the training run's `Preprocess` (FOV scale,
+  normalisation) and the prediction comes back on the image's own grid.
+  """
+
+  def __init__(self, config, params, batch_stats, graphdef, step,
+               preprocess_spec):
     self.config = config
     self.step = step
+    self.preprocess = preprocess_spec
     predict = steps.make_predict_fn(graphdef)
     self._predict = jax.jit(lambda x: predict(params, batch_stats, x))
     self.window = config.eval.window or config.data.crop_size
 
-  def logits(self, image):
-    """Sliding-window logits (H, W, K) of a float32 (H, W, C) image."""
-    return inference.sliding_window_predict(
-        self._predict, image, self.window, overlap=self.config.eval.overlap,
-        batch_size=self.config.eval.batch_size)
+  def logits(self, image, fov=None):
+    """Sliding-window logits (H, W, K) of an (H, W, C) uint8 or [0, 1] image.
 
-  def probabilities(self, image):
+    `fov`: its (H, W) field-of-view mask; None estimates it when the run
+    normalises or resamples by FOV.
+    """
+    if fov is None and self.preprocess.normalize == "none" and (
+        not self.preprocess.fov_diameter):
+      fov = np.ones(np.shape(image)[:2], np.uint8)
+    model_image = self.preprocess.model_input(image, fov)
+    logits = inference.sliding_window_predict(
+        self._predict, model_image, self.window,
+        overlap=self.config.eval.overlap,
+        batch_size=self.config.eval.batch_size)
+    return self.preprocess.restore(logits, np.shape(image)[:2])
+
+  def probabilities(self, image, fov=None):
     """Foreground probability (binary) or class probabilities (multi-class)."""
-    logits = self.logits(image)
+    logits = self.logits(image, fov)
     if logits.shape[-1] == 1:
       return inference.foreground_probability(logits)
     e = np.exp(logits - logits.max(-1, keepdims=True))
@@ -70,7 +86,7 @@ def load_for_inference(workdir, step=None):
     wanted["batch_stats"] = abstract[1]
   restored, step = checkpointing.restore_subtrees(workdir, wanted, step)
   return Predictor(config, restored["params"], restored.get("batch_stats", {}),
-                   graphdef, step)
+                   graphdef, step, preprocess.load(workdir, config.data))
 
 
 def _image_metrics(prob, record, num_classes):
@@ -82,45 +98,78 @@ def _image_metrics(prob, record, num_classes):
                                         num_classes)
 
 
+class _Pooled:
+  """FOV pixels of every image, for metrics over the whole split at once."""
+
+  def __init__(self):
+    self.scores, self.truths = [], []
+
+  def add(self, prob, record):
+    fov = np.asarray(record["fov"]) > 0
+    self.scores.append(prob[fov].astype(np.float32))
+    self.truths.append(np.asarray(record["mask"])[fov] > 0)
+
+  def metrics(self):
+    return seg_metrics.segmentation_metrics(np.concatenate(self.scores),
+                                            np.concatenate(self.truths))
+
+
 def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
-             step=None):
-  """Evaluates `workdir`'s U-Net on every image of the test split.
+             step=None, dataset=None, data_dir=None):
+  """Evaluates `workdir`'s U-Net on every image of a split.
+
+  Args:
+    workdir: a fine-tuning workdir.
+    split: split to evaluate (default the config's test split).
+    out_dir: where metrics.json goes (default <workdir>/eval, or
+      <workdir>/eval_<dataset> for another dataset).
+    save_predictions: write probability PNGs (default from the config).
+    step: checkpoint step (latest by default).
+    dataset: another prepared dataset to evaluate on (cross-dataset).
+    data_dir: where `dataset` is prepared (default the run's data_dir).
 
   Returns:
-    dict with 'per_image' (list), 'summary' (mean/std), 'step', 'dataset'.
+    dict with 'per_image' (list), 'summary' (mean/std over images), 'pooled'
+    (binary: metrics over all FOV pixels of the split), 'step', 'dataset'.
   """
   predictor = load_for_inference(workdir, step)
   config = predictor.config
+  name = dataset or config.data.dataset
   split = split or config.data.test_split
-  out_dir = out_dir or os.path.join(workdir, "eval")
+  default_out = "eval" if name == config.data.dataset else f"eval_{name}"
+  out_dir = out_dir or os.path.join(workdir, default_out)
   if save_predictions is None:
     save_predictions = config.eval.save_predictions
-  source = data_sources.open_split(config.data.data_dir, config.data.dataset,
+  source = data_sources.open_split(data_dir or config.data.data_dir, name,
                                    split)
   pred_dir = os.path.join(out_dir, "predictions")
   os.makedirs(pred_dir, exist_ok=True)
-  per_image, t0 = [], time.time()
+  per_image, pooled, t0 = [], _Pooled(), time.time()
+  binary = config.model.num_classes == 1
   for index in range(len(source)):
     record = source[index]
-    stem = record["stem"]
-    stem = stem.decode() if isinstance(stem, bytes) else str(stem)
-    image = crops.to_float(np.asarray(record["image"]), config.data.in_channels)
-    prob = predictor.probabilities(image)
+    stem = data_sources.stem_of(record)
+    prob = predictor.probabilities(np.asarray(record["image"]),
+                                   np.asarray(record["fov"]))
     row = _image_metrics(prob, record, config.model.num_classes)
     row["stem"] = stem
     per_image.append(row)
-    if save_predictions and config.model.num_classes == 1:
+    if binary:
+      pooled.add(prob, record)
+    if save_predictions and binary:
       Image.fromarray((prob * 255).round().astype(np.uint8)).save(
           os.path.join(pred_dir, f"{stem}.png"))
     logging.info("evaluated %s (%d/%d): dice %.4f", stem, index + 1,
                  len(source), row.get("dice", float("nan")))
   per_image.sort(key=lambda r: r["stem"])
-  result = {"workdir": os.path.abspath(workdir), "step": predictor.step,
-            "dataset": config.data.dataset, "split": split,
+  result = {"step": predictor.step, "dataset": name, "split": split,
+            "trained_on": config.data.dataset,
             "num_images": len(per_image),
             "seconds": round(time.time() - t0, 2),
             "summary": seg_metrics.summarize(per_image),
             "per_image": per_image}
+  if binary:
+    result["pooled"] = pooled.metrics()
   tmp = os.path.join(out_dir, "metrics.json.tmp")
   with open(tmp, "w") as f:
     json.dump(result, f, indent=2, default=float)

@@ -23,6 +23,7 @@ from medclr import steps
 from medclr import train_utils
 from medclr.data import pipeline
 from medclr.data import prepare as data_prepare
+from medclr.data import preprocess
 from medclr.data import sources as data_sources
 
 LOADABLE_PARTS = ("encoder", "decoder")
@@ -77,33 +78,53 @@ def init_from_pretrained(state, abstract, init_cfg):
   return state, step
 
 
-def labeled_subset(config, workdir):
-  """Chooses the k labelled images by seed and records their stems."""
-  source = data_sources.open_split(config.data.data_dir, config.data.dataset,
-                                   config.data.train_split)
-  indices = pipeline.choose_labeled(source, config.data.num_labeled,
-                                    config.data.label_seed)
+def labeled_subset(config, workdir, source):
+  """The labelled images: `data.labeled` names, else k drawn by seed.
+
+  Writes their stems to `<workdir>/labeled.json` and prints them.
+  """
+  names = [n.strip() for n in config.data.labeled.split(",") if n.strip()]
+  if names:
+    indices = pipeline.labeled_by_name(source, names)
+  else:
+    indices = pipeline.choose_labeled(source, config.data.num_labeled,
+                                      config.data.label_seed)
   stems = data_sources.stems(source)
   chosen = [stems[i] for i in indices]
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "labeled.json"), "w") as f:
-      json.dump({"dataset": config.data.dataset, "seed": config.data.label_seed,
+      json.dump({"dataset": config.data.dataset,
+                 "seed": None if names else config.data.label_seed,
                  "stems": chosen}, f, indent=2)
-  logging.info("fine-tuning on %d labelled images: %s", len(chosen), chosen)
+    print(f"fine-tuning on {len(chosen)} labelled "
+          f"{config.data.dataset}:{config.data.train_split} images: "
+          f"{', '.join(chosen)}", flush=True)
   return indices
+
+
+def make_preprocess(config, workdir, source):
+  """The run's `Preprocess`, saved to the workdir for evaluation."""
+  spec = preprocess.build(config.data, [source]) or preprocess.from_config(
+      config.data)
+  if jax.process_index() == 0:
+    preprocess.save(workdir, spec)
+  return spec
 
 
 def make_data_iter(config, workdir, local_batch):
   data_prepare.ensure_phantom(config.data.data_dir, [config.data.dataset])
-  indices = labeled_subset(config, workdir)
+  source = data_sources.open_split(config.data.data_dir, config.data.dataset,
+                                   config.data.train_split)
+  indices = labeled_subset(config, workdir, source)
   dataset = pipeline.finetune_dataset(
       config.data.data_dir, config.data.dataset, config.data.train_split,
       indices=indices, crop_size=config.data.crop_size,
       in_channels=config.data.in_channels, local_batch=local_batch,
       seed=config.seed, process_index=jax.process_index(),
       process_count=jax.process_count(),
-      worker_count=config.data.worker_count)
+      worker_count=config.data.worker_count,
+      preprocess=make_preprocess(config, workdir, source))
   return iter(dataset)
 
 

@@ -16,6 +16,7 @@ import optax
 
 from medclr import augment
 from medclr import losses
+from medclr import normalize
 
 
 def split_model(model):
@@ -40,6 +41,24 @@ def _apply_update(state, grads, batch_stats, tx):
               batch_stats=batch_stats, opt_state=opt_state)
 
 
+def normalize_views(views, norm):
+  """Applies per-image normalisation `norm` (B, 2, C) to every image view.
+
+  Views are the float (B * r, H, W, C) arrays a method's `device_views`
+  returns (image-major when r > 1); other leaves (labels) pass through.
+  """
+  if norm is None:
+    return views
+
+  def one(leaf):
+    is_image = (jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.ndim == 4
+                and leaf.shape[-1] == norm.shape[-1]
+                and leaf.shape[0] % norm.shape[0] == 0)
+    return normalize.apply(leaf, norm) if is_image else leaf
+
+  return jax.tree.map(one, views)
+
+
 def make_pretrain_step(graphdef, tx, lr_fn, method, seed):
   """One pretraining step for any `methods.Method`.
 
@@ -58,7 +77,7 @@ def make_pretrain_step(graphdef, tx, lr_fn, method, seed):
 
   def step(state, batch):
     key = jax.random.fold_in(base_key, state["step"])
-    views = method.device_views(key, batch)
+    views = normalize_views(method.device_views(key, batch), batch.get("norm"))
 
     def loss_fn(params, batch_stats):
       model = nnx.merge(graphdef, params, batch_stats)
@@ -80,6 +99,15 @@ def make_pretrain_step(graphdef, tx, lr_fn, method, seed):
   return step
 
 
+def finetune_inputs(key, batch, spec):
+  """(image, mask, weight) the U-Net trains on: augmented, then normalised."""
+  image, mask, weight = augment.sharded_augment_segmentation(
+      key, batch["image"], batch["mask"], batch["weight"], spec)
+  if "norm" in batch:
+    image = normalize.apply(image, batch["norm"])
+  return image, mask, weight
+
+
 def make_finetune_step(graphdef, tx, lr_fn, spec, seed):
   """Supervised U-Net step: joint image/mask augmentation, seg loss.
 
@@ -89,8 +117,7 @@ def make_finetune_step(graphdef, tx, lr_fn, spec, seed):
 
   def step(state, batch):
     key = jax.random.fold_in(base_key, state["step"])
-    image, mask, weight = augment.sharded_augment_segmentation(
-        key, batch["image"], batch["mask"], batch["weight"], spec)
+    image, mask, weight = finetune_inputs(key, batch, spec)
 
     def loss_fn(params, batch_stats):
       model = nnx.merge(graphdef, params, batch_stats)

@@ -56,6 +56,8 @@ class MultiCrop(grain.transforms.RandomMap):
            for key in GLOBAL_KEYS}
     for key in local_keys(self.num_local):
       out[key] = self._crop(image, rng, self.local_size, self.local_scale)
+    if "norm" in element:
+      out["norm"] = element["norm"]
     return out
 
 
@@ -71,8 +73,8 @@ def multicrop_dataset(data_dir: pathlib.Path | str, sources: str, *,
                       local_scale: tuple[float, float],
                       aspect: tuple[float, float], local_batch: int,
                       seed: int, process_index: int = 0,
-                      process_count: int = 1,
-                      worker_count: int = 0) -> grain.IterDataset:
+                      process_count: int = 1, worker_count: int = 0,
+                      preprocess=None) -> grain.IterDataset:
   """Endless batches of DINO multi-crops (masks ignored).
 
   Args:
@@ -90,6 +92,7 @@ def multicrop_dataset(data_dir: pathlib.Path | str, sources: str, *,
     process_index: this JAX process.
     process_count: number of JAX processes.
     worker_count: Grain worker processes (0: in this process).
+    preprocess: optional `preprocess.Preprocess` run once per record.
 
   Returns:
     IterDataset of dict(global_0, global_1: float32 (b, G, G, C);
@@ -109,7 +112,9 @@ def multicrop_dataset(data_dir: pathlib.Path | str, sources: str, *,
   # pipeline's record cache and batching tail, shared so both pretraining
   # pipelines read, batch and split across processes alike.
   # pylint: disable=protected-access
-  datasets = [grain.MapDataset.source(pipeline.CachedRecords(s))
+  transform = preprocess.record if preprocess is not None else None
+  datasets = [grain.MapDataset.source(
+      pipeline.CachedRecords(s, transform=transform))
               for s in sources_lib.open_sources(data_dir, sources)]
   dataset = (datasets[0] if len(datasets) == 1 else
              grain.MapDataset.concatenate(datasets))

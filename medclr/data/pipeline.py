@@ -59,6 +59,8 @@ class TwoViews(grain.transforms.RandomMap):
       view = crops.random_resized_crop(image, rng, self.image_size, self.area,
                                        self.aspect, **kwargs)
       views[key] = crops.to_float(view, self.in_channels)
+    if "norm" in element:
+      views["norm"] = element["norm"]
     return views
 
 
@@ -89,11 +91,14 @@ class _LabeledPatch(grain.transforms.RandomMap):
     patch = crops.random_crop(
         {"image": element["image"], "mask": element["mask"],
          "fov": element["fov"]}, rng, self.crop_size)
-    return {
+    out = {
         "image": crops.to_float(patch["image"], self.in_channels),
         "mask": patch["mask"].astype(np.int32),
         "weight": patch["fov"].astype(np.float32),
     }
+    if "norm" in element:
+      out["norm"] = element["norm"]
+    return out
 
 
 # Decoded records kept in memory per source wrapper (per process / worker).
@@ -112,8 +117,10 @@ class CachedRecords:
   """
 
   def __init__(self, source: Sequence, indices: Sequence[int] | None = None,
-               budget_bytes: int = _CACHE_BUDGET_BYTES):
+               budget_bytes: int = _CACHE_BUDGET_BYTES, transform=None):
     self._source = source
+    # Per-record work done once and cached (`preprocess.Preprocess.record`).
+    self._transform = transform
     self._indices = (list(range(len(source))) if indices is None else
                      [int(i) for i in indices])
     self._budget_bytes = budget_bytes
@@ -127,6 +134,8 @@ class CachedRecords:
     record = self._cache.get(index)
     if record is None:
       record = self._source[self._indices[index]]
+      if self._transform is not None:
+        record = self._transform(record)
       size = sum(getattr(v, "nbytes", 0) for v in record.values())
       # Racing reader threads may both insert; the budget is approximate.
       if self._cached_bytes + size <= self._budget_bytes:
@@ -177,7 +186,8 @@ def pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
                      area: tuple[float, float], aspect: tuple[float, float],
                      local_batch: int, seed: int, process_index: int = 0,
                      process_count: int = 1, worker_count: int = 0,
-                     boxes=None, crop_alpha: float = 1.0) -> grain.IterDataset:
+                     boxes=None, crop_alpha: float = 1.0,
+                     preprocess=None) -> grain.IterDataset:
   """Endless batches of two random resized crops per image (masks ignored).
 
   Args:
@@ -195,12 +205,16 @@ def pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
     boxes: optional `contrastive_crop.BoxTable` over the pool, in the order
       of `sources` (ContrastiveCrop); read when crops are made.
     crop_alpha: ContrastiveCrop's Beta(alpha, alpha) centre parameter.
+    preprocess: optional `preprocess.Preprocess` run once per record
+      (resampling; normalisation stats shipped as 'norm').
 
   Returns:
-    IterDataset of dict(view1, view2), each float32 (b, S, S, C) in [0, 1].
+    IterDataset of dict(view1, view2), each float32 (b, S, S, C) in [0, 1],
+    and 'norm' (b, 2, C) when `preprocess` is given.
     `iter()` of it supports get_state()/set_state().
   """
-  datasets = [grain.MapDataset.source(CachedRecords(s))
+  transform = preprocess.record if preprocess is not None else None
+  datasets = [grain.MapDataset.source(CachedRecords(s, transform=transform))
               for s in sources_lib.open_sources(data_dir, sources)]
   dataset = (datasets[0] if len(datasets) == 1 else
              grain.MapDataset.concatenate(datasets))
@@ -215,8 +229,8 @@ def pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
 def finetune_dataset(data_dir: pathlib.Path | str, name: str, split: str, *,
                      indices: Sequence[int], crop_size: int, in_channels: int,
                      local_batch: int, seed: int, process_index: int = 0,
-                     process_count: int = 1,
-                     worker_count: int = 0) -> grain.IterDataset:
+                     process_count: int = 1, worker_count: int = 0,
+                     preprocess=None) -> grain.IterDataset:
   """Endless batches of random labelled patches from records `indices`.
 
   Args:
@@ -231,10 +245,11 @@ def finetune_dataset(data_dir: pathlib.Path | str, name: str, split: str, *,
     process_index: this JAX process.
     process_count: number of JAX processes.
     worker_count: Grain worker processes (0: in this process).
+    preprocess: optional `preprocess.Preprocess` run once per record.
 
   Returns:
     IterDataset of dict(image float32 (b,P,P,C), mask int32 (b,P,P),
-    weight float32 (b,P,P) = field of view).
+    weight float32 (b,P,P) = field of view[, norm float32 (b,2,C)]).
   """
   source = sources_lib.open_split(data_dir, name, split)
   indices = list(indices)
@@ -245,7 +260,9 @@ def finetune_dataset(data_dir: pathlib.Path | str, name: str, split: str, *,
     raise readers.DataError(
         f"record indices {bad[:5]} out of range for {name}:{split} "
         f"({len(source)} records)")
-  dataset = grain.MapDataset.source(CachedRecords(source, indices))
+  transform = preprocess.record if preprocess is not None else None
+  dataset = grain.MapDataset.source(
+      CachedRecords(source, indices, transform=transform))
   dataset = (
       dataset.seed(seed).shuffle().repeat()
       .random_map(_LabeledPatch(crop_size, in_channels)))
@@ -285,3 +302,31 @@ def choose_labeled(source: Sequence[dict[str, Any]], num_labeled: int,
         f"records {unlabeled[:5]} were chosen for labelled fine-tuning but "
         "have no mask; fine-tune on a labelled split")
   return sorted(index for _, index, _ in chosen)
+
+
+def labeled_by_name(source: Sequence[dict[str, Any]],
+                    names: Sequence[str]) -> list[int]:
+  """Record indices of the images named `names` (file stems), sorted.
+
+  Raises:
+    DataError: a name is not in the split, is given twice, or has no mask.
+  """
+  by_stem = {}
+  for index in range(len(source)):
+    record = source[index]
+    by_stem[sources_lib.stem_of(record)] = (index, bool(record["has_mask"]))
+  repeated = sorted({n for n in names if list(names).count(n) > 1})
+  if repeated:
+    raise readers.DataError(
+        f"config.data.labeled names {repeated} more than once")
+  missing = [n for n in names if n not in by_stem]
+  if missing:
+    raise readers.DataError(
+        f"config.data.labeled: {missing[:5]} not in the split; its images "
+        f"are {sorted(by_stem)[:8]}{' ...' if len(by_stem) > 8 else ''}")
+  unlabeled = [n for n in names if not by_stem[n][1]]
+  if unlabeled:
+    raise readers.DataError(
+        f"config.data.labeled: {unlabeled[:5]} have no mask; fine-tune on a "
+        "labelled split")
+  return sorted(by_stem[n][0] for n in names)

@@ -27,6 +27,7 @@ import jax
 from medclr import augment
 from medclr.data import pipeline
 from medclr.data import prepare as data_prepare
+from medclr.data import preprocess
 from medclr.data import sources as data_sources
 
 # name -> module path; each module exposes `make(config) -> Method`.
@@ -71,7 +72,7 @@ class Method:
         seed=config.seed, process_index=jax.process_index(),
         process_count=jax.process_count(),
         worker_count=config.data.worker_count, boxes=boxes,
-        crop_alpha=crop_alpha)
+        crop_alpha=crop_alpha, preprocess=pretrain_preprocess(config))
 
   def make_model(self, rngs):
     raise NotImplementedError
@@ -90,6 +91,13 @@ class Method:
   def update_aux(self, aux, params, batch_stats, step):
     del params, batch_stats, step
     return aux
+
+
+def pretrain_preprocess(config):
+  """The pool's `Preprocess` (normalisation, FOV scale), or None."""
+  return preprocess.build(
+      config.data, data_sources.open_sources(config.data.data_dir,
+                                             config.data.sources))
 
 
 def get_method(config):

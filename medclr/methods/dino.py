@@ -346,7 +346,8 @@ class DINO(methods.Method):
         aspect=self.spec.crop_aspect, local_batch=local_batch,
         seed=config.seed, process_index=jax.process_index(),
         process_count=jax.process_count(),
-        worker_count=config.data.worker_count)
+        worker_count=config.data.worker_count,
+        preprocess=methods.pretrain_preprocess(config))
 
   def make_model(self, rngs):
     return DINOModel(self.model_kwargs, self.head_kwargs, rngs=rngs)

@@ -1,0 +1,190 @@
+"""Per-record preprocessing shared by training, pretraining and inference.
+
+`Preprocess` holds the two choices that must be identical wherever a model
+meets an image: the input normalisation (`medclr.normalize`) and the field
+of view's target diameter in pixels (resampling to a common vessel scale
+across cameras, `docs/preprocessing.md`). Training pipelines apply
+`Preprocess.record` once per record (then crop); inference applies
+`Preprocess.image` to the full image and `Preprocess.restore` to map the
+prediction back to the image's own grid, where metrics are computed.
+A fine-tuning run saves its `Preprocess` to `<workdir>/preprocess.json`.
+"""
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from medclr import crops
+from medclr import normalize
+from medclr.data import fov as fov_lib
+from medclr.data import readers
+
+FILENAME = "preprocess.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+  """Normalisation and resampling of one image.
+
+  Attributes:
+    normalize: 'none', 'image' (per-image, per-channel standardisation inside
+      the FOV) or 'dataset' (fixed per-channel statistics, `dataset_stats`).
+    fov_diameter: resample so the FOV is this many pixels across; 0 keeps
+      the native resolution.
+    in_channels: channels the model takes (1 or 3).
+    dataset_stats: (2, C) nested lists, mean and std, for 'dataset'.
+  """
+  normalize: str = "none"
+  fov_diameter: int = 0
+  in_channels: int = 3
+  dataset_stats: Any = None
+
+  def __post_init__(self):
+    normalize.check_mode(self.normalize)
+    if self.fov_diameter < 0:
+      raise ValueError(f"config.data.fov_diameter must be >= 0 (0: native "
+                       f"resolution), got {self.fov_diameter}")
+
+  def scale(self, fov: np.ndarray) -> float:
+    """Resampling factor for an image whose FOV mask is `fov`."""
+    if not self.fov_diameter:
+      return 1.0
+    return self.fov_diameter / fov_lib.fov_diameter(fov)
+
+  def stats(self, image: np.ndarray, fov: np.ndarray | None) -> np.ndarray:
+    """(2, C) normalisation stats of a float (H, W, C) image."""
+    return normalize.stats_for(self.normalize, image, fov, self.dataset_stats)
+
+  def record(self, record: dict[str, Any]) -> dict[str, Any]:
+    """A training record resampled, with its 'norm' stats (2, C) added."""
+    fov = np.asarray(record["fov"])
+    size_hw = _scaled_size(fov.shape, self.scale(fov))
+    out = dict(record)
+    if size_hw != fov.shape:
+      out["image"] = resize_image(np.asarray(record["image"]), size_hw)
+      out["mask"] = resize_nearest(np.asarray(record["mask"]), size_hw)
+      out["fov"] = resize_nearest(fov, size_hw)
+    image = crops.to_float(np.asarray(out["image"]), self.in_channels)
+    out["norm"] = self.stats(image, out["fov"])
+    return out
+
+  def image(self, image: np.ndarray, fov: np.ndarray | None):
+    """A full image for inference: (float image at model scale, stats).
+
+    `fov` None estimates the field of view (`medclr.data.fov`).
+    """
+    if fov is None:
+      fov = fov_lib.estimate_fov(image)
+    fov = np.asarray(fov)
+    size_hw = _scaled_size(fov.shape, self.scale(fov))
+    if size_hw != fov.shape:
+      image = resize_image(np.asarray(image), size_hw)
+      fov = resize_nearest(fov, size_hw)
+    image = crops.to_float(np.asarray(image), self.in_channels)
+    return image, self.stats(image, fov)
+
+  def model_input(self, image: np.ndarray, fov: np.ndarray | None):
+    """The normalised float image at model scale that inference feeds."""
+    model_image, stats = self.image(image, fov)
+    return normalize.apply(model_image, stats)
+
+  @staticmethod
+  def restore(prediction: np.ndarray, size_hw: Sequence[int]) -> np.ndarray:
+    """Bilinear resize of an (h, w, K) float prediction back to size_hw."""
+    if tuple(prediction.shape[:2]) == tuple(size_hw):
+      return prediction
+    return resize_image(prediction.astype(np.float32), tuple(size_hw))
+
+  def to_json(self) -> dict[str, Any]:
+    out = dataclasses.asdict(self)
+    if self.dataset_stats is not None:
+      out["dataset_stats"] = np.asarray(self.dataset_stats).tolist()
+    return out
+
+
+def from_config(data_cfg, dataset_stats=None) -> Preprocess:
+  """The `Preprocess` of a `config.data` block."""
+  return Preprocess(
+      normalize=data_cfg.get("normalize", "none"),
+      fov_diameter=int(data_cfg.get("fov_diameter", 0)),
+      in_channels=data_cfg.in_channels, dataset_stats=dataset_stats)
+
+
+def build(data_cfg, sources: Sequence) -> Preprocess | None:
+  """`config.data`'s `Preprocess` over opened `sources`; None if it is a no-op.
+
+  'dataset' statistics are computed over every image of `sources`.
+  """
+  spec = from_config(data_cfg)
+  if spec.normalize == "none" and not spec.fov_diameter:
+    return None
+  if spec.normalize == "dataset":
+    stats = [split_stats(source, spec) for source in sources]
+    # Weighting by split size is close enough and keeps one pass per split.
+    sizes = np.array([len(source) for source in sources], np.float64)
+    merged = np.tensordot(sizes / sizes.sum(), np.stack(stats), axes=1)
+    spec = dataclasses.replace(spec, dataset_stats=merged.tolist())
+  return spec
+
+
+def save(workdir: str, preprocess: Preprocess) -> None:
+  """Writes `<workdir>/preprocess.json` atomically."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, FILENAME)
+  with open(path + ".tmp", "w") as f:
+    json.dump(preprocess.to_json(), f, indent=2)
+  os.replace(path + ".tmp", path)
+
+
+def load(workdir: str, data_cfg) -> Preprocess:
+  """The workdir's saved `Preprocess`; runs older than it used none."""
+  path = os.path.join(workdir, FILENAME)
+  if not os.path.exists(path):
+    return Preprocess(in_channels=data_cfg.in_channels)
+  with open(path) as f:
+    return Preprocess(**json.load(f))
+
+
+def split_stats(source, preprocess: Preprocess) -> np.ndarray:
+  """'dataset' stats over every image of a split, inside each FOV."""
+
+  def pairs():
+    for index in range(len(source)):
+      record = dataclasses.replace(preprocess, normalize="none").record(
+          source[index])
+      yield (crops.to_float(np.asarray(record["image"]),
+                            preprocess.in_channels), record["fov"])
+
+  return normalize.dataset_stats(pairs())
+
+
+def _scaled_size(shape_hw, scale: float) -> tuple[int, int]:
+  if scale == 1.0:
+    return tuple(shape_hw[:2])
+  return tuple(max(1, int(round(s * scale))) for s in shape_hw[:2])
+
+
+def resize_image(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+  """Antialiased bilinear resize of (H, W[, C]) uint8 or float, same dtype."""
+  size_wh = (size_hw[1], size_hw[0])
+  if image.dtype == np.uint8 and (image.ndim == 2 or image.shape[-1] in (1, 3)):
+    squeeze = image.ndim == 3 and image.shape[-1] == 1
+    pil = Image.fromarray(image[..., 0] if squeeze else image)
+    out = np.asarray(pil.resize(size_wh, Image.Resampling.BILINEAR))
+    return out[..., None] if squeeze else out
+  if image.ndim == 2:
+    return resize_image(image[..., None], size_hw)[..., 0]
+  # Pillow has no multi-channel float mode: one 'F' image per channel.
+  return np.stack([
+      np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c],
+                                                      np.float32))
+                 .resize(size_wh, Image.Resampling.BILINEAR))
+      for c in range(image.shape[-1])], axis=-1)
+
+
+def resize_nearest(labels: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+  """Nearest-neighbour resize of an (H, W) label map, so labels stay labels."""
+  return readers.resize_labels(np.asarray(labels, np.uint8), tuple(size_hw))

@@ -1,0 +1,194 @@
+"""Input normalisation and FOV-scale resampling, in training and inference."""
+import json
+import os
+
+import jax
+import numpy as np
+from PIL import Image
+import pytest
+
+from conftest import smoke_config
+from medclr import augment
+from medclr import evaluate
+from medclr import finetune
+from medclr import normalize
+from medclr import steps
+from medclr.data import pipeline
+from medclr.data import prepare
+from medclr.data import preprocess
+from medclr.data import readers
+from medclr.data import sources
+
+
+def _disc_image(height, width, radius, seed=0):
+  """A bright noisy disc (the FOV) on black, with its FOV mask."""
+  rng = np.random.default_rng(seed)
+  y, x = np.mgrid[:height, :width]
+  fov = ((y - height / 2) ** 2 + (x - width / 2) ** 2 <= radius**2)
+  image = rng.integers(60, 200, (height, width, 3)).astype(np.uint8)
+  image[~fov] = 0
+  return image, fov.astype(np.uint8)
+
+
+def test_image_stats_are_taken_inside_the_fov_only():
+  image, fov = _disc_image(64, 64, 25)
+  stats = normalize.image_stats(image / 255.0, fov)
+  inside = (image / 255.0)[fov > 0]
+  np.testing.assert_allclose(stats[0], inside.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(stats[1], inside.std(0), rtol=1e-5)
+  out = normalize.apply(image / 255.0, stats)[fov > 0]
+  np.testing.assert_allclose(out.mean(0), 0.0, atol=1e-5)
+  np.testing.assert_allclose(out.std(0), 1.0, atol=1e-4)
+
+
+def test_dataset_stats_pool_all_fov_pixels():
+  a, fa = _disc_image(40, 40, 15, seed=1)
+  b, fb = _disc_image(50, 30, 12, seed=2)
+  pairs = [(a / 255.0, fa), (b / 255.0, fb)]
+  pixels = np.concatenate([(a / 255.0)[fa > 0], (b / 255.0)[fb > 0]])
+  stats = normalize.dataset_stats(pairs)
+  np.testing.assert_allclose(stats[0], pixels.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(stats[1], pixels.std(0), rtol=1e-4)
+
+
+def test_batched_apply_repeats_stats_image_major():
+  images = np.arange(4 * 2 * 2 * 1, dtype=np.float32).reshape(4, 2, 2, 1)
+  stats = np.array([[[1.0], [2.0]], [[3.0], [4.0]]], np.float32)  # 2 images
+  out = normalize.apply(images, stats)
+  np.testing.assert_allclose(out[1], (images[1] - 1.0) / 2.0)
+  np.testing.assert_allclose(out[2], (images[2] - 3.0) / 4.0)
+
+
+def test_unknown_mode_names_the_key():
+  with pytest.raises(ValueError, match="config.data.normalize"):
+    preprocess.Preprocess(normalize="zscore")
+
+
+@pytest.mark.parametrize("mode", ["image", "dataset", "none"])
+def test_training_and_inference_normalise_an_image_identically(
+    phantom_data_dir, mode):
+  """One phantom image through the training pipeline + step inputs and
+  through the inference preprocessing gives the same model input."""
+  source = sources.open_split(phantom_data_dir, "phantom", "train")
+  size = np.asarray(source[0]["image"]).shape[0]
+  data_cfg = smoke_config("finetune_unet", phantom_data_dir).data
+  data_cfg.normalize = mode
+  spec = preprocess.build(data_cfg, [source]) or preprocess.from_config(
+      data_cfg)
+  # A crop the size of the image is the image itself.
+  batches = pipeline.finetune_dataset(
+      phantom_data_dir, "phantom", "train", indices=[0], crop_size=size,
+      in_channels=3, local_batch=1, seed=0, preprocess=spec)
+  batch = next(iter(batches))
+  image, _, _ = steps.finetune_inputs(
+      jax.random.key(0), batch, augment.get_spec("none"))
+  want = spec.model_input(np.asarray(source[0]["image"]),
+                          np.asarray(source[0]["fov"]))
+  np.testing.assert_allclose(np.asarray(image)[0], want, atol=1e-5)
+  if mode != "none":
+    raw = np.asarray(source[0]["image"]) / 255.0
+    assert np.abs(want - raw).max() > 0.5  # normalisation did something
+
+
+def test_fov_resampling_maps_predictions_back_to_the_original_grid():
+  image, fov = _disc_image(120, 100, 45)
+  spec = preprocess.Preprocess(fov_diameter=60)
+  model_image, stats = spec.image(image, fov)
+  assert abs(model_image.shape[1] - 100 * 60 / 91) <= 2  # FOV 91 px wide
+  assert stats.shape == (2, 3)
+  # A prediction that is a smooth function of position survives the trip.
+  h, w = model_image.shape[:2]
+  ramp = np.broadcast_to(np.linspace(0, 1, w, dtype=np.float32), (h, w))
+  back = spec.restore(ramp[..., None], image.shape[:2])
+  assert back.shape == (120, 100, 1)
+  np.testing.assert_allclose(back[60, :, 0], np.linspace(0, 1, 100),
+                             atol=0.03)
+
+
+def test_fov_resampling_of_a_training_record_keeps_labels_binary():
+  image, fov = _disc_image(120, 100, 45)
+  mask = np.zeros((120, 100), np.uint8)
+  mask[50:70, 20:80] = 1
+  spec = preprocess.Preprocess(fov_diameter=180)  # upsample x2
+  out = spec.record({"image": image, "mask": mask, "fov": fov})
+  assert out["image"].shape[:2] == out["mask"].shape == out["fov"].shape
+  assert abs(out["mask"].shape[0] - 240) <= 2
+  assert set(np.unique(out["mask"])) == {0, 1}
+  assert abs(out["mask"].mean() - mask.mean()) < 0.01
+
+
+@pytest.mark.slow
+def test_evaluation_uses_the_runs_normalisation(tmp_path, phantom_data_dir):
+  """Per-image standardisation makes predictions invariant to an affine
+  change of intensity; without it they change (so the saved choice is read).
+  """
+  results = {}
+  for mode in ("image", "none"):
+    workdir = str(tmp_path / mode)
+    finetune.train_and_evaluate(
+        smoke_config("finetune_unet", phantom_data_dir,
+                     **{"data.normalize": mode}), workdir)
+    saved = json.load(open(os.path.join(workdir, "preprocess.json")))
+    assert saved["normalize"] == mode
+    predictor = evaluate.load_for_inference(workdir)
+    record = sources.open_split(phantom_data_dir, "phantom", "test")[0]
+    image = np.asarray(record["image"]) / 255.0
+    fov = np.asarray(record["fov"])
+    results[mode] = np.abs(predictor.probabilities(image, fov)
+                           - predictor.probabilities(0.5 * image + 0.1,
+                                                     fov)).max()
+  assert results["image"] < 1e-3
+  assert results["none"] > 1e-3
+
+
+def _write_folder_set(root, count=3, size=72):
+  """A tiny labelled folder set of synthetic discs (no real data)."""
+  for split in ("train", "test"):
+    for kind in ("images", "masks"):
+      os.makedirs(root / split / kind)
+    for i in range(count):
+      image, fov = _disc_image(size, size + 8, size // 2 - 4, seed=i)
+      mask = np.zeros((size, size + 8), np.uint8)
+      mask[size // 2 - 2:size // 2 + 2, 10:-10] = 255
+      Image.fromarray(image).save(root / split / "images" / f"s{i}.png")
+      Image.fromarray(mask).save(root / split / "masks" / f"s{i}.png")
+
+
+@pytest.mark.slow
+def test_cross_dataset_evaluation_with_fov_scale(tmp_path, phantom_data_dir):
+  """A phantom-trained run with a FOV-diameter target is evaluated on a
+  second prepared set by name; predictions come back at that set's size."""
+  _write_folder_set(tmp_path / "raw")
+  prepare.prepare("folder", str(tmp_path / "raw"), phantom_data_dir,
+                  name="discs")
+  workdir = str(tmp_path / "ft")
+  finetune.train_and_evaluate(
+      smoke_config("finetune_unet", phantom_data_dir,
+                   **{"data.fov_diameter": 100}), workdir)
+  result = evaluate.evaluate(workdir, dataset="discs", save_predictions=True)
+  assert result["dataset"] == "discs" and result["trained_on"] == "phantom"
+  assert result["num_images"] == 3
+  assert 0.0 <= result["pooled"]["auc_roc"] <= 1.0
+  saved = os.path.join(workdir, "eval_discs", "metrics.json")
+  assert json.load(open(saved))["num_images"] == 3
+  pred = np.asarray(Image.open(
+      os.path.join(workdir, "eval_discs", "predictions", "s0.png")))
+  assert pred.shape == (72, 80)
+  assert "workdir" not in result  # no absolute paths in results
+
+
+def test_explicit_label_list(tmp_path, phantom_data_dir):
+  source = sources.open_split(phantom_data_dir, "phantom", "train")
+  stems = sources.stems(source)
+  chosen = pipeline.labeled_by_name(source, [stems[5], stems[2]])
+  assert chosen == sorted([2, 5])
+  with pytest.raises(readers.DataError, match="not in the split"):
+    pipeline.labeled_by_name(source, ["nope"])
+  with pytest.raises(readers.DataError, match="more than once"):
+    pipeline.labeled_by_name(source, [stems[1], stems[1]])
+  config = smoke_config("finetune_unet", phantom_data_dir,
+                        **{"data.labeled": f"{stems[7]}, {stems[3]}"})
+  indices = finetune.labeled_subset(config, str(tmp_path), source)
+  assert indices == [3, 7]
+  saved = json.load(open(tmp_path / "labeled.json"))
+  assert saved["stems"] == [stems[3], stems[7]] and saved["seed"] is None
