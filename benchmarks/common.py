@@ -185,6 +185,16 @@ def git_commit():
   return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
 
 
+def repo_relative(path):
+  """`path` relative to the repository when inside it (results hold no
+  absolute paths of the machine that produced them)."""
+  path = pathlib.Path(path).absolute()
+  try:
+    return str(path.relative_to(REPO))
+  except ValueError:
+    return path.name
+
+
 def default_results_path(name):
   return RESULTS_DIR / f"{name}.jsonl"
 

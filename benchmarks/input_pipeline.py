@@ -86,7 +86,7 @@ def step_rate(args, mesh):
         widths=widths, devices=args.devices)
     if record:
       return (record["medclr_images_per_s"],
-              f"{path} at {record['timestamp']}")
+              f"{common.repo_relative(path)} at {record['timestamp']}")
   config = pretrain_step.canonical_config(
       batch=args.batch, size=args.size, widths=args.widths)
   step = pretrain_step.MedclrStep(pretrain_step.Model(config, mesh),

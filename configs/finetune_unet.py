@@ -48,8 +48,11 @@ def get_config(arg=None):
       "grad_clip_norm": 0.0})
   config.batch_size = 8
   common.run_block(config, num_steps=1000, log_every=20, checkpoint_every=250)
+  # tta: test-time augmentation, mean logits over 'none', 'flips' (4
+  # passes) or 'd4' (8) symmetries; the fine-tuning augmentation is D4.
   config.eval = ml_collections.ConfigDict(
-      {"window": 0, "overlap": 0.5, "batch_size": 4, "save_predictions": True})
+      {"window": 0, "overlap": 0.5, "batch_size": 4, "save_predictions": True,
+       "tta": "flips"})
 
   if args.quick:
     # Chosen one factor at a time: benchmarks/results/ablation.md.

@@ -33,6 +33,10 @@ _LONG_SIDE = flags.DEFINE_integer(
     "0 keeps the original size.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False,
                                "Replace the set if it already exists.")
+_ESTIMATE_FOV = flags.DEFINE_bool(
+    "estimate_fov", True,
+    "Images without an FOV mask (folder sets without fov/, hrf): estimate "
+    "the field of view (medclr.data.fov); false: the whole frame.")
 _NUM_TRAIN = flags.DEFINE_integer("num_train", 24, "phantom: train images.")
 _NUM_TEST = flags.DEFINE_integer("num_test", 8, "phantom: test images.")
 _SIZE = flags.DEFINE_integer("size", 128, "phantom: image side in pixels.")
@@ -52,7 +56,7 @@ def main(argv):
         _DATASET.value, _MANUAL_DIR.value,
         _DATA_DIR.value or sources.default_data_dir(), name=_NAME.value,
         long_side=_LONG_SIDE.value, overwrite=_OVERWRITE.value,
-        **phantom_kwargs)
+        estimate_fov=_ESTIMATE_FOV.value, **phantom_kwargs)
   except readers.DataError as e:
     sys.exit(f"error: {e}")
 

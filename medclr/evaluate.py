@@ -51,10 +51,15 @@ class Predictor:
         not self.preprocess.fov_diameter):
       fov = np.ones(np.shape(image)[:2], np.uint8)
     model_image = self.preprocess.model_input(image, fov)
-    logits = inference.sliding_window_predict(
-        self._predict, model_image, self.window,
-        overlap=self.config.eval.overlap,
-        batch_size=self.config.eval.batch_size)
+
+    def sliding(one_image):
+      return inference.sliding_window_predict(
+          self._predict, one_image, self.window,
+          overlap=self.config.eval.overlap,
+          batch_size=self.config.eval.batch_size)
+
+    logits = inference.tta_predict(sliding, model_image,
+                                   self.config.eval.get("tta", "none"))
     return self.preprocess.restore(logits, np.shape(image)[:2])
 
   def probabilities(self, image, fov=None):

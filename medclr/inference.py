@@ -211,3 +211,44 @@ def foreground_probability(logits) -> np.ndarray:
   decay = np.exp(-np.abs(margin))
   prob = np.where(margin >= 0, 1.0 / (1.0 + decay), decay / (1.0 + decay))
   return prob.astype(np.float32)
+
+
+# Test-time augmentation: (forward, inverse) pairs on (H, W, ...) arrays.
+_FLIPS = (
+    (lambda a: a, lambda a: a),
+    (lambda a: a[:, ::-1], lambda a: a[:, ::-1]),
+    (lambda a: a[::-1], lambda a: a[::-1]),
+    (lambda a: a[::-1, ::-1], lambda a: a[::-1, ::-1]),
+)
+_TRANSPOSE = (lambda a: a.swapaxes(0, 1), lambda a: a.swapaxes(0, 1))
+TTA_MODES = {
+    "none": _FLIPS[:1],
+    "flips": _FLIPS,
+    # The 8 symmetries of the square: the flips, and the flips of the
+    # transpose (which are the 90-degree rotations and the anti-transpose).
+    "d4": _FLIPS + tuple(
+        (lambda a, f=f: f(_TRANSPOSE[0](a)), lambda a, f=f: _TRANSPOSE[1](f(a)))
+        for f, _ in _FLIPS),
+}
+
+
+def tta_predict(predict_image: Callable[[np.ndarray], np.ndarray],
+                image, mode: str = "none") -> np.ndarray:
+  """Mean logits of `predict_image` over the symmetries of `mode`.
+
+  Args:
+    predict_image: (H, W, C) image -> (H, W, K) logits, any H and W.
+    image: the image.
+    mode: 'none', 'flips' (both axes: 4 passes) or 'd4' (8 passes).
+
+  Returns:
+    (H, W, K) float32 logits averaged in the image's own orientation.
+  """
+  if mode not in TTA_MODES:
+    raise ValueError(f"config.eval.tta={mode!r}: expected one of "
+                     f"{sorted(TTA_MODES)}")
+  total = None
+  for forward, inverse in TTA_MODES[mode]:
+    logits = inverse(predict_image(np.ascontiguousarray(forward(image))))
+    total = logits if total is None else total + logits
+  return (total / len(TTA_MODES[mode])).astype(np.float32)

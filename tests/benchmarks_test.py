@@ -15,6 +15,7 @@ import importlib.util
 import io
 import json
 import math
+import pathlib
 
 import jax
 import numpy as np
@@ -305,3 +306,16 @@ def test_drive_study_arms_name_real_configs():
       key, value = flag.removeprefix("--config.").split("=")
       section, field = key.split(".")
       assert str(config[section][field]) != value  # the flag changes it
+
+
+def test_committed_results_hold_no_absolute_paths():
+  """Results are shareable: no paths of the machine that produced them."""
+  import re  # pylint: disable=g-import-not-at-top
+  results = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+  pattern = re.compile(r"(?<![\w.$])/(?:work|tmp|home|root|Users|mnt|scratch)/")
+  offenders = []
+  for path in sorted(results.glob("*")):
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+      if pattern.search(line):
+        offenders.append(f"{path.name}:{number}")
+  assert not offenders, f"absolute paths in {offenders[:10]}"

@@ -149,3 +149,26 @@ def test_foreground_probability_from_one_or_two_logits():
                              expected, rtol=1e-6)
   with pytest.raises(ValueError, match="binary task"):
     inference.foreground_probability(np.zeros((2, 2, 3)))
+
+
+@pytest.mark.parametrize("mode", ["flips", "d4"])
+def test_tta_of_an_equivariant_predictor_is_exact(mode):
+  """A per-pixel model commutes with flips and transposes, so test-time
+  augmentation must return its plain prediction (a wrong inverse fails)."""
+  image = np.random.default_rng(0).random((9, 14, 3)).astype(np.float32)
+  per_pixel = lambda x: x.sum(-1, keepdims=True) * 2.0 - 1.0
+  got = inference.tta_predict(per_pixel, image, mode)
+  np.testing.assert_allclose(got, per_pixel(image), rtol=1e-6)
+
+
+def test_tta_averages_a_position_dependent_predictor():
+  """A model that sees only the row index: 'flips' averages row r with row
+  H-1-r, which shows every pass is mapped back to the image's orientation."""
+  image = np.zeros((5, 4, 1), np.float32)
+  rows = lambda x: np.broadcast_to(
+      np.arange(x.shape[0], dtype=np.float32)[:, None, None],
+      x.shape[:2] + (1,))
+  got = inference.tta_predict(rows, image, "flips")
+  np.testing.assert_allclose(got, np.full((5, 4, 1), 2.0))
+  with pytest.raises(ValueError, match="config.eval.tta"):
+    inference.tta_predict(rows, image, "rot45")

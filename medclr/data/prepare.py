@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from medclr.data import fov as fov_lib
 from medclr.data import phantom
 from medclr.data import readers
 from medclr.data import tfds_builder
@@ -29,8 +30,9 @@ def _default_long_side(dataset: str) -> int | None:
 
 def _read_all(
     dataset: str, manual_dir: pathlib.Path | None, long_side: int | None,
-    phantom_kwargs: dict[str, Any]) -> dict[str, list[readers.Example]]:
-  """Reads every split of `dataset` into memory."""
+    phantom_kwargs: dict[str, Any],
+    default_fov=None) -> dict[str, list[readers.Example]]:
+  """Reads every split of `dataset` into memory (see `prepare`)."""
   if dataset == "phantom":
     options = {**PHANTOM_DEFAULTS, **phantom_kwargs}
     seed, size = options["seed"], options["size"]
@@ -41,9 +43,13 @@ def _read_all(
     }
   if dataset == "folder":
     return {
-        split: readers.read_folder_split(manual_dir, split, long_side)
+        split: readers.read_folder_split(manual_dir, split, long_side,
+                                         default_fov=default_fov)
         for split in readers.folder_splits(manual_dir)
     }
+  if dataset == "hrf":
+    return {"train": readers.read_hrf(manual_dir, "train", long_side,
+                                      default_fov=default_fov)}
   reader = readers.NAMED_READERS[dataset]
   return {
       split: reader(manual_dir, split, long_side=long_side)
@@ -71,7 +77,7 @@ def _summary(name: str, path: pathlib.Path,
 def prepare(dataset: str, manual_dir: pathlib.Path | str | None,
             data_dir: pathlib.Path | str, name: str | None = None,
             long_side: int | None = None, overwrite: bool = False,
-            **phantom_kwargs) -> pathlib.Path:
+            estimate_fov: bool = True, **phantom_kwargs) -> pathlib.Path:
   """Reads, validates and writes one dataset; prints a short summary.
 
   Args:
@@ -84,6 +90,9 @@ def prepare(dataset: str, manual_dir: pathlib.Path | str | None,
     long_side: downscale so max(H, W) == long_side; None uses the set's
       default (584 for hrf, none otherwise); 0 keeps the original size.
     overwrite: replace an existing set of this name.
+    estimate_fov: for images without an FOV file ('folder' without `fov/`,
+      'hrf'), estimate the field of view (`medclr.data.fov`); False takes
+      the whole frame.
     **phantom_kwargs: for 'phantom' only: num_train, num_test, size, seed.
 
   Returns:
@@ -120,8 +129,9 @@ def prepare(dataset: str, manual_dir: pathlib.Path | str | None,
     return path
   if long_side is None:
     long_side = _default_long_side(dataset)
-  examples_by_split = _read_all(dataset, manual_dir, long_side or None,
-                                phantom_kwargs)
+  examples_by_split = _read_all(
+      dataset, manual_dir, long_side or None, phantom_kwargs,
+      default_fov=fov_lib.estimate_fov if estimate_fov else None)
   description = _DESCRIPTIONS.get(dataset, f"user folder set from {manual_dir}")
   path = tfds_builder.write_dataset(data_dir, name, examples_by_split,
                                     description, overwrite=overwrite)

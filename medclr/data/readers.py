@@ -228,17 +228,22 @@ def load_example(image_path: pathlib.Path,
                  *,
                  long_side: int | None = None,
                  binary_mask: bool = False,
-                 stem: str | None = None) -> Example:
+                 stem: str | None = None,
+                 default_fov: Callable[[np.ndarray], np.ndarray] | None = None
+                 ) -> Example:
   """Reads an image with its optional mask and field-of-view files.
 
   Args:
     image_path: the image file.
     mask_path: its mask (None: unlabelled, mask all zeros, has_mask False).
-    fov_path: its field-of-view mask (None: FOV is the whole image).
+    fov_path: its field-of-view mask (None: `default_fov(image)`, or the
+      whole image).
     long_side: optional downscale of the longest side (see load_image).
     binary_mask: threshold the mask at 127 instead of the generic
       0/255-0/1-class-index rule (for sets whose masks are known to be binary).
     stem: the example's name; default the image file name without extension.
+    default_fov: estimates the FOV from the (resized) image when there is no
+      FOV file (`medclr.data.fov.estimate_fov`, passed in by prepare).
 
   Returns:
     The example, all arrays at the (possibly resized) image size.
@@ -266,7 +271,12 @@ def load_example(image_path: pathlib.Path,
   image = load_image(image_path, long_side)
   size_hw = image.shape[:2]
   mask = labels.get("mask", np.zeros(original_hw, np.uint8))
-  fov = labels.get("fov", np.ones(original_hw, np.uint8))
+  if "fov" in labels:
+    fov = labels["fov"]
+  elif default_fov is not None:
+    fov = default_fov(image)
+  else:
+    fov = np.ones(original_hw, np.uint8)
   return Example(
       image=image,
       mask=resize_labels(mask, size_hw),
@@ -327,17 +337,19 @@ def _match(images: dict[str, pathlib.Path], labels: dict[str, pathlib.Path],
 
 
 def read_folder_split(root: pathlib.Path | str, split: str,
-                      long_side: int | None = None) -> list[Example]:
+                      long_side: int | None = None,
+                      default_fov=None) -> list[Example]:
   """Reads a user's 2D set laid out as `<root>/<split>/{images,masks,fov}/`.
 
-  `masks/` is optional (unlabelled split) and so is `fov/` (FOV = whole
-  image). Masks and FOV files share the stem of their image; extensions may
-  differ.
+  `masks/` is optional (unlabelled split) and so is `fov/` (FOV =
+  `default_fov(image)`, or the whole image). Masks and FOV files share the
+  stem of their image; extensions may differ.
 
   Args:
     root: the dataset folder.
     split: sub-folder name, e.g. 'train'.
     long_side: optional downscale of the longest side.
+    default_fov: FOV estimator for images without an FOV file.
 
   Returns:
     Examples sorted by stem.
@@ -357,7 +369,7 @@ def read_folder_split(root: pathlib.Path | str, split: str,
       load_example(images[stem],
                    labels["mask"][stem] if "mask" in labels else None,
                    labels["fov"][stem] if "fov" in labels else None,
-                   long_side=long_side)
+                   long_side=long_side, default_fov=default_fov)
       for stem in sorted(images)
   ]
 
@@ -423,15 +435,18 @@ HRF_LONG_SIDE = 584  # DRIVE's long side: HRF's FOV then matches DRIVE's scale.
 
 
 def read_hrf(root: pathlib.Path | str, split: str = "train",
-             long_side: int | None = HRF_LONG_SIDE) -> list[Example]:
+             long_side: int | None = HRF_LONG_SIDE,
+             default_fov=None) -> list[Example]:
   """HRF fundus photographs (Budai et al. 2013), images only, unlabelled.
 
-  Layout: images/NN_{h,g,dr}.{jpg,JPG}. Only split 'train' exists.
+  Layout: images/NN_{h,g,dr}.{jpg,JPG}. Only split 'train' exists. HRF ships
+  no FOV masks here: `default_fov` estimates them.
   """
   if split != "train":
     raise DataError(f"HRF (unlabelled) has only split 'train', not {split!r}")
   images = list_images(pathlib.Path(root) / "images")
-  return [load_example(images[s], long_side=long_side) for s in sorted(images)]
+  return [load_example(images[s], long_side=long_side, default_fov=default_fov)
+          for s in sorted(images)]
 
 
 def read_isbi2012(root: pathlib.Path | str, split: str,
