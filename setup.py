@@ -24,6 +24,8 @@ setuptools.setup(
         "absl-py>=2.1",
         "numpy>=1.26",
         "pillow>=10.0",
+        # FOV estimation (medclr.data.fov): morphology and labelling.
+        "scipy>=1.11",
         # TensorBoard event files without TensorFlow.
         "tensorboardX>=2.6",
         # 3D volumes (NIfTI, DICOM series) for the volume-aware methods.

@@ -25,6 +25,9 @@ _DATASET = flags.DEFINE_string(
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "where --dataset is prepared (default: the run's "
     "config.data.data_dir)")
+_TTA = flags.DEFINE_enum(
+    "tta", None, ["none", "flips", "d4"],
+    "test-time augmentation (default: the run's config.eval.tta)")
 flags.mark_flags_as_required(["workdir"])
 SHOWN = ("dice", "iou", "auc_roc", "sensitivity", "specificity", "accuracy",
          "mean_dice", "mean_iou")
@@ -37,7 +40,7 @@ def main(argv):
       lambda: evaluate.evaluate(_WORKDIR.value, split=_SPLIT.value,
                                 out_dir=_OUT.value, step=_STEP.value,
                                 dataset=_DATASET.value,
-                                data_dir=_DATA_DIR.value))
+                                data_dir=_DATA_DIR.value, tta=_TTA.value))
   print(f"{result['dataset']}/{result['split']}: {result['num_images']} images,"
         f" checkpoint step {result['step']} (trained on "
         f"{result['trained_on']})")

@@ -52,15 +52,19 @@ class Predictor:
       fov = np.ones(np.shape(image)[:2], np.uint8)
     model_image = self.preprocess.model_input(image, fov)
 
-    def sliding(one_image):
-      return inference.sliding_window_predict(
-          self._predict, one_image, self.window,
-          overlap=self.config.eval.overlap,
-          batch_size=self.config.eval.batch_size)
-
-    logits = inference.tta_predict(sliding, model_image,
+    logits = inference.tta_predict(self._predict_image, model_image,
                                    self.config.eval.get("tta", "none"))
     return self.preprocess.restore(logits, np.shape(image)[:2])
+
+  def _predict_image(self, image):
+    """Logits of one model-scale image: whole (window < 0) or by windows."""
+    if self.window < 0:
+      # Sides padded to a multiple of 2**(pooling levels) of the U-Net.
+      multiple = 2 ** (len(self.config.model.widths) - 1)
+      return inference.whole_image_predict(self._predict, image, multiple)
+    return inference.sliding_window_predict(
+        self._predict, image, self.window, overlap=self.config.eval.overlap,
+        batch_size=self.config.eval.batch_size)
 
   def probabilities(self, image, fov=None):
     """Foreground probability (binary) or class probabilities (multi-class)."""
@@ -120,7 +124,7 @@ class _Pooled:
 
 
 def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
-             step=None, dataset=None, data_dir=None):
+             step=None, dataset=None, data_dir=None, tta=None):
   """Evaluates `workdir`'s U-Net on every image of a split.
 
   Args:
@@ -132,6 +136,7 @@ def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
     step: checkpoint step (latest by default).
     dataset: another prepared dataset to evaluate on (cross-dataset).
     data_dir: where `dataset` is prepared (default the run's data_dir).
+    tta: test-time augmentation instead of the config's `eval.tta`.
 
   Returns:
     dict with 'per_image' (list), 'summary' (mean/std over images), 'pooled'
@@ -139,6 +144,8 @@ def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
   """
   predictor = load_for_inference(workdir, step)
   config = predictor.config
+  if tta is not None:
+    config.eval.tta = tta
   name = dataset or config.data.dataset
   split = split or config.data.test_split
   default_out = "eval" if name == config.data.dataset else f"eval_{name}"
@@ -168,6 +175,7 @@ def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
                  len(source), row.get("dice", float("nan")))
   per_image.sort(key=lambda r: r["stem"])
   result = {"step": predictor.step, "dataset": name, "split": split,
+            "tta": config.eval.get("tta", "none"),
             "trained_on": config.data.dataset,
             "num_images": len(per_image),
             "seconds": round(time.time() - t0, 2),

@@ -192,3 +192,38 @@ def test_explicit_label_list(tmp_path, phantom_data_dir):
   assert indices == [3, 7]
   saved = json.load(open(tmp_path / "labeled.json"))
   assert saved["stems"] == [stems[3], stems[7]] and saved["seed"] is None
+
+
+def test_pretraining_views_are_normalised_per_source_image():
+  """Every image view (two views, or image-major crops) gets its source
+  image's stats; non-image leaves (labels) pass through."""
+  rng = np.random.default_rng(0)
+  view = rng.random((2, 4, 4, 3)).astype(np.float32)
+  crops = rng.random((6, 3, 3, 3)).astype(np.float32)  # 3 crops per image
+  labels = {"volume": np.array([3, 4], np.int32)}
+  norm = np.stack([[[0.1, 0.2, 0.3], [2.0, 4.0, 8.0]],
+                   [[0.5, 0.5, 0.5], [1.0, 1.0, 1.0]]]).astype(np.float32)
+  out = steps.normalize_views([view, crops, labels], norm)
+  np.testing.assert_allclose(out[0][0], (view[0] - norm[0, 0]) / norm[0, 1],
+                             rtol=1e-6)
+  np.testing.assert_allclose(out[1][2], (crops[2] - norm[0, 0]) / norm[0, 1],
+                             rtol=1e-6)
+  np.testing.assert_allclose(out[1][3], crops[3] - 0.5, rtol=1e-6)
+  np.testing.assert_array_equal(out[2]["volume"], labels["volume"])
+  assert steps.normalize_views([view], None)[0] is view
+
+
+@pytest.mark.slow
+def test_pretraining_pipeline_ships_the_stats_the_step_applies(
+    phantom_data_dir):
+  """A pretraining batch carries each image's FOV statistics."""
+  config = smoke_config("pretrain_simclr", phantom_data_dir)
+  from medclr import methods  # pylint: disable=g-import-not-at-top
+  method = methods.get_method(config)
+  batch = next(iter(method.host_dataset(config, 4)))
+  assert batch["norm"].shape == (4, 2, 3)
+  assert (batch["norm"][:, 1] > 0).all()
+  assert not np.allclose(batch["norm"][:, 0], 0.0)
+  config.data.normalize = "none"
+  batch = next(iter(methods.get_method(config).host_dataset(config, 4)))
+  assert "norm" not in batch
