@@ -275,10 +275,13 @@ def seed_table(rows, where=None):
     p_auc = [r["pooled"]["auc_roc"] for r in results]
     (dm, ds), (am, as_) = _mean_std(dice), _mean_std(auc)
     test = dataset if where is None else where
+    # One seed has no seed-to-seed spread: say so rather than print 0.
+    seed_std = f"{ds:.4f}" if len(results) > 1 else "--"
+    auc_cell = f"{am:.4f} +/- {as_:.4f}" if len(results) > 1 else f"{am:.4f}"
     lines.append(
         f"| {profile} | {arm} | {variant} | {dataset} -> {test} | {k} | "
-        f"{len(results)} | **{dm:.4f}** | {ds:.4f} | "
-        f"{sum(image_std) / len(image_std):.4f} | {am:.4f} +/- {as_:.4f} | "
+        f"{len(results)} | **{dm:.4f}** | {seed_std} | "
+        f"{sum(image_std) / len(image_std):.4f} | {auc_cell} | "
         f"{_mean_std(p_dice)[0]:.4f} | {_mean_std(p_auc)[0]:.4f} |")
   return lines
 

@@ -86,9 +86,13 @@ def apply(images, stats):
   """
   if stats.ndim == 2:
     return (images - stats[0]) / stats[1]
-  repeats = images.shape[0] // stats.shape[0]
-  if repeats * stats.shape[0] != images.shape[0]:
-    raise ValueError(f"{images.shape[0]} images but {stats.shape[0]} stats")
-  if repeats > 1:
-    stats = stats.repeat(repeats, axis=0)
-  return (images - stats[:, 0, None, None, :]) / stats[:, 1, None, None, :]
+  count = stats.shape[0]
+  repeats = images.shape[0] // count
+  if repeats * count != images.shape[0]:
+    raise ValueError(f"{images.shape[0]} images but {count} stats")
+  # Group the views of each image instead of repeating the stats: a
+  # reshape of the leading (batch-sharded) axis keeps its sharding.
+  grouped = images.reshape((count, repeats) + images.shape[1:])
+  mean = stats[:, None, None, None, 0, :]
+  std = stats[:, None, None, None, 1, :]
+  return ((grouped - mean) / std).reshape(images.shape)

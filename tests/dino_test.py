@@ -287,7 +287,10 @@ def test_pretrain_ema_resume_on_one_device_and_finetune(tmp_path,
   config.mesh.data = 1
   resumed = pretrain.train_and_evaluate(config, str(killed))
   assert resumed["loss"] == pytest.approx(last["loss"], rel=1e-4)
-  assert_trees_close(_saved(killed, 2), after, 1e-4, 1e-6)
+  # Standardised inputs (data.normalize='image') give activations of unit
+  # scale, so summation-order differences between 8 and 1 device reach a
+  # few 1e-6 on near-zero weights.
+  assert_trees_close(_saved(killed, 2), after, 1e-4, 5e-6)
 
   ft_config = smoke_config("finetune_unet", phantom_data_dir,
                            **{"init.pretrain_dir": str(full)})

@@ -117,28 +117,40 @@ def test_fov_resampling_of_a_training_record_keeps_labels_binary():
   assert abs(out["mask"].mean() - mask.mean()) < 0.01
 
 
+@pytest.fixture(scope="module")
+def plain_scaled_run(tmp_path_factory, phantom_data_dir):
+  """A smoke fine-tune without normalisation, resampled to a FOV of 100 px."""
+  workdir = str(tmp_path_factory.mktemp("plain_scaled"))
+  finetune.train_and_evaluate(
+      smoke_config("finetune_unet", phantom_data_dir,
+                   **{"data.normalize": "none", "data.fov_diameter": 100}),
+      workdir)
+  return workdir
+
+
+def _intensity_change(workdir, data_dir):
+  """Max change of the prediction when a test image's intensities are
+  mapped affinely (x -> 0.5 x + 0.1)."""
+  predictor = evaluate.load_for_inference(workdir)
+  record = sources.open_split(data_dir, "phantom", "test")[0]
+  image = np.asarray(record["image"]) / 255.0
+  fov = np.asarray(record["fov"])
+  return np.abs(predictor.probabilities(image, fov)
+                - predictor.probabilities(0.5 * image + 0.1, fov)).max()
+
+
 @pytest.mark.slow
-def test_evaluation_uses_the_runs_normalisation(tmp_path, phantom_data_dir):
-  """Per-image standardisation makes predictions invariant to an affine
-  change of intensity; without it they change (so the saved choice is read).
-  """
-  results = {}
-  for mode in ("image", "none"):
-    workdir = str(tmp_path / mode)
-    finetune.train_and_evaluate(
-        smoke_config("finetune_unet", phantom_data_dir,
-                     **{"data.normalize": mode}), workdir)
+def test_evaluation_uses_the_runs_normalisation(finetuned_dir,
+                                                plain_scaled_run,
+                                                phantom_data_dir):
+  """Per-image standardisation (the default) makes predictions invariant to
+  an affine change of intensity; without it they change, so evaluation
+  reads the run's saved choice."""
+  for workdir, mode in ((finetuned_dir, "image"), (plain_scaled_run, "none")):
     saved = json.load(open(os.path.join(workdir, "preprocess.json")))
     assert saved["normalize"] == mode
-    predictor = evaluate.load_for_inference(workdir)
-    record = sources.open_split(phantom_data_dir, "phantom", "test")[0]
-    image = np.asarray(record["image"]) / 255.0
-    fov = np.asarray(record["fov"])
-    results[mode] = np.abs(predictor.probabilities(image, fov)
-                           - predictor.probabilities(0.5 * image + 0.1,
-                                                     fov)).max()
-  assert results["image"] < 1e-3
-  assert results["none"] > 1e-3
+  assert _intensity_change(finetuned_dir, phantom_data_dir) < 1e-3
+  assert _intensity_change(plain_scaled_run, phantom_data_dir) > 1e-3
 
 
 def _write_folder_set(root, count=3, size=72):
@@ -155,17 +167,16 @@ def _write_folder_set(root, count=3, size=72):
 
 
 @pytest.mark.slow
-def test_cross_dataset_evaluation_with_fov_scale(tmp_path, phantom_data_dir):
+def test_cross_dataset_evaluation_with_fov_scale(tmp_path, phantom_data_dir,
+                                                 plain_scaled_run):
   """A phantom-trained run with a FOV-diameter target is evaluated on a
   second prepared set by name; predictions come back at that set's size."""
   _write_folder_set(tmp_path / "raw")
-  prepare.prepare("folder", str(tmp_path / "raw"), phantom_data_dir,
-                  name="discs")
-  workdir = str(tmp_path / "ft")
-  finetune.train_and_evaluate(
-      smoke_config("finetune_unet", phantom_data_dir,
-                   **{"data.fov_diameter": 100}), workdir)
-  result = evaluate.evaluate(workdir, dataset="discs", save_predictions=True)
+  data_dir = str(tmp_path / "data")
+  prepare.prepare("folder", str(tmp_path / "raw"), data_dir, name="discs")
+  workdir = plain_scaled_run
+  result = evaluate.evaluate(workdir, dataset="discs", data_dir=data_dir,
+                             save_predictions=True)
   assert result["dataset"] == "discs" and result["trained_on"] == "phantom"
   assert result["num_images"] == 3
   assert 0.0 <= result["pooled"]["auc_roc"] <= 1.0
