@@ -40,7 +40,7 @@ def get_config(arg=None):
   })
   # Joint image/mask augmentation on device.
   config.augment = ml_collections.ConfigDict(
-      {"preset": "geometric", "strength": 1.0})
+      {"preset": "basic_medical", "strength": 1.0})
   config.model = common.model_config("unet2d-32")
   config.optim = ml_collections.ConfigDict({
       "name": "adam", "learning_rate": 1e-3, "lr_scaling": "none",

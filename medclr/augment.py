@@ -181,8 +181,8 @@ _PRESET_LIST = (
     ),
     # Lossless geometry for fine-tuning: the 8 symmetries of the square
     # (flips on both axes, 90-degree turns) move pixels without resampling,
-    # so one-pixel vessels stay as sharp as in test images. The fine-tuning
-    # default, chosen by benchmarks/results/ablation.md.
+    # so one-pixel vessels stay as sharp as in test images. On DRIVE k=2 it
+    # scored below basic_medical (benchmarks/results/ablation.md).
     AugmentSpec(
         name="geometric",
         hflip_p=0.5,
