@@ -122,11 +122,8 @@ def build(data_cfg, sources: Sequence) -> Preprocess | None:
   if spec.normalize == "none" and not spec.fov_diameter:
     return None
   if spec.normalize == "dataset":
-    stats = [split_stats(source, spec) for source in sources]
-    # Weighting by split size is close enough and keeps one pass per split.
-    sizes = np.array([len(source) for source in sources], np.float64)
-    merged = np.tensordot(sizes / sizes.sum(), np.stack(stats), axes=1)
-    spec = dataclasses.replace(spec, dataset_stats=merged.tolist())
+    stats = dataset_stats(sources, spec)
+    spec = dataclasses.replace(spec, dataset_stats=stats.tolist())
   return spec
 
 
@@ -148,15 +145,17 @@ def load(workdir: str, data_cfg) -> Preprocess:
     return Preprocess(**json.load(f))
 
 
-def split_stats(source, preprocess: Preprocess) -> np.ndarray:
-  """'dataset' stats over every image of a split, inside each FOV."""
+def dataset_stats(sources: Sequence, preprocess: Preprocess) -> np.ndarray:
+  """'dataset' stats pooled over every FOV pixel of every image of `sources`
+  (after resampling)."""
+  plain = dataclasses.replace(preprocess, normalize="none")
 
   def pairs():
-    for index in range(len(source)):
-      record = dataclasses.replace(preprocess, normalize="none").record(
-          source[index])
-      yield (crops.to_float(np.asarray(record["image"]),
-                            preprocess.in_channels), record["fov"])
+    for source in sources:
+      for index in range(len(source)):
+        record = plain.record(source[index])
+        yield (crops.to_float(np.asarray(record["image"]),
+                              preprocess.in_channels), record["fov"])
 
   return normalize.dataset_stats(pairs())
 
