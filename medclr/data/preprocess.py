@@ -60,13 +60,11 @@ class Preprocess:
 
   def record(self, record: dict[str, Any]) -> dict[str, Any]:
     """A training record resampled, with its 'norm' stats (2, C) added."""
-    fov = np.asarray(record["fov"])
-    size_hw = _scaled_size(fov.shape, self.scale(fov))
     out = dict(record)
-    if size_hw != fov.shape:
-      out["image"] = resize_image(np.asarray(record["image"]), size_hw)
+    out["image"], out["fov"], size_hw = self._resample(record["image"],
+                                                       record["fov"])
+    if size_hw != np.shape(record["mask"]):
       out["mask"] = resize_nearest(np.asarray(record["mask"]), size_hw)
-      out["fov"] = resize_nearest(fov, size_hw)
     image = crops.to_float(np.asarray(out["image"]), self.in_channels)
     out["norm"] = self.stats(image, out["fov"])
     return out
@@ -78,13 +76,18 @@ class Preprocess:
     """
     if fov is None:
       fov = fov_lib.estimate_fov(image)
-    fov = np.asarray(fov)
-    size_hw = _scaled_size(fov.shape, self.scale(fov))
-    if size_hw != fov.shape:
-      image = resize_image(np.asarray(image), size_hw)
-      fov = resize_nearest(fov, size_hw)
+    image, fov, _ = self._resample(image, fov)
     image = crops.to_float(np.asarray(image), self.in_channels)
     return image, self.stats(image, fov)
+
+  def _resample(self, image, fov):
+    """(image, fov, size_hw) at the model's scale (unchanged at scale 1)."""
+    fov = np.asarray(fov)
+    size_hw = _scaled_size(fov.shape, self.scale(fov))
+    if size_hw == fov.shape:
+      return image, fov, size_hw
+    return (resize_image(np.asarray(image), size_hw),
+            resize_nearest(fov, size_hw), size_hw)
 
   def model_input(self, image: np.ndarray, fov: np.ndarray | None):
     """The normalised float image at model scale that inference feeds."""
