@@ -265,3 +265,84 @@ def test_max_pool_2x2_keeps_batch_sharding_under_explicit_mesh():
     pooled = jax.jit(encoder_lib.max_pool_2x2)(jax.device_put(x, jax.P('data')))
     assert pooled.sharding.spec[0] == 'data'
   np.testing.assert_array_equal(pooled, encoder_lib.max_pool_2x2(x))
+
+
+@pytest.mark.parametrize('dtype', [None, jnp.bfloat16])
+def test_upsample_2x_matches_conv_transpose_and_its_gradients(dtype):
+  """The matmul form gives flax's ConvTranspose values and gradients."""
+  conv = nnx.ConvTranspose(5, 7, (2, 2), strides=(2, 2), padding='VALID',
+                           dtype=dtype, rngs=nnx.Rngs(0))
+  conv.bias[...] = jax.random.normal(jax.random.key(2), (7,))  # not zeros
+  x = jax.random.normal(jax.random.key(1), (2, 3, 4, 5))
+  out = unet.upsample_2x(conv, x)
+  assert out.shape == (2, 6, 8, 7) and out.dtype == conv(x).dtype
+  tol = 1e-5 if dtype is None else 2e-2
+  np.testing.assert_allclose(np.float32(out), np.float32(conv(x)),
+                             rtol=tol, atol=tol)
+  if dtype is None:
+    def grads(fn):
+      loss = lambda m, v: jnp.sum(jnp.sin(fn(m, v)))
+      return jax.tree.leaves(nnx.grad(loss, argnums=(0, 1))(conv, x))
+    got = grads(unet.upsample_2x)
+    want = grads(lambda m, v: m(v))
+    assert len(got) == 3  # bias, kernel, input
+    for g, w in zip(got, want):
+      np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_upsample_2x_keeps_batch_sharding_under_explicit_mesh():
+  conv = nnx.ConvTranspose(2, 3, (2, 2), strides=(2, 2), padding='VALID',
+                           rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(0), (8, 4, 4, 2))
+  mesh = jax.make_mesh((8,), ('data',),
+                       axis_types=(jax.sharding.AxisType.Explicit,))
+  with jax.set_mesh(mesh):
+    up = nnx.jit(unet.upsample_2x)(conv, jax.device_put(x, jax.P('data')))
+    assert up.sharding.spec[0] == 'data'
+  np.testing.assert_allclose(up, conv(x), rtol=1e-5, atol=1e-6)
+
+
+def _batch_norm_pair(channels=5):
+  layer = encoder_lib.make_norm(channels, 'batch', dtype=None,
+                                rngs=nnx.Rngs(0))
+  layer.scale[...] = jax.random.uniform(jax.random.key(3), (channels,)) + 0.5
+  layer.bias[...] = jax.random.normal(jax.random.key(4), (channels,))
+  return layer, nnx.clone(layer)
+
+
+def test_matmul_batch_norm_matches_nnx_batch_norm_values_grads_and_stats():
+  ours, theirs = _batch_norm_pair()
+  x = 3.0 + 2.0 * jax.random.normal(jax.random.key(1), (4, 6, 6, 5))
+  def grads(layer, fn):
+    loss = lambda m, v: jnp.sum(jnp.sin(fn(m, v)) * jnp.arange(5.0))
+    return nnx.grad(loss, argnums=(0, 1))(layer, x)
+  got = grads(ours, lambda m, v: encoder_lib.apply_norm(m, v, train=True))
+  want = grads(theirs, lambda m, v: m(v, use_running_average=False))
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+      encoder_lib.apply_norm(ours, x, train=True),
+      theirs(x, use_running_average=False), rtol=1e-5, atol=1e-5)
+  for name in ('mean', 'var'):  # running averages after the same 2 updates
+    np.testing.assert_allclose(getattr(ours, name)[...],
+                               getattr(theirs, name)[...], rtol=1e-5)
+  assert not np.allclose(ours.mean[...], 0.0)
+
+
+def test_matmul_batch_norm_uses_global_batch_under_explicit_mesh():
+  ours, theirs = _batch_norm_pair()
+  x = jax.random.normal(jax.random.key(1), (8, 3, 3, 5)) * jnp.arange(
+      8.0)[:, None, None, None]  # per-example scales: local stats differ
+  mesh = jax.make_mesh((8,), ('data',),
+                       axis_types=(jax.sharding.AxisType.Explicit,))
+  loss = lambda m, v: jnp.sum(
+      jnp.sin(encoder_lib.apply_norm(m, v, train=True)))
+  with jax.set_mesh(mesh):
+    sharded = jax.device_put(x, jax.P('data'))
+    grads = nnx.jit(nnx.grad(loss, argnums=(0, 1)))(ours, sharded)
+    assert grads[1].sharding.spec[0] == 'data'
+  want = nnx.grad(lambda m, v: jnp.sum(jnp.sin(
+      m(v, use_running_average=False))), argnums=(0, 1))(theirs, x)
+  for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(ours.var[...], theirs.var[...], rtol=1e-5)

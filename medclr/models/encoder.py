@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from medclr.models import batch_norm
+
 # Running-statistics decay. Flax's 0.9 is PyTorch's default BatchNorm momentum
 # (0.1 in PyTorch's convention), so the PyTorch peer of the canonical unet2d-32
 # benchmark (EVALUATION.md section 2) keeps identical layers.
@@ -103,7 +105,9 @@ def make_norm(
 def apply_norm(layer: nnx.Module, x: jax.Array, *, train: bool) -> jax.Array:
   """Applies a layer from `make_norm`; BatchNorm uses batch stats iff train."""
   if isinstance(layer, nnx.BatchNorm):
-    return layer(x, use_running_average=not train)
+    if train:
+      return batch_norm.train_forward(layer, x)
+    return layer(x, use_running_average=True)
   return layer(x)
 
 
