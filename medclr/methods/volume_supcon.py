@@ -74,6 +74,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medclr import augment
+from medclr import guard
 from medclr import losses
 from medclr import methods
 from medclr import models
@@ -552,7 +553,8 @@ class VolumeSupCon(methods.Method):
     z1, z2 = z[:, 0], z[:, 1]
     loss, positives = volume_supcon(z1, z2, labels, self.loss_spec)
     return loss, (aux, {"embedding_std": losses.embedding_std(z1),
-                        "positives_per_anchor": positives})
+                        "positives_per_anchor": positives,
+                        "loss_chance": guard.nt_xent_chance(2 * b)})
 
 
 def make(config):
