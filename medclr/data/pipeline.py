@@ -2,8 +2,8 @@
 
 Both pipelines follow the same order, chosen for determinism, resumability
 and independence from the number of hosts:
-  source(s) -> shuffle (new order every epoch) -> repeat [-> epochs cut to a
-  multiple of the global batch, pretraining] -> per-example random
+  source(s) -> endless epochs, each in a new random order [and cut to a
+  multiple of the global batch: pretraining] -> per-example random
   crops -> batch(local_batch) -> this process's batches [p::P] ->
   to_iter_dataset [-> multiprocess prefetch]
 Every process defines the same global example stream; global batch b is the
@@ -151,30 +151,46 @@ class CachedRecords:
     return state
 
 
-class _EpochAligned(grain.MapDataset):
-  """Epochs of a repeated dataset cut to `per_epoch` elements each.
+class _Epochs(grain.MapDataset):
+  """Endless epochs of the parent, each in its own seeded random order.
 
-  Element i is element (i // per_epoch) * epoch_size + i % per_epoch of the
-  parent, i.e. the first `per_epoch` elements of epoch i // per_epoch.
+  Element i is element order_e[i % per_epoch] of the parent, where
+  e = i // per_epoch and order_e is a permutation drawn from (seed, e); with
+  per_epoch < len(parent) each epoch is cut to its first per_epoch elements.
+  Grain's `shuffle()` draws each index with a cipher whose cost grows as the
+  dataset shrinks (10 ms an element for 2 images, slower than the training
+  step); a permutation per epoch costs microseconds.
   """
 
-  def __init__(self, parent: grain.MapDataset, epoch_size: int,
-               per_epoch: int):
+  def __init__(self, parent: grain.MapDataset, seed: int, per_epoch: int):
     super().__init__(parent)
-    self._epoch_size = epoch_size
+    self._seed = seed
     self._per_epoch = per_epoch
-    epochs = len(parent) // epoch_size
-    self._length = (len(parent) if epochs >= sys.maxsize // epoch_size
-                    else epochs * per_epoch)
+    self._orders = {}
 
   def __len__(self) -> int:
-    return self._length
+    return sys.maxsize
+
+  def _order(self, epoch: int) -> np.ndarray:
+    order = self._orders.get(epoch)
+    if order is None:
+      order = np.random.default_rng([self._seed, epoch]).permutation(
+          len(self._parent))
+      if len(self._orders) >= 4:  # reader threads are within an epoch or two
+        self._orders.clear()
+      self._orders[epoch] = order
+    return order
 
   def __getitem__(self, index):
     if isinstance(index, slice):
       return self.slice(index)
     epoch, position = divmod(index, self._per_epoch)
-    return self._parent[epoch * self._epoch_size + position]
+    return self._parent[int(self._order(epoch)[position])]
+
+
+def shuffled(dataset: grain.MapDataset, *, seed: int) -> grain.MapDataset:
+  """Endless epochs of `dataset`, reshuffled every epoch."""
+  return _Epochs(dataset.seed(seed), seed, len(dataset))
 
 
 def shuffled_epochs(dataset: grain.MapDataset, *, seed: int,
@@ -204,8 +220,7 @@ def shuffled_epochs(dataset: grain.MapDataset, *, seed: int,
         f"{global_batch}: every batch would hold an element twice, which "
         "contrastive losses treat as its own negative. Lower "
         "config.batch_size or add images to the pool.")
-  repeated = dataset.seed(seed).shuffle().repeat()
-  return _EpochAligned(repeated, size, per_epoch)
+  return _Epochs(dataset.seed(seed), seed, per_epoch)
 
 
 def _check_process(process_index: int, process_count: int) -> None:
@@ -324,7 +339,7 @@ def finetune_dataset(data_dir: pathlib.Path | str, name: str, split: str, *,
   dataset = grain.MapDataset.source(
       CachedRecords(source, indices, transform=transform))
   dataset = (
-      dataset.seed(seed).shuffle().repeat()
+      shuffled(dataset, seed=seed)
       .random_map(_LabeledPatch(crop_size, in_channels)))
   return batch_for_process(dataset, local_batch, process_index,
                            process_count, worker_count)
