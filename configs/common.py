@@ -117,6 +117,11 @@ def pretrain_config(method, args, *, preset="simclr_strong"):
   config.crop = ml_collections.ConfigDict({
       "mode": "rrc", "alpha": 0.6, "box_thresh": 0.1, "warmup_steps": 100,
       "loc_interval": 100, "loc_size": 0, "loc_batch": 16})
+  # Collapse / chance diagnostics (medclr/guard.py): mode off, warn or stop;
+  # warmup_steps -1 is the larger of optim.warmup_steps and num_steps / 10.
+  config.guard = ml_collections.ConfigDict({
+      "mode": "warn", "warmup_steps": -1, "patience": 3,
+      "chance_margin": 0.02, "collapse_ratio": 0.1, "uniform_ratio": 0.98})
   config.batch_size = 16  # images; each gives two views
   run_block(config, num_steps=2000, log_every=10, checkpoint_every=200)
 

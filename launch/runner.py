@@ -20,8 +20,8 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
                                       "number of processes of the run")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
 
-USER_ERRORS = (errors.ConfigError, readers.DataError,
-               checkpointing.CheckpointError)
+USER_ERRORS = (errors.ConfigError, errors.TrainingStalled,
+               readers.DataError, checkpointing.CheckpointError)
 
 
 def start_distributed():

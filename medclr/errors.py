@@ -3,3 +3,7 @@
 
 class ConfigError(ValueError):
   """A config field has a value medclr cannot run with; names the key."""
+
+
+class TrainingStalled(RuntimeError):
+  """A run sat at chance or collapsed; names the step, cause and checkpoint."""

@@ -9,6 +9,7 @@ import jax
 from medclr import checkpointing
 from medclr import contrastive_crop
 from medclr import errors
+from medclr import guard
 from medclr import methods
 from medclr import metric_writer
 from medclr import optim
@@ -112,12 +113,14 @@ def train_and_evaluate(config, workdir):
           writer)
       hooks = {"before_step": controller.before_step,
                "extras_fn": lambda: {"ccrop": table.to_json()}}
+    monitor = guard.Guard(guard.Limits.from_config(config), workdir,
+                          write=jax.process_index() == 0)
     try:
       state, last = train_utils.run_loop(
           config=config, workdir=workdir, state=state, start_step=start or 0,
           p_step=p_step, data_iter=data_iter, mesh=mesh,
           checkpointer=checkpointer, writer=writer, config_dict=config_dict,
-          **hooks)
+          guard=monitor, **hooks)
     finally:
       checkpointer.close()
       writer.close()

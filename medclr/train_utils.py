@@ -87,7 +87,7 @@ def to_host_scalars(metrics):
 
 def run_loop(*, config, workdir, state, start_step, p_step, data_iter, mesh,
              checkpointer, writer, config_dict, before_step=None,
-             extras_fn=None):
+             extras_fn=None, guard=None):
   """The training loop both phases share: step, log, checkpoint, preempt.
 
   Args:
@@ -95,6 +95,8 @@ def run_loop(*, config, workdir, state, start_step, p_step, data_iter, mesh,
       before each step (ContrastiveCrop localisation may rebuild the
       iterator).
     extras_fn: optional () -> JSON-able dict saved with each checkpoint.
+    guard: optional `guard.Guard`: adds diagnostic ratios to each logged row
+      and warns or stops when the run sits at chance or collapses.
     (the rest: the run's pieces, as built by pretrain.py / finetune.py)
 
   Returns:
@@ -109,10 +111,15 @@ def run_loop(*, config, workdir, state, start_step, p_step, data_iter, mesh,
     batch = sharding.to_global(next(data_iter), mesh)
     state, metrics = p_step(state, batch)
     done = step + 1
+    if guard is not None and step == 0:
+      guard.set_reference(to_host_scalars(metrics))  # before any update
     if done % config.log_every == 0 or done == config.num_steps:
       last = to_host_scalars(metrics)
+      report = guard.observe(done, last) if guard is not None else None
       writer.write(done, last, check_finite=True)
       writer.progress(done, last)
+      if report:
+        guard.act(report, checkpointer.latest_step())
     preempted = checkpointer.reached_preemption(done)
     checkpointer.save(done, state, data_iter, config_dict,
                       force=preempted or done == config.num_steps,

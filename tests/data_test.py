@@ -334,6 +334,20 @@ def _match_stems(images: np.ndarray, source) -> list[str]:
   return found
 
 
+def _nearest_stems(images: np.ndarray, source) -> list[str]:
+  """Stem of the source image closest to each whole-image view."""
+  originals = _by_stem(source)
+  found = []
+  for image in images:
+    errors = {stem: np.abs(record["image"].astype(np.float32) / 255
+                           - image).mean()
+              for stem, record in originals.items()}
+    stem = min(errors, key=errors.get)
+    assert errors[stem] < 0.02, errors[stem]
+    found.append(stem)
+  return found
+
+
 class TestPipelines:
 
   def test_pretrain_shapes_and_ranges(self, phantom_dir):
@@ -347,6 +361,43 @@ class TestPipelines:
       assert view.shape == (4, 24, 24, 1) and view.dtype == np.float32
       assert 0.0 <= view.min() and view.max() <= 1.0
     assert not np.array_equal(batch["view1"], batch["view2"])
+
+  @pytest.mark.parametrize("global_batch", [3, 4, 7])
+  def test_shuffled_epochs_never_repeat_within_a_batch(self, global_batch):
+    """Plain shuffle-repeat repeats elements in a batch; epochs cut do not."""
+    import grain  # pylint: disable=g-import-not-at-top
+    pool = grain.MapDataset.range(10)
+    aligned = pipeline.shuffled_epochs(pool, seed=0,
+                                       global_batch=global_batch, what="pool")
+    plain = pool.seed(0).shuffle().repeat()
+    batches = lambda ds: [[ds[b * global_batch + i] for i in
+                           range(global_batch)] for b in range(60)]
+    assert all(len(set(b)) == global_batch for b in batches(aligned))
+    assert any(len(set(b)) < global_batch for b in batches(plain))
+    # The dropped remainder changes between epochs: all elements are seen.
+    assert {e for b in batches(aligned) for e in b} == set(range(10))
+
+  def test_shuffled_epochs_rejects_a_pool_smaller_than_the_batch(self):
+    import grain  # pylint: disable=g-import-not-at-top
+    with pytest.raises(DataError, match=r"pool 'x' has 5 elements, fewer "
+                       r"than the global batch of 8.*config\.batch_size"):
+      pipeline.shuffled_epochs(grain.MapDataset.range(5), seed=0,
+                               global_batch=8, what="pool 'x'")
+
+  def test_pretrain_batches_hold_distinct_images_across_processes(
+      self, phantom_dir):
+    """10 images, global batch 2 x 2: every global batch has 4 images."""
+    source = sources.open_split(phantom_dir, "phantom", "train")
+    def make(process_index):
+      return iter(pipeline.pretrain_dataset(
+          phantom_dir, "phantom:train", image_size=48, in_channels=3,
+          area=(1.0, 1.0), aspect=(1.0, 1.0), local_batch=2, seed=1,
+          process_index=process_index, process_count=2))
+    parts = [_take(make(p), 12) for p in (0, 1)]
+    for first, second in zip(*parts):
+      stems = _nearest_stems(
+          np.concatenate([first["view1"], second["view1"]]), source)
+      assert len(set(stems)) == 4, stems
 
   def test_finetune_shapes_and_ranges(self, phantom_dir):
     ds = pipeline.finetune_dataset(

@@ -118,8 +118,11 @@ def multicrop_dataset(data_dir: pathlib.Path | str, sources: str, *,
               for s in sources_lib.open_sources(data_dir, sources)]
   dataset = (datasets[0] if len(datasets) == 1 else
              grain.MapDataset.concatenate(datasets))
+  dataset = pipeline.shuffled_epochs(
+      dataset, seed=seed, global_batch=local_batch * process_count,
+      what=f"pool {sources!r}")
   dataset = (
-      dataset.seed(seed).shuffle().repeat()
+      dataset
       .random_map(MultiCrop(global_size=global_size, local_size=local_size,
                             num_local=num_local, in_channels=in_channels,
                             global_scale=global_scale,

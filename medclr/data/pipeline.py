@@ -2,7 +2,8 @@
 
 Both pipelines follow the same order, chosen for determinism, resumability
 and independence from the number of hosts:
-  source(s) -> shuffle (new order every epoch) -> repeat -> per-example random
+  source(s) -> endless epochs, each in a new random order [and cut to a
+  multiple of the global batch: pretraining] -> per-example random
   crops -> batch(local_batch) -> this process's batches [p::P] ->
   to_iter_dataset [-> multiprocess prefetch]
 Every process defines the same global example stream; global batch b is the
@@ -15,6 +16,7 @@ reproduces the exact same batches.
 """
 import os
 import pathlib
+import sys
 from typing import Any, Sequence
 
 from absl import flags
@@ -149,6 +151,78 @@ class CachedRecords:
     return state
 
 
+class _Epochs(grain.MapDataset):
+  """Endless epochs of the parent, each in its own seeded random order.
+
+  Element i is element order_e[i % per_epoch] of the parent, where
+  e = i // per_epoch and order_e is a permutation drawn from (seed, e); with
+  per_epoch < len(parent) each epoch is cut to its first per_epoch elements.
+  Grain's `shuffle()` draws each index with a cipher whose cost grows as the
+  dataset shrinks (10 ms an element for 2 images, slower than the training
+  step); a permutation per epoch costs microseconds.
+  """
+
+  def __init__(self, parent: grain.MapDataset, seed: int, per_epoch: int):
+    super().__init__(parent)
+    self._seed = seed
+    self._per_epoch = per_epoch
+    self._orders = {}
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def _order(self, epoch: int) -> np.ndarray:
+    order = self._orders.get(epoch)
+    if order is None:
+      order = np.random.default_rng([self._seed, epoch]).permutation(
+          len(self._parent))
+      if len(self._orders) >= 4:  # reader threads are within an epoch or two
+        self._orders.clear()
+      self._orders[epoch] = order
+    return order
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    epoch, position = divmod(index, self._per_epoch)
+    return self._parent[int(self._order(epoch)[position])]
+
+
+def shuffled(dataset: grain.MapDataset, *, seed: int) -> grain.MapDataset:
+  """Endless epochs of `dataset`, reshuffled every epoch."""
+  return _Epochs(dataset.seed(seed), seed, len(dataset))
+
+
+def shuffled_epochs(dataset: grain.MapDataset, *, seed: int,
+                    global_batch: int, what: str) -> grain.MapDataset:
+  """Endless reshuffled epochs of `dataset` in which no batch repeats one.
+
+  Plain shuffle-then-repeat lets a batch span two epochs, so it can hold an
+  element twice, and contrastive losses (NT-Xent, MoCo, AdCo) then treat an
+  image as a negative of itself. Each epoch here is cut to the largest
+  multiple of the global batch; the few elements dropped differ from epoch
+  to epoch because every epoch is shuffled anew.
+
+  Args:
+    dataset: the pool (images, slices or slice groups).
+    seed: shuffle seed.
+    global_batch: elements per global batch (all processes).
+    what: names the pool and the setting to change in the error.
+
+  Raises:
+    DataError: the pool is smaller than one global batch.
+  """
+  size = len(dataset)
+  per_epoch = size // global_batch * global_batch
+  if per_epoch == 0:
+    raise readers.DataError(
+        f"{what} has {size} elements, fewer than the global batch of "
+        f"{global_batch}: every batch would hold an element twice, which "
+        "contrastive losses treat as its own negative. Lower "
+        "config.batch_size or add images to the pool.")
+  return _Epochs(dataset.seed(seed), seed, per_epoch)
+
+
 def _check_process(process_index: int, process_count: int) -> None:
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, "
@@ -218,10 +292,11 @@ def pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
               for s in sources_lib.open_sources(data_dir, sources)]
   dataset = (datasets[0] if len(datasets) == 1 else
              grain.MapDataset.concatenate(datasets))
-  dataset = (
-      dataset.map_with_index(_PoolIndex(len(dataset))).seed(seed).shuffle().repeat()
-      .random_map(TwoViews(image_size, in_channels, area, aspect, boxes,
-                            crop_alpha)))
+  dataset = shuffled_epochs(
+      dataset.map_with_index(_PoolIndex(len(dataset))), seed=seed,
+      global_batch=local_batch * process_count, what=f"pool {sources!r}")
+  dataset = dataset.random_map(
+      TwoViews(image_size, in_channels, area, aspect, boxes, crop_alpha))
   return batch_for_process(dataset, local_batch, process_index,
                            process_count, worker_count)
 
@@ -264,7 +339,7 @@ def finetune_dataset(data_dir: pathlib.Path | str, name: str, split: str, *,
   dataset = grain.MapDataset.source(
       CachedRecords(source, indices, transform=transform))
   dataset = (
-      dataset.seed(seed).shuffle().repeat()
+      shuffled(dataset, seed=seed)
       .random_map(_LabeledPatch(crop_size, in_channels)))
   return batch_for_process(dataset, local_batch, process_index,
                            process_count, worker_count)

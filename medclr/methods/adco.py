@@ -176,7 +176,11 @@ class AdCo(moco.KeyEncoderMethod):
                bank_velocity=jnp.where(initialising, velocity,
                                        trained_velocity))
     filled = jnp.minimum((step + 1) * self.batch, self.bank_size)
+    # One positive among 1 + K (bank initialisation) or N + K candidates.
+    chance = jnp.where(initialising, math.log(1 + self.bank_size),
+                       math.log(self.batch + self.bank_size))
     metrics = {"embedding_std": losses.embedding_std(q1),
+               "loss_chance": chance,
                "bank_filled": filled.astype(jnp.float32),
                # The adversary's objective (rises while the bank wins).
                "bank_loss": bank_loss}

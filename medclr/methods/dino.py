@@ -402,6 +402,7 @@ class DINO(methods.Method):
     metrics = {
         "embedding_std": losses.embedding_std(student_global),
         "teacher_entropy": jnp.mean(entropy),
+        "entropy_max": math.log(probs.shape[-1]),  # uniform teacher: ln K
         "center_norm": jnp.linalg.norm(center),
         "teacher_temp": temp,
         "ema_momentum": self.momentum(step),

@@ -30,6 +30,8 @@ to remove any coupling between the examples of a batch; watch
 `KeyEncoderMethod` (the EMA key encoder) is shared with AdCo
 (`medclr/methods/adco.py`).
 """
+import math
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -214,7 +216,9 @@ class MoCoV2(KeyEncoderMethod):
     queue, pointer = enqueue(aux["queue"], aux["queue_ptr"], k2)
     aux = dict(aux, target_stats=target_stats, queue=queue, queue_ptr=pointer)
     metrics = {"embedding_std": losses.embedding_std(q1),
-               "queue_ptr": pointer.astype(jnp.float32)}
+               "queue_ptr": pointer.astype(jnp.float32),
+               # One positive among 1 + K candidates.
+               "loss_chance": math.log(1 + aux["queue"].shape[0])}
     return loss, (aux, metrics)
 
 

@@ -5,6 +5,7 @@ statistics of all 2N views of the global batch (SimCLR's `global_bn=True`).
 """
 import jax.numpy as jnp
 
+from medclr import guard
 from medclr import losses
 from medclr import models
 from medclr import methods
@@ -30,7 +31,8 @@ class SimCLR(methods.Method):
     z = z.reshape((b, 2) + z.shape[1:])
     z1, z2 = z[:, 0], z[:, 1]
     loss = losses.nt_xent(z1, z2, self.config.loss.temperature)
-    return loss, (aux, {"embedding_std": losses.embedding_std(z1)})
+    return loss, (aux, {"embedding_std": losses.embedding_std(z1),
+                        "loss_chance": guard.nt_xent_chance(2 * b)})
 
 
 def make(config):

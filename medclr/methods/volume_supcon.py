@@ -74,6 +74,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medclr import augment
+from medclr import guard
 from medclr import losses
 from medclr import methods
 from medclr import models
@@ -476,7 +477,9 @@ def volume_pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
                 for r, o in zip(records, offsets)]
     dataset = (datasets[0] if len(datasets) == 1 else
                grain.MapDataset.concatenate(datasets))
-    dataset = dataset.seed(seed).shuffle().repeat().random_map(slice_views)
+    dataset = pipeline.shuffled_epochs(
+        dataset, seed=seed, global_batch=local_batch * process_count,
+        what=f"slice pool {sources!r}").random_map(slice_views)
     return pipeline.batch_for_process(dataset, local_batch, process_index,
                                       process_count, worker_count)
   if local_batch % partitions:
@@ -484,8 +487,11 @@ def volume_pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
         f"sampling='partition' needs the per-process batch ({local_batch}) "
         f"to be a multiple of config.loss.partitions={partitions}")
   groups = _volume_groups(tables, offsets, partitions, names)
-  dataset = (grain.MapDataset.range(len(groups)).seed(seed).shuffle().repeat()
-             .random_map(_PartitionGroup(records, groups, slice_views)))
+  dataset = pipeline.shuffled_epochs(
+      grain.MapDataset.range(len(groups)), seed=seed,
+      global_batch=local_batch // partitions * process_count,
+      what=f"volume-partition groups of {sources!r}")
+  dataset = dataset.random_map(_PartitionGroup(records, groups, slice_views))
   return pipeline.batch_for_process(
       dataset, local_batch // partitions, process_index, process_count,
       worker_count).map(_flatten_groups)
@@ -547,7 +553,8 @@ class VolumeSupCon(methods.Method):
     z1, z2 = z[:, 0], z[:, 1]
     loss, positives = volume_supcon(z1, z2, labels, self.loss_spec)
     return loss, (aux, {"embedding_std": losses.embedding_std(z1),
-                        "positives_per_anchor": positives})
+                        "positives_per_anchor": positives,
+                        "loss_chance": guard.nt_xent_chance(2 * b)})
 
 
 def make(config):
