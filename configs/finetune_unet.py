@@ -60,8 +60,9 @@ def get_config(arg=None):
     config.model = common.model_config("small")
     config.data.crop_size = 96
     config.batch_size = 16
-    # About 4.5 minutes on an idle 2-core CPU (0.37 s a step).
-    config.num_steps = 700
+    # Under 5 minutes on an idle 2-core CPU (about 0.4 s a step); 700
+    # steps took 316 s and scored no better (benchmarks/results/ablation.md).
+    config.num_steps = 600
     config.optim.learning_rate = 2e-3
     config.optim.warmup_steps = 30
     config.eval.window = -1
