@@ -110,7 +110,7 @@ def test_input_pipeline_reads_step_rate_and_compares(step_record, tmp_path):
   _, step_path = step_record
   path = tmp_path / "input.jsonl"
   record = input_pipeline.main(
-      ["--size=16", "--batch=4", "--phantom_images=3", "--phantom_size=32",
+      ["--size=16", "--batch=4", "--phantom_images=4", "--phantom_size=32",
        "--presets=none,simclr_strong", "--steps=2", "--warmup=1",
        "--widths=4,8", f"--step_results={step_path}", f"--results={path}"])
   # Outside the repository only the file name is kept (no machine paths).
