@@ -89,7 +89,7 @@ def arm_spec(arm):
   return method, f"preset={preset}", []
 
 
-def parse_args():
+def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--shared_data", default=str(REPO.parent / "shared" /
                                                   "data"))
@@ -111,7 +111,20 @@ def parse_args():
                       help="extra --config.x=y flags for launch.pretrain, "
                       "space separated")
   parser.add_argument("--finetune_overrides", default="")
-  return parser.parse_args()
+  parser.add_argument("--resume", action="store_true",
+                      help="continue fine-tuning workdirs that exist "
+                      "(default: refuse them, since launch.finetune would "
+                      "resume a run made with another config)")
+  return parser.parse_args(argv)
+
+
+def check_fresh(ft_dir, resume):
+  """Raises SystemExit if `ft_dir` exists and `resume` is off."""
+  if os.path.exists(ft_dir) and not resume:
+    raise SystemExit(
+        f"drive_study: {ft_dir} exists; launch.finetune would resume it even "
+        "if it was made with another config. Remove it, choose another "
+        "--work, or pass --resume to continue it.")
 
 
 def prepare_data(args, data_dir, log):
@@ -161,6 +174,7 @@ def run_one(args, arm, k, seed, pretrain, work, data_dir, log):
       f"--config.data.label_seed={seed}", f"--config.seed={seed}",
       f"--config.init.pretrain_dir={pretrain['dir']}"
   ] + args.finetune_overrides.split()
+  check_fresh(ft_dir, args.resume)
   ft_s = run(ft_cmd, log)
   commands = [c for c in (pretrain["cmd"], ft_cmd) if c]
   eval_cmd = [py, "-m", "launch.evaluate", f"--workdir={ft_dir}"]

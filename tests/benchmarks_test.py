@@ -110,7 +110,7 @@ def test_input_pipeline_reads_step_rate_and_compares(step_record, tmp_path):
   _, step_path = step_record
   path = tmp_path / "input.jsonl"
   record = input_pipeline.main(
-      ["--size=16", "--batch=4", "--phantom_images=3", "--phantom_size=32",
+      ["--size=16", "--batch=4", "--phantom_images=4", "--phantom_size=32",
        "--presets=none,simclr_strong", "--steps=2", "--warmup=1",
        "--widths=4,8", f"--step_results={step_path}", f"--results={path}"])
   # Outside the repository only the file name is kept (no machine paths).
@@ -345,3 +345,16 @@ def test_drive_study_table_aggregates_over_seeds(tmp_path):
   # image std the mean of 0.05 and 0.01.
   assert "| 2 | **0.8000** | 0.1000 | 0.0300 |" in text
   assert "drive -> stare" in text
+
+
+def test_drive_study_refuses_an_existing_finetune_workdir(tmp_path):
+  """An old workdir would be resumed under a new config: refuse it."""
+  from benchmarks import drive_study  # pylint: disable=g-import-not-at-top
+  old = tmp_path / "finetune_scratch_drive_k2_s0"
+  drive_study.check_fresh(str(old), resume=False)  # absent: fine
+  old.mkdir()
+  with pytest.raises(SystemExit, match=r"finetune_scratch_drive_k2_s0 exists"
+                     r".*--resume"):
+    drive_study.check_fresh(str(old), resume=False)
+  drive_study.check_fresh(str(old), resume=True)
+  assert drive_study.parse_args(["--work=w", "--resume"]).resume

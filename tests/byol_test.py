@@ -202,7 +202,11 @@ def test_pretrain_ema_resume_on_one_device_and_finetune(tmp_path,
   config.mesh.data = 1
   resumed = pretrain.train_and_evaluate(config, str(killed))
   assert resumed["loss"] == pytest.approx(last["loss"], rel=1e-4)
-  assert_trees_close(_saved(killed, 2), after, 1e-4, 1e-6)
+  # atol: Adam divides by sqrt(v) + eps, so where gradients are near eps
+  # (the first BatchNorm bias of this tiny BYOL, about 1e-9) the 1-vs-8
+  # device rounding grows to a few % of one step (2.4e-5 seen, steps of
+  # about 1e-3); a wrong restore moves parameters by whole steps.
+  assert_trees_close(_saved(killed, 2), after, 1e-4, 5e-5)
 
   ft_config = smoke_config("finetune_unet", phantom_data_dir,
                            **{"init.pretrain_dir": str(full)})

@@ -90,5 +90,7 @@ def assert_trees_close(got, want, rtol, atol):
   import jax  # pylint: disable=g-import-not-at-top,redefined-outer-name
   import numpy as np  # pylint: disable=g-import-not-at-top
   assert jax.tree.structure(got) == jax.tree.structure(want)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol,
-                                                       atol=atol), got, want)
+  jax.tree_util.tree_map_with_path(
+      lambda path, a, b: np.testing.assert_allclose(
+          a, b, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path)),
+      got, want)
