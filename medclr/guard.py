@@ -5,8 +5,8 @@ an embedding std that falls far below its value at step 0 means every
 image maps to one point; a DINO teacher at entropy ln K is uniform, at 0
 one-hot. Each logged row gets the ratios that make these visible
 (`loss_over_chance`, `embedding_std_rel`, `teacher_entropy_rel`), and the
-guard warns, or stops the run with a `errors.TrainingStalled` report, when one of
-them persists for `patience` logs after `warmup_steps`.
+guard warns, or stops the run with an `errors.TrainingStalled` report, when
+one of them persists for `patience` logs after `warmup_steps`.
 """
 import dataclasses
 import json
