@@ -54,10 +54,6 @@ def normalize(x, scale, bias, epsilon):
   return _forward(x, scale, bias, epsilon)[0]
 
 
-def _normalize_fwd(x, scale, bias, epsilon):
-  return _forward(x, scale, bias, epsilon)
-
-
 def _normalize_bwd(epsilon, residuals, cotangents):
   del epsilon
   x, mean, inv, scale = residuals
@@ -75,7 +71,7 @@ def _normalize_bwd(epsilon, residuals, cotangents):
   return grad_x, grad_scale, grad_bias
 
 
-normalize.defvjp(_normalize_fwd, _normalize_bwd)
+normalize.defvjp(_forward, _normalize_bwd)
 
 
 def train_forward(layer: nnx.BatchNorm, x: jax.Array) -> jax.Array:
