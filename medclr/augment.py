@@ -199,6 +199,16 @@ _PRESET_LIST = (
         jitter=(0.1, 0.1, 0.0, 0.0),
         jitter_p=0.8,
     ),
+    # Lossless geometry plus basic_medical's +-15 degree rotation: the
+    # symmetries cost nothing, and flip TTA shows the model vertical flips
+    # at test time anyway.
+    AugmentSpec(
+        name="geometric_rotate",
+        hflip_p=0.5,
+        vflip_p=0.5,
+        rot90=True,
+        rotate_deg=15.0,
+    ),
     # krishnabits001/domain_specific_cl global stage (METHODS 1.10, 1.13): a
     # 100x100 crop of a 192x192 slice resized back, i.e. (100/192)^2 = 0.27 of
     # the area, square; then tf.image.random_brightness(max_delta=0.3)
