@@ -162,7 +162,8 @@ def study_optim():
 def quick_profile(config):
   """The 2-core CPU DRIVE study profile; matches finetune_unet:quick."""
   config.data.image_size = 96
-  config.model = model_config("unet2d-16")
+  # finetune_unet:quick's model: the encoder must transfer level for level.
+  config.model = model_config("small")
   config.batch_size = 32
   config.num_steps = 300
   config.optim = study_optim()
@@ -192,7 +193,7 @@ def volume_profiles(config, args):
   if args.quick:
     config.data.image_size = 96
     config.data.in_channels = 3
-    config.model = model_config("unet2d-16", in_channels=3)
+    config.model = model_config("small", in_channels=3)
     config.batch_size = 32
     config.num_steps = 300
     config.log_every = 10

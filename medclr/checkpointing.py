@@ -150,7 +150,12 @@ def _flatten(tree, prefix=""):
 
 
 def check_compatible(saved, wanted, where):
-  """Raises CheckpointError naming every path whose shape differs."""
+  """Raises CheckpointError naming every path whose shape differs.
+
+  Parameters the checkpoint holds under a wanted part (e.g. params/encoder)
+  but the model lacks are problems too: a shallower model would otherwise
+  load the first levels of a deeper encoder and silently drop the rest.
+  """
   saved_flat, wanted_flat = _flatten(saved), _flatten(wanted)
   problems = []
   for path, abstract in wanted_flat.items():
@@ -159,6 +164,10 @@ def check_compatible(saved, wanted, where):
     elif tuple(saved_flat[path]) != tuple(abstract.shape):
       problems.append(f"{path}: checkpoint has shape {tuple(saved_flat[path])}, "
                       f"model expects {tuple(abstract.shape)}")
+  parts = {"/".join(path.split("/")[:2]) + "/" for path in wanted_flat}
+  for path in saved_flat:
+    if path not in wanted_flat and any(path.startswith(p) for p in parts):
+      problems.append(f"{path}: in checkpoint, not in this model")
   if problems:
     shown = "\n  ".join(problems[:10])
     more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import finetune_unet
 from conftest import assert_trees_close, saved_subtrees, smoke_config
 from medclr import checkpointing
 from medclr import errors
@@ -59,8 +60,9 @@ def test_config_loads_and_locks(arg):
   assert config.method == "byol" and config.ema.base_momentum == 0.996
   byol.make(config)  # validates the whole config
   if "quick" in arg:  # the fine-tune quick profile expects these
-    assert config.model.preset == "unet2d-16"
-    assert config.data.image_size == 96
+    finetune_quick = finetune_unet.get_config("quick")
+    assert config.model.widths == finetune_quick.model.widths
+    assert config.data.image_size == finetune_quick.data.crop_size
 
 
 def test_regression_loss_is_two_minus_two_cosine():

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import finetune_unet
 from conftest import assert_trees_close, saved_subtrees, smoke_config
 from medclr import checkpointing
 from medclr import errors
@@ -70,8 +71,9 @@ def test_config_loads_and_locks(arg):
   method = dino.make(config)  # validates the whole config
   assert method.local_size % 2 ** (len(config.model.widths) - 1) == 0
   if "quick" in arg:  # the fine-tune quick profile expects these
-    assert config.model.preset == "unet2d-16"
-    assert config.data.image_size == 96
+    finetune_quick = finetune_unet.get_config("quick")
+    assert config.model.widths == finetune_quick.model.widths
+    assert config.data.image_size == finetune_quick.data.crop_size
 
 
 def test_unknown_crops_argument_is_named():

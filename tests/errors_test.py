@@ -48,6 +48,17 @@ def test_incompatible_encoder_names_parameter(tmp_path, phantom_data_dir,
     finetune.train_and_evaluate(config, str(tmp_path / "work"))
 
 
+def test_shallower_model_refuses_deeper_encoder(tmp_path, phantom_data_dir,
+                                                pretrained_dir):
+  # The smoke encoder has 3 levels; 2 levels match its first two in shape.
+  config = smoke_config("finetune_unet", phantom_data_dir,
+                        **{"init.pretrain_dir": pretrained_dir,
+                           "model.widths": (8, 16)})
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"encoder/level2.*not in this model"):
+    finetune.train_and_evaluate(config, str(tmp_path / "work"))
+
+
 def test_bad_config_value_names_key(tmp_path, phantom_data_dir):
   config = smoke_config("pretrain_simclr", phantom_data_dir,
                         **{"augment.preset": "nope"})

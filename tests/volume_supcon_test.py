@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from configs import finetune_unet
 from conftest import saved_subtrees, smoke_config
 from medclr import checkpointing
 from medclr import finetune
@@ -296,7 +297,9 @@ def test_configs_load_lock_and_validate(module, arg):
   if "smoke" in arg:
     assert config.num_steps <= 2 and config.model.preset == "tiny"
   if "quick" in arg:
-    assert (config.data.image_size, config.model.preset) == (96, "unet2d-16")
+    finetune_quick = finetune_unet.get_config("quick")
+    assert config.model.widths == finetune_quick.model.widths
+    assert config.data.image_size == finetune_quick.data.crop_size
   if module == "pretrain_chaitanya":
     assert (spec.positives, spec.temperature) == (
         "gd-" if "gd-" in arg else "gd", 0.1)
