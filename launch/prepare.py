@@ -6,6 +6,8 @@ Examples:
   python -m launch.prepare --dataset=hrf \
       --manual_dir=../shared/data/hrf_unlabeled
   python -m launch.prepare --dataset=folder --name=my_set --manual_dir=/path/set
+  python -m launch.prepare --dataset=unlabeled --name=fundus_pool \
+      --manual_dir=../shared/data/fundus_pool
 """
 import sys
 
@@ -20,13 +22,15 @@ from medclr.data import sources
 _DATASET = flags.DEFINE_enum("dataset", None, prepare_lib.DATASETS,
                              "Which dataset to prepare.", required=True)
 _MANUAL_DIR = flags.DEFINE_string(
-    "manual_dir", None, "Folder with the raw files (not needed for phantom).")
+    "manual_dir", None, "Folder with the raw files (not needed for phantom); "
+    "for unlabeled, the folder holding images/.")
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None,
     f"Where prepared sets live; default ${sources.DATA_DIR_ENV} or "
     "~/medclr_data.")
 _NAME = flags.DEFINE_string(
-    "name", None, "Name to store the set under (required for folder).")
+    "name", None,
+    "Name to store the set under (required for folder and unlabeled).")
 _LONG_SIDE = flags.DEFINE_integer(
     "long_side", None,
     "Downscale so max(H, W) equals this; default 584 for hrf, none otherwise; "
@@ -35,8 +39,8 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False,
                                "Replace the set if it already exists.")
 _ESTIMATE_FOV = flags.DEFINE_bool(
     "estimate_fov", True,
-    "Images without an FOV mask (folder sets without fov/, hrf): estimate "
-    "the field of view (medclr.data.fov); false: the whole frame.")
+    "Images without an FOV mask (folder sets without fov/, hrf, unlabeled): "
+    "estimate the field of view (medclr.data.fov); false: the whole frame.")
 _NUM_TRAIN = flags.DEFINE_integer("num_train", 24, "phantom: train images.")
 _NUM_TEST = flags.DEFINE_integer("num_test", 8, "phantom: test images.")
 _SIZE = flags.DEFINE_integer("size", 128, "phantom: image side in pixels.")

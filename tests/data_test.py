@@ -5,6 +5,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from medclr.data import fov as fov_lib
 from medclr.data import phantom
 from medclr.data import pipeline
 from medclr.data import prepare as prepare_lib
@@ -255,6 +256,32 @@ class TestPrepareAndOpen:
     records = _by_stem(sources.open_split(data_dir, "my_set", "train"))
     np.testing.assert_array_equal(records["a"]["image"][..., 0], arrays["a"])
     np.testing.assert_array_equal(records["c"]["mask"], arrays["classes"])
+
+  def test_unlabeled_pool_round_trip(self, tmp_path):
+    examples = phantom.generate(3, 48, seed=0)
+    for example in examples:
+      _save(tmp_path / "pool/images" / f"{example['stem']}.png",
+            example["image"])
+    data_dir = tmp_path / "records"
+    prepare_lib.prepare("unlabeled", tmp_path / "pool", data_dir,
+                        name="my_pool")
+    assert sources.available_splits(data_dir, "my_pool") == ["train"]
+    records = _by_stem(sources.open_split(data_dir, "my_pool", "train"))
+    assert sorted(records) == sorted(e["stem"] for e in examples)
+    for example in examples:
+      record = records[example["stem"]]
+      np.testing.assert_array_equal(record["image"], example["image"])
+      assert not record["has_mask"]
+      # The estimated FOV, not the whole frame: the phantom's dark corners
+      # lie outside it.
+      assert record["fov"][0, 0] == 0 and record["fov"][24, 24] == 1
+    with pytest.raises(DataError, match="--name is required with "
+                       "--dataset=unlabeled"):
+      prepare_lib.prepare("unlabeled", tmp_path / "pool", data_dir)
+    (tmp_path / "no_images").mkdir()
+    with pytest.raises(DataError, match=r"no_images/images"):
+      prepare_lib.prepare("unlabeled", tmp_path / "no_images", data_dir,
+                          name="pool2")
 
   def test_bad_folder_file_writes_nothing(self, folder_set, tmp_path):
     root, _ = folder_set
@@ -572,6 +599,18 @@ class TestRealData:
       centre = example["image"][150:240, 250:340].mean(axis=(0, 1))
       assert centre[0] > 100 and centre[0] > centre[2]
       assert example["image"][:10, :10].mean() < 30
+
+  def test_fundus_pool_matches_drive_scale(self, shared_data):
+    # The pretraining pool is read as shipped (576 px): its FOV is then
+    # about as wide as DRIVE's (about 540 px), so no rescaling is needed.
+    folder = shared_data / "fundus_pool"
+    images = readers.list_images(folder / "images")
+    assert len(images) == 1548
+    for stem in sorted(images)[:3]:
+      example = readers.load_example(images[stem],
+                                     default_fov=fov_lib.estimate_fov)
+      columns = np.flatnonzero(example["fov"].any(axis=0))
+      assert 520 <= columns[-1] - columns[0] + 1 <= 560
 
   def test_isbi2012_membranes(self, shared_data):
     examples = readers.read_isbi2012(shared_data / "isbi2012_em", "train")

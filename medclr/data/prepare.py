@@ -14,7 +14,7 @@ from medclr.data import phantom
 from medclr.data import readers
 from medclr.data import tfds_builder
 
-DATASETS = ("drive", "hrf", "isbi2012", "folder", "phantom")
+DATASETS = ("drive", "hrf", "isbi2012", "folder", "unlabeled", "phantom")
 PHANTOM_DEFAULTS = {"num_train": 24, "num_test": 8, "size": 128, "seed": 0}
 _DESCRIPTIONS = {
     "drive": "DRIVE retinal vessels (Staal et al., IEEE TMI 2004)",
@@ -47,9 +47,9 @@ def _read_all(
                                          default_fov=default_fov)
         for split in readers.folder_splits(manual_dir)
     }
-  if dataset == "hrf":
-    return {"train": readers.read_hrf(manual_dir, "train", long_side,
-                                      default_fov=default_fov)}
+  if dataset in ("hrf", "unlabeled"):
+    return {"train": readers.read_unlabeled(manual_dir, "train", long_side,
+                                            default_fov=default_fov)}
   reader = readers.NAMED_READERS[dataset]
   return {
       split: reader(manual_dir, split, long_side=long_side)
@@ -82,16 +82,19 @@ def prepare(dataset: str, manual_dir: pathlib.Path | str | None,
 
   Args:
     dataset: one of DATASETS ('folder' is a user's own
-      <root>/<split>/{images,masks,fov}/ set).
+      <root>/<split>/{images,masks,fov}/ set, 'unlabeled' a folder
+      <root>/images/ of unlabelled images such as a pretraining pool, stored
+      as split 'train').
     manual_dir: where the raw files are (unused for 'phantom').
     data_dir: root of the prepared sets.
-    name: name to store the set under; required for 'folder', defaults to
+    name: name to store the set under; required for 'folder' and
+      'unlabeled', defaults to
       `dataset` otherwise.
     long_side: downscale so max(H, W) == long_side; None uses the set's
       default (584 for hrf, none otherwise); 0 keeps the original size.
     overwrite: replace an existing set of this name.
     estimate_fov: for images without an FOV file ('folder' without `fov/`,
-      'hrf'), estimate the field of view (`medclr.data.fov`); False takes
+      'hrf', 'unlabeled'), estimate the field of view (`medclr.data.fov`); False takes
       the whole frame.
     **phantom_kwargs: for 'phantom' only: num_train, num_test, size, seed.
 
@@ -104,9 +107,10 @@ def prepare(dataset: str, manual_dir: pathlib.Path | str | None,
   if dataset not in DATASETS:
     raise readers.DataError(
         f"--dataset={dataset!r} is unknown; expected one of {DATASETS}")
-  if dataset == "folder" and not name:
+  if dataset in ("folder", "unlabeled") and not name:
     raise readers.DataError(
-        "--name is required with --dataset=folder (the name to store it as)")
+        f"--name is required with --dataset={dataset} (the name to store it "
+        "as)")
   unknown = set(phantom_kwargs) - set(PHANTOM_DEFAULTS)
   if unknown or (phantom_kwargs and dataset != "phantom"):
     raise readers.DataError(

@@ -434,19 +434,30 @@ def read_drive(root: pathlib.Path | str, split: str,
 HRF_LONG_SIDE = 584  # DRIVE's long side: HRF's FOV then matches DRIVE's scale.
 
 
+def read_unlabeled(root: pathlib.Path | str, split: str = "train",
+                   long_side: int | None = None,
+                   default_fov=None) -> list[Example]:
+  """A folder of unlabelled images, e.g. a pretraining pool: images/*.
+
+  Only split 'train' exists. Such folders ship no FOV masks: `default_fov`
+  estimates them (None: the whole frame).
+  """
+  if split != "train":
+    raise DataError(f"an unlabelled image folder has only split 'train', "
+                    f"not {split!r}")
+  images = list_images(pathlib.Path(root) / "images")
+  return [load_example(images[s], long_side=long_side, default_fov=default_fov)
+          for s in sorted(images)]
+
+
 def read_hrf(root: pathlib.Path | str, split: str = "train",
              long_side: int | None = HRF_LONG_SIDE,
              default_fov=None) -> list[Example]:
   """HRF fundus photographs (Budai et al. 2013), images only, unlabelled.
 
-  Layout: images/NN_{h,g,dr}.{jpg,JPG}. Only split 'train' exists. HRF ships
-  no FOV masks here: `default_fov` estimates them.
+  Layout: images/NN_{h,g,dr}.{jpg,JPG}, read by `read_unlabeled`.
   """
-  if split != "train":
-    raise DataError(f"HRF (unlabelled) has only split 'train', not {split!r}")
-  images = list_images(pathlib.Path(root) / "images")
-  return [load_example(images[s], long_side=long_side, default_fov=default_fov)
-          for s in sorted(images)]
+  return read_unlabeled(root, split, long_side, default_fov)
 
 
 def read_isbi2012(root: pathlib.Path | str, split: str,

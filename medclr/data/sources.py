@@ -24,7 +24,7 @@ def default_data_dir() -> pathlib.Path:
 
 def _prepare_hint(name: str) -> str:
   dataset = name if name in ("drive", "hrf", "isbi2012", "phantom") else (
-      f"folder --name={name}")
+      f"folder (or unlabeled) --name={name}")
   return (f"run `python -m launch.prepare --dataset={dataset} ...` (2D images) "
           f"or `python -m launch.prepare_volumes --name={name} ...` (3D "
           "volumes) first")
