@@ -27,66 +27,30 @@ stored with $WORK and $DATA placeholders, never this machine's paths.
 Results never include images (DRIVE's terms forbid redistribution).
 """
 import argparse
-import collections
-import datetime
 import json
 import os
 import pathlib
-import subprocess
 import sys
-import time
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from medclr.study import cells
+from medclr.study import grid
+from medclr.study import report
+
+REPO = cells.REPO
 RESULTS = REPO / "benchmarks" / "results"
-METRICS = ("dice", "auc_roc", "sensitivity", "specificity", "accuracy", "iou")
-HUMAN_DICE = 0.788  # 2nd vs 1st observer on the DRIVE test set (data README)
+METRICS = report.METRICS
+run = cells.run
 # Labelled sets the study can fine-tune or test on: prepare arguments.
 LABELED_SETS = {"drive": ("--dataset=drive", "drive"),
                 "stare": ("--dataset=folder --name=stare", "stare")}
 
 
-def run(cmd, log):
-  """Runs one command, streaming to the log; returns its wall time."""
-  print("$", " ".join(cmd), flush=True)
-  t0 = time.time()
-  with open(log, "a") as f:
-    f.write("$ " + " ".join(cmd) + "\n")
-    f.flush()
-    subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                   check=True)
-  return round(time.time() - t0, 1)
-
-
-# Arms that need more than `<method>_<preset>`: (config file stem, config
-# args after the colon, extra --config flags).
-NAMED_ARMS = {
-    # ContrastiveCrop is a crop option; with MoCo v2, one of its papers' hosts.
-    "ccrop_mocov2": ("mocov2", "preset=mocov2", ["--config.crop.mode=ccrop"]),
-    "dino_default": ("dino", "crops=dino_default", []),
-    "dino_weak": ("dino", "crops=weak", []),
-    "dino_strong": ("dino", "crops=strong", []),
-    "chaitanya_gd": ("chaitanya", "positives=gd", []),
-    "chaitanya_gd-": ("chaitanya", "positives=gd-", []),
-    "pcl": ("pcl", "threshold=0.1", []),
-}
-# Volume-aware methods need slices with volume ids: DRIVE and HRF are single
-# 2D images, so these arms pretrain on their config's own volume set (the
-# procedural synthetic volumes unless overridden) and fine-tune on DRIVE.
-VOLUME_CONFIGS = ("chaitanya", "pcl")
+NAMED_ARMS = grid.NAMED_ARMS
 
 
 def arm_spec(arm):
-  """Arm name -> (config stem, config args, extra flags); 'scratch' -> None.
-
-  'simclr_basic_medical' -> ('simclr', 'preset=basic_medical', []); named
-  arms come from NAMED_ARMS.
-  """
-  if arm == "scratch":
-    return None
-  if arm in NAMED_ARMS:
-    return NAMED_ARMS[arm]
-  method, _, preset = arm.partition("_")
-  return method, f"preset={preset}", []
+  """Arm name -> (config stem, config args, extra flags); 'scratch' -> None."""
+  return grid.arm_spec(arm)
 
 
 def parse_args(argv=None):
@@ -146,83 +110,35 @@ def prepare_data(args, data_dir, log):
          f"--data_dir={data_dir}"], log)
 
 
-def placeholders(cmd, work, data_dir):
-  """A command as text with $WORK/$DATA instead of this machine's paths."""
-  text = " ".join(cmd).replace(sys.executable, "python")
-  return text.replace(str(data_dir), "$DATA").replace(str(work), "$WORK")
-
-
-def eval_row(ft_dir, name):
-  """Per-image summary and pooled metrics of one evaluation."""
-  sub = "eval" if name is None else f"eval_{name}"
-  result = json.load(open(os.path.join(ft_dir, sub, "metrics.json")))
-  return {"summary": {m: result["summary"][m] for m in METRICS},
-          "pooled": {m: result["pooled"][m] for m in METRICS},
-          "num_test_images": result["num_images"]}
-
-
 def run_one(args, arm, k, seed, pretrain, work, data_dir, log):
   """Fine-tunes, evaluates (in domain and across sets) and returns the row."""
-  py = sys.executable
   tag = "" if args.variant == "default" else f"_{args.variant}"
   ft_dir = str(work / f"finetune_{arm}{tag}_{args.dataset}_k{k}_s{seed}")
-  ft_cmd = [
-      py, "-m", "launch.finetune",
-      f"--config=configs/finetune_unet.py:{args.profile}",
-      f"--workdir={ft_dir}", f"--config.data.data_dir={data_dir}",
-      f"--config.data.dataset={args.dataset}", f"--config.data.num_labeled={k}",
-      f"--config.data.label_seed={seed}", f"--config.seed={seed}",
-      f"--config.init.pretrain_dir={pretrain['dir']}"
-  ] + args.finetune_overrides.split()
+  ft_cmd = cells.finetune_command(
+      args.profile, ft_dir, data_dir, args.dataset, k, seed, pretrain["dir"],
+      args.finetune_overrides.split())
   check_fresh(ft_dir, args.resume)
-  ft_s = run(ft_cmd, log)
-  commands = [c for c in (pretrain["cmd"], ft_cmd) if c]
-  eval_cmd = [py, "-m", "launch.evaluate", f"--workdir={ft_dir}"]
-  eval_s = run(eval_cmd, log)
-  commands.append(eval_cmd)
-  cross = {}
-  for name in filter(None, args.cross.split(",")):
-    cmd = eval_cmd + [f"--dataset={name}"]
-    run(cmd, log)
-    commands.append(cmd)
-    cross[name] = eval_row(ft_dir, name)
-  config = json.load(open(os.path.join(ft_dir, "config.json")))
+  fields, eval_cmds = cells.finetune_and_evaluate(
+      ft_cmd, ft_dir, log, cross=list(filter(None, args.cross.split(","))))
+  commands = [c for c in (pretrain["cmd"], ft_cmd) if c] + eval_cmds
   return {
-      "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-      "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"],
-                            cwd=REPO, capture_output=True,
-                            text=True).stdout.strip(),
+      "time": cells.now(), "git": cells.git_revision(),
       "profile": args.profile, "arm": arm, "variant": args.variant,
-      "dataset": args.dataset, "k": k, "seed": seed,
-      **eval_row(ft_dir, None), "cross": cross,
-      "labeled": json.load(open(os.path.join(ft_dir, "labeled.json")))[
-          "stems"],
-      "finetune_steps": config["num_steps"],
-      "batch_size": config["batch_size"],
-      "model_widths": config["model"]["widths"],
-      "normalize": config["data"].get("normalize", "none"),
-      "augment": config["augment"],
-      "schedule": config["optim"]["schedule"],
-      "pretrain_seconds": pretrain["seconds"], "finetune_seconds": ft_s,
-      "eval_seconds": eval_s,
-      "commands": [placeholders(c, work, data_dir) for c in commands],
+      "dataset": args.dataset, "k": k, "seed": seed, **fields,
+      "pretrain_seconds": pretrain["seconds"],
+      "commands": [cells.placeholders(c, work, data_dir) for c in commands],
   }
 
 
 def pretrain_arm(args, arm, work, data_dir, log):
   """Runs the arm's pretraining (none for scratch): dir, command, seconds."""
-  spec = arm_spec(arm)
-  if not spec:
+  parsed = grid.parse_arm(arm)
+  if not parsed.pretrained:
     return {"dir": "", "cmd": None, "seconds": 0.0}
-  stem, config_args, extra = spec
   pretrain_dir = str(work / f"pretrain_{arm}")
-  sources = ([] if stem in VOLUME_CONFIGS else
-             ["--config.data.sources=drive:train,hrf:train"])
-  cmd = [
-      sys.executable, "-m", "launch.pretrain",
-      f"--config=configs/pretrain_{stem}.py:{args.profile},{config_args}",
-      f"--workdir={pretrain_dir}", f"--config.data.data_dir={data_dir}",
-  ] + sources + extra + args.pretrain_overrides.split()
+  cmd = grid.pretrain_command(parsed, args.profile, pretrain_dir, data_dir,
+                              "drive:train,hrf:train",
+                              args.pretrain_overrides.split())
   return {"dir": pretrain_dir, "cmd": cmd, "seconds": run(cmd, log)}
 
 
@@ -250,96 +166,8 @@ def main():
         write_table(jsonl, RESULTS / f"{args.results}.md")
 
 
-def row_key(row):
-  return (row["profile"], row["arm"], row.get("variant", "default"),
-          row.get("dataset", "drive"), row["k"])
-
-
-def latest_rows(jsonl):
-  """The latest row per (profile, arm, variant, dataset, k, seed)."""
-  rows = {}
-  for line in open(jsonl):
-    row = json.loads(line)
-    rows[row_key(row) + (row["seed"],)] = row
-  return rows
-
-
-def _mean_std(values):
-  n = len(values)
-  mean = sum(values) / n
-  return mean, (sum((v - mean) ** 2 for v in values) / n) ** 0.5
-
-
-def seed_table(rows, where=None):
-  """Lines aggregating runs over seeds: mean, seed std, image std, pooled.
-
-  `where` None reads the in-domain test; a set name reads its cross rows.
-  """
-  groups = collections.defaultdict(list)
-  for key, row in sorted(rows.items()):
-    result = row if where is None else row.get("cross", {}).get(where)
-    if result and "pooled" in result:
-      groups[key[:-1]].append(result)
-  lines = []
-  for (profile, arm, variant, dataset, k), results in groups.items():
-    dice = [r["summary"]["dice"]["mean"] for r in results]
-    image_std = [r["summary"]["dice"]["std"] for r in results]
-    auc = [r["summary"]["auc_roc"]["mean"] for r in results]
-    p_dice = [r["pooled"]["dice"] for r in results]
-    p_auc = [r["pooled"]["auc_roc"] for r in results]
-    (dm, ds), (am, as_) = _mean_std(dice), _mean_std(auc)
-    test = dataset if where is None else where
-    # One seed has no seed-to-seed spread: say so rather than print 0.
-    seed_std = f"{ds:.4f}" if len(results) > 1 else "--"
-    auc_cell = f"{am:.4f} +/- {as_:.4f}" if len(results) > 1 else f"{am:.4f}"
-    lines.append(
-        f"| {profile} | {arm} | {variant} | {dataset} -> {test} | {k} | "
-        f"{len(results)} | **{dm:.4f}** | {seed_std} | "
-        f"{sum(image_std) / len(image_std):.4f} | {auc_cell} | "
-        f"{_mean_std(p_dice)[0]:.4f} | {_mean_std(p_auc)[0]:.4f} |")
-  return lines
-
-
 def write_table(jsonl, md):
-  """Markdown: runs aggregated over seeds, then one line per run."""
-  rows = latest_rows(jsonl)
-  crosses = sorted({name for row in rows.values()
-                    for name in row.get("cross", {})})
-  lines = [
-      f"# {jsonl.stem}: few-label fundus segmentation (inside the FOV)", "",
-      "Written by `python -m benchmarks.drive_study`. Human reference on "
-      f"DRIVE: 2nd vs 1st observer Dice {HUMAN_DICE}. Data: DRIVE (Staal et "
-      "al., IEEE TMI 2004), STARE (Hoover et al., IEEE TMI 2000), HRF (Budai "
-      "et al. 2013). Commands: see the `.jsonl` rows.", "",
-      "## Over seeds", "",
-      "Dice: mean over seeds of the per-seed mean over test images; seed "
-      "std: std of those per-seed means (decides whether arms differ); image "
-      "std: mean over seeds of the std over test images; pooled: over all "
-      "FOV pixels of the test split.", "",
-      "| profile | arm | variant | train -> test | k | seeds | Dice | seed "
-      "std | image std | AUC | pooled Dice | pooled AUC |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-  lines += seed_table(rows)
-  for name in crosses:
-    lines += seed_table(rows, name)
-  lines += [
-      "", "## Runs", "",
-      "| profile | arm | variant | set | k | seed | Dice | AUC-ROC | Sens | "
-      "Spec | pooled Dice | pooled AUC | finetune s |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-  for key, row in sorted(rows.items()):
-    profile, arm, variant, dataset, k, seed = key
-    s = row["summary"]
-    cell = lambda m: f"{s[m]['mean']:.4f} +/- {s[m]['std']:.4f}"
-    pooled = row.get("pooled")
-    pooled_cells = (f"{pooled['dice']:.4f} | {pooled['auc_roc']:.4f}"
-                    if pooled else "-- | --")
-    lines.append(
-        f"| {profile} | {arm} | {variant} | {dataset} | {k} | {seed} | "
-        f"{cell('dice')} | {cell('auc_roc')} | "
-        f"{s['sensitivity']['mean']:.4f} | {s['specificity']['mean']:.4f} | "
-        f"{pooled_cells} | {row['finetune_seconds']} |")
-  md.write_text("\n".join(lines) + "\n")
+  report.write_table(jsonl, md)
 
 
 if __name__ == "__main__":

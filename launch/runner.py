@@ -29,11 +29,16 @@ def start_distributed():
                                         _NUM_PROCESSES.value, _PROCESS_ID.value)
 
 
+# Exit status of a run the collapse guard stopped (`config.guard.mode=stop`),
+# so a study can tell it from a failure.
+EXIT_STALLED = 3
+
+
 def run_user_errors_clean(fn, *args):
-  """Calls fn(*args); a user error exits 1 with its message on stderr."""
+  """Calls fn(*args); a user error exits 1 (stalled: 3), message on stderr."""
   try:
     return fn(*args)
   except USER_ERRORS as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(EXIT_STALLED if isinstance(e, errors.TrainingStalled) else 1)

@@ -1,0 +1,67 @@
+r"""The few-label DRIVE study (EVALUATION.md 1): is stronger augmentation better?
+
+  python -m launch.study --config=configs/study_drive.py:quick \
+      --workdir=/tmp/study [--shared_data=../shared/data]
+
+Arguments: `quick` (2-core CPU: the quick pretraining and fine-tuning
+profiles), `full` (accelerators: the configs' defaults, no argument after
+their colon), `smoke` (the tests:
+phantom, two steps). Arms are written `<arm>[*strength][@pool]`
+(medclr/study/grid.py); `best@small` repeats the best pretrained arm on the
+small pool. Cells: every arm x k; all seeds for the k in `all_seeds_k`, the
+first seed otherwise. Rows go to benchmarks/results/study_<profile>.jsonl
+(`--results` to change), one per cell as it finishes, and a finished cell is
+never recomputed.
+"""
+import ml_collections
+
+from configs import common
+
+# The 65-image pool of the first study (DRIVE training + HRF) and the
+# 1,600-image pool: the fundus pool (1,548) + DRIVE, HRF and STARE training
+# images at DRIVE's scale. Never a DRIVE or STARE test image.
+POOLS = {
+    "small": "drive:train,hrf:train",
+    "large": "fundus_pool:train,drive:train,hrf:train,stare584:train",
+}
+# SimCLR with its own views, weaker versions of them, and the medical
+# preset; MoCo v2 and DINO (weak crops), the two best other methods of the
+# first quick study (benchmarks/results/drive_study.md, v1_recipe rows: AdCo
+# tied DINO within 0.001 and is twice as slow); the best pretrained arm
+# again on the small pool.
+ARMS = ("scratch",
+        "simclr_simclr_strong@large",
+        "simclr_simclr_strong*0.5@large",
+        "simclr_simclr_strong*0.25@large",
+        "simclr_basic_medical@large",
+        "mocov2_mocov2@large",
+        "dino_weak@large",
+        "best@small")
+
+
+def get_config(arg="quick"):
+  """Study config; see the module docstring for `arg`."""
+  args = common.parse_arg(arg, smoke=False, quick=False, full=False)
+  if sum((args.smoke, args.quick, args.full)) != 1:
+    raise ValueError(f"configs/study_drive.py: pass exactly one of smoke, "
+                     f"quick, full after the colon, got {arg!r}")
+  config = ml_collections.ConfigDict()
+  config.profile = ("smoke" if args.smoke else "quick" if args.quick else
+                    "full")
+  config.pools = ml_collections.ConfigDict(POOLS)
+  config.arms = ",".join(ARMS)
+  config.dataset = "drive"  # labelled set: fine-tune and test
+  config.cross = ""  # other labelled sets to evaluate every model on
+  config.k = "1,2,5,20"
+  config.seeds = "0,1,2"
+  config.all_seeds_k = "1,2"
+  config.pretrain_overrides = ""
+  config.finetune_overrides = ""
+  if args.smoke:
+    config.pools = ml_collections.ConfigDict({"small": "phantom:train"})
+    config.arms = "scratch,simclr_basic_medical@small"
+    config.dataset = "phantom"
+    config.k = "1,2"
+    config.seeds = "0,1"
+    config.all_seeds_k = "1"
+  return config

@@ -1,0 +1,44 @@
+r"""Runs (or resumes) a few-label study; the work is `medclr.study.runner`.
+
+  python -m launch.study --config=configs/study_drive.py:quick \
+      --workdir=/tmp/study [--shared_data=../shared/data]
+"""
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from medclr.study import cells
+from medclr.study import runner
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "study config file", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "pretraining and fine-tuning workdirs, prepared data and "
+    "the study log go here")
+_SHARED = flags.DEFINE_string(
+    "shared_data", str(cells.REPO.parent / "shared" / "data"),
+    "folder holding drive/, stare/, hrf_unlabeled/, fundus_pool/")
+_RESULTS = flags.DEFINE_string(
+    "results", None, "rows file (.jsonl; the report goes beside it as .md); "
+    "default benchmarks/results/study_<profile>.jsonl")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  results = pathlib.Path(_RESULTS.value or cells.REPO / "benchmarks" /
+                         "results" / f"study_{config.profile}.jsonl")
+  try:
+    runner.run_study(config, _WORKDIR.value, _SHARED.value, results)
+  except (ValueError, FileNotFoundError, cells.CommandFailed) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

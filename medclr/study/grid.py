@@ -1,0 +1,141 @@
+"""Study arms and cells: what to pretrain, and which (arm, k, seed) to run.
+
+An arm is written `<name>[*<strength>][@<pool>]`:
+  - `scratch`: no pretraining;
+  - `<method>_<preset>` (e.g. `simclr_basic_medical`: configs/pretrain_simclr.py
+    with preset=basic_medical) or a name of NAMED_ARMS (`dino_weak`, ...);
+  - `*0.5` scales the augmentation preset (`config.augment.strength`);
+  - `@large` pretrains on the pool named `large` in `config.pools`;
+  - `best@small`: the pretrained arm with the highest mean k=2 Dice so far,
+    again on pool `small` (resolved once every other arm has finished).
+"""
+import dataclasses
+import sys
+
+# Arms that need more than `<method>_<preset>`: (config file stem, config
+# args after the colon, extra --config flags).
+NAMED_ARMS = {
+    # ContrastiveCrop is a crop option; with MoCo v2, one of its papers' hosts.
+    "ccrop_mocov2": ("mocov2", "preset=mocov2", ["--config.crop.mode=ccrop"]),
+    "dino_default": ("dino", "crops=dino_default", []),
+    "dino_weak": ("dino", "crops=weak", []),
+    "dino_strong": ("dino", "crops=strong", []),
+    "chaitanya_gd": ("chaitanya", "positives=gd", []),
+    "chaitanya_gd-": ("chaitanya", "positives=gd-", []),
+    "pcl": ("pcl", "threshold=0.1", []),
+}
+# Volume-aware methods need slices with volume ids: DRIVE and HRF are single
+# 2D images, so these arms pretrain on their config's own volume set (the
+# procedural synthetic volumes unless overridden) and fine-tune on DRIVE.
+VOLUME_CONFIGS = ("chaitanya", "pcl")
+BEST = "best"
+
+
+def arm_spec(base):
+  """Base arm name -> (config stem, config args, extra flags); scratch: None.
+
+  'simclr_basic_medical' -> ('simclr', 'preset=basic_medical', []); named
+  arms come from NAMED_ARMS.
+  """
+  if base == "scratch":
+    return None
+  if base in NAMED_ARMS:
+    return NAMED_ARMS[base]
+  method, _, preset = base.partition("_")
+  if not preset:
+    raise ValueError(f"arm {base!r}: expected scratch, <method>_<preset> or "
+                     f"one of {sorted(NAMED_ARMS)}")
+  return method, f"preset={preset}", []
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  """One parsed arm expression (see the module docstring)."""
+  name: str  # as written, e.g. 'simclr_simclr_strong*0.5@large'
+  base: str  # 'simclr_simclr_strong'
+  strength: float | None = None
+  pool: str | None = None
+
+  @property
+  def pretrained(self):
+    return self.base != "scratch"
+
+
+def parse_arm(text, pools=None):
+  """'simclr_simclr_strong*0.5@large' -> Arm; checks the pool is known."""
+  name = text.strip()
+  rest, _, pool = name.partition("@")
+  base, _, strength = rest.partition("*")
+  if pools is not None and pool and pool not in pools:
+    raise ValueError(f"arm {name!r}: unknown pool {pool!r}; config.pools "
+                     f"has {sorted(pools)}")
+  if base == "scratch" and (pool or strength):
+    raise ValueError(f"arm {name!r}: scratch takes no pool or strength")
+  if base != BEST:
+    arm_spec(base)  # validates the name
+  try:
+    value = float(strength) if strength else None
+  except ValueError:
+    raise ValueError(f"arm {name!r}: strength {strength!r} is not a "
+                     "number") from None
+  return Arm(name=name, base=base, strength=value, pool=pool or None)
+
+
+def parse_arms(text, pools):
+  arms = [parse_arm(t, pools) for t in text.split(",") if t.strip()]
+  names = [a.name for a in arms]
+  if len(set(names)) != len(names):
+    raise ValueError(f"config.arms lists an arm twice: {names}")
+  return arms
+
+
+def seeds_for(k, seeds, all_seeds_k):
+  """Every seed for the k in `all_seeds_k`, else the first seed only."""
+  return list(seeds) if k in all_seeds_k else list(seeds[:1])
+
+
+def cells(arms, ks, seeds, all_seeds_k):
+  """All (arm name, k, seed) cells, arm by arm."""
+  return [(arm.name, k, seed) for arm in arms for k in ks
+          for seed in seeds_for(k, seeds, all_seeds_k)]
+
+
+def resolve_best(arm, mean_k2_dice):
+  """`best@pool` -> the pretrained arm with the highest mean k=2 Dice.
+
+  Args:
+    arm: an Arm whose base is BEST.
+    mean_k2_dice: {arm name: mean k=2 Dice} of the finished arms.
+  """
+  candidates = {name: dice for name, dice in mean_k2_dice.items()
+                if parse_arm(name).pretrained and parse_arm(name).base != BEST}
+  if not candidates:
+    raise ValueError(f"arm {arm.name!r} needs finished pretrained arms")
+  best = parse_arm(max(candidates, key=candidates.get))
+  return Arm(name=f"{best.base}" + (f"*{best.strength:g}" if best.strength
+                                    is not None else "") + f"@{arm.pool}",
+             base=best.base, strength=best.strength, pool=arm.pool)
+
+
+def profile_arg(profile):
+  """The config argument of a study profile: 'full' is the configs' default."""
+  return "" if profile == "full" else profile
+
+
+def pretrain_command(arm, profile, pretrain_dir, data_dir, sources,
+                     overrides=()):
+  """The `launch.pretrain` command of a pretrained arm.
+
+  `sources` is the pool (`name:split` list); volume-aware configs keep their
+  own volume set.
+  """
+  stem, config_args, extra = arm_spec(arm.base)
+  flags = [] if stem in VOLUME_CONFIGS else [f"--config.data.sources={sources}"]
+  if arm.strength is not None:
+    flags.append(f"--config.augment.strength={arm.strength:g}")
+  return [
+      sys.executable, "-m", "launch.pretrain",
+      f"--config=configs/pretrain_{stem}.py:{profile_arg(profile)},"
+      f"{config_args}",
+      f"--workdir={pretrain_dir}", f"--config.data.data_dir={data_dir}",
+      *flags, *extra, *overrides]

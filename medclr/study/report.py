@@ -1,0 +1,305 @@
+"""Study tables and plots, built from the JSON rows file alone.
+
+A row is one fine-tuned and evaluated cell (`kind` absent or 'cell'); a row
+with `kind: 'pretrain'` records how an arm's pretraining ended (diagnostics,
+or the guard's stop). The latest row of a key wins, so a re-run replaces it.
+"""
+import collections
+import json
+import pathlib
+
+METRICS = ("dice", "auc_roc", "sensitivity", "specificity", "accuracy", "iou")
+HUMAN_DICE = 0.788  # 2nd vs 1st observer on the DRIVE test set (data README)
+DATA_CREDITS = (
+    "Data: DRIVE (Staal et al., IEEE TMI 2004), STARE (Hoover et al., IEEE "
+    "TMI 2000), HRF (Budai et al. 2013), fundus pool (Hughes Cano, Olivares "
+    "Pinto & Thebault).")
+
+
+def read_rows(jsonl):
+  """All rows of a JSON-lines file, in order; [] if it does not exist."""
+  path = pathlib.Path(jsonl)
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines()
+          if line.strip()]
+
+
+def row_key(row):
+  """(profile, arm, variant, dataset, k) of a cell row."""
+  return (row["profile"], row["arm"], row.get("variant", "default"),
+          row.get("dataset", "drive"), row["k"])
+
+
+def latest_cells(rows):
+  """The latest cell row per (profile, arm, variant, dataset, k, seed)."""
+  latest = {}
+  for row in rows:
+    if row.get("kind", "cell") == "cell":
+      latest[row_key(row) + (row["seed"],)] = row
+  return latest
+
+
+def latest_pretrain(rows):
+  """The latest pretraining row per arm."""
+  return {row["arm"]: row for row in rows if row.get("kind") == "pretrain"}
+
+
+def mean_std(values):
+  """Mean and population std of a non-empty list."""
+  n = len(values)
+  mean = sum(values) / n
+  return mean, (sum((v - mean) ** 2 for v in values) / n) ** 0.5
+
+
+def seed_groups(cells, where=None):
+  """(profile, arm, variant, dataset, k) -> list of per-seed results.
+
+  `where` None reads the in-domain test; a set name reads its cross rows.
+  """
+  groups = collections.defaultdict(list)
+  for key, row in sorted(cells.items()):
+    result = row if where is None else row.get("cross", {}).get(where)
+    if result and "pooled" in result:
+      groups[key[:-1]].append(result)
+  return groups
+
+
+def seed_table(cells, where=None):
+  """Lines aggregating runs over seeds: mean, seed std, image std, pooled."""
+  lines = []
+  for (profile, arm, variant, dataset, k), results in seed_groups(
+      cells, where).items():
+    dice = [r["summary"]["dice"]["mean"] for r in results]
+    image_std = [r["summary"]["dice"]["std"] for r in results]
+    auc = [r["summary"]["auc_roc"]["mean"] for r in results]
+    p_dice = [r["pooled"]["dice"] for r in results]
+    p_auc = [r["pooled"]["auc_roc"] for r in results]
+    (dm, ds), (am, as_) = mean_std(dice), mean_std(auc)
+    test = dataset if where is None else where
+    # One seed has no seed-to-seed spread: say so rather than print 0.
+    seed_std = f"{ds:.4f}" if len(results) > 1 else "--"
+    auc_cell = f"{am:.4f} +/- {as_:.4f}" if len(results) > 1 else f"{am:.4f}"
+    lines.append(
+        f"| {profile} | {arm} | {variant} | {dataset} -> {test} | {k} | "
+        f"{len(results)} | **{dm:.4f}** | {seed_std} | "
+        f"{sum(image_std) / len(image_std):.4f} | {auc_cell} | "
+        f"{mean_std(p_dice)[0]:.4f} | {mean_std(p_auc)[0]:.4f} |")
+  return lines
+
+
+SEED_TABLE_HEAD = [
+    "Dice: mean over seeds of the per-seed mean over test images; seed std: "
+    "std of those per-seed means (decides whether arms differ); image std: "
+    "mean over seeds of the std over test images; pooled: over all FOV "
+    "pixels of the test split.", "",
+    "| profile | arm | variant | train -> test | k | seeds | Dice | seed std "
+    "| image std | AUC | pooled Dice | pooled AUC |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+
+def run_lines(cells):
+  """One Markdown line per run."""
+  lines = [
+      "| profile | arm | variant | set | k | seed | Dice | AUC-ROC | Sens | "
+      "Spec | pooled Dice | pooled AUC | finetune s |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for key, row in sorted(cells.items()):
+    profile, arm, variant, dataset, k, seed = key
+    s = row["summary"]
+    cell = lambda m: f"{s[m]['mean']:.4f} +/- {s[m]['std']:.4f}"
+    pooled = row.get("pooled")
+    pooled_cells = (f"{pooled['dice']:.4f} | {pooled['auc_roc']:.4f}"
+                    if pooled else "-- | --")
+    lines.append(
+        f"| {profile} | {arm} | {variant} | {dataset} | {k} | {seed} | "
+        f"{cell('dice')} | {cell('auc_roc')} | "
+        f"{s['sensitivity']['mean']:.4f} | {s['specificity']['mean']:.4f} | "
+        f"{pooled_cells} | {row['finetune_seconds']} |")
+  return lines
+
+
+def write_table(jsonl, md, writer="python -m benchmarks.drive_study"):
+  """Markdown: runs aggregated over seeds, then one line per run."""
+  jsonl, md = pathlib.Path(jsonl), pathlib.Path(md)
+  cells = latest_cells(read_rows(jsonl))
+  crosses = sorted({name for row in cells.values()
+                    for name in row.get("cross", {})})
+  lines = [
+      f"# {jsonl.stem}: few-label fundus segmentation (inside the FOV)", "",
+      f"Written by `{writer}`. Human reference on DRIVE: 2nd vs 1st observer "
+      f"Dice {HUMAN_DICE}. {DATA_CREDITS} Commands: see the `.jsonl` rows.",
+      "", "## Over seeds", "", *SEED_TABLE_HEAD]
+  lines += seed_table(cells)
+  for name in crosses:
+    lines += seed_table(cells, name)
+  lines += ["", "## Runs", "", *run_lines(cells)]
+  md.write_text("\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------
+# The study report (python -m launch.study).
+
+
+def arm_k_stats(cells):
+  """{arm: {k: (mean Dice, seed std, number of seeds)}}, arms in row order."""
+  stats = {}
+  for (_, arm, _, _, k), results in seed_groups(cells).items():
+    mean, std = mean_std([r["summary"]["dice"]["mean"] for r in results])
+    stats.setdefault(arm, {})[k] = (mean, std, len(results))
+  order = list(dict.fromkeys(row["arm"] for row in cells.values()))
+  return {arm: stats[arm] for arm in order if arm in stats}
+
+
+def _cell_text(stat):
+  mean, std, n = stat
+  return f"{mean:.4f} +/- {std:.4f} ({n})" if n > 1 else f"{mean:.4f} (1)"
+
+
+def dice_table(stats):
+  ks = sorted({k for per_k in stats.values() for k in per_k})
+  lines = ["| arm | " + " | ".join(f"k={k}" for k in ks) + " |",
+           "|---" * (len(ks) + 1) + "|"]
+  for arm, per_k in stats.items():
+    lines.append(f"| {arm} | " + " | ".join(
+        _cell_text(per_k[k]) if k in per_k else "--" for k in ks) + " |")
+  return lines
+
+
+def compare(stats, arm, other, k):
+  """A sentence: does `arm` beat `other` at k by more than the seed spread?
+
+  The spread is the larger of the two arms' seed stds; with one seed there
+  is none, and the sentence says so.
+  """
+  if k not in stats.get(arm, {}) or k not in stats.get(other, {}):
+    return None
+  (m1, s1, n1), (m2, s2, n2) = stats[arm][k], stats[other][k]
+  diff, spread = m1 - m2, max(s1, s2)
+  if min(n1, n2) < 2:
+    verdict = "not decidable (one seed)"
+  elif abs(diff) <= spread:
+    verdict = "within the seed spread: no difference shown"
+  else:
+    verdict = ("better by more than the seed spread" if diff > 0 else
+               "worse by more than the seed spread")
+  return (f"k={k}: {arm} {m1:.4f} vs {other} {m2:.4f} (difference "
+          f"{diff:+.4f}, seed spread {spread:.4f}): {verdict}.")
+
+
+def answers(stats):
+  """The study's questions, answered from the rows."""
+  lines = []
+  pretrained = [a for a in stats if a != "scratch"]
+  if "scratch" in stats and pretrained:
+    for k in (1, 2):
+      ranked = [a for a in pretrained if k in stats[a]]
+      if ranked:
+        best = max(ranked, key=lambda a: stats[a][k][0])
+        lines.append("- Best pretrained arm vs scratch, " +
+                     (compare(stats, best, "scratch", k) or ""))
+  strong = [a for a in stats if a.split("@")[0] == "simclr_simclr_strong"]
+  basic = [a for a in stats if a.split("@")[0] == "simclr_basic_medical"]
+  for s_arm in strong[:1]:
+    for b_arm in basic[:1]:
+      for k in (1, 2):
+        sentence = compare(stats, b_arm, s_arm, k)
+        if sentence:
+          lines.append("- basic_medical vs simclr_strong, " + sentence)
+  return lines or ["- Not enough finished cells to answer yet."]
+
+
+def pretrain_lines(rows):
+  """One line per pretrained arm: status and collapse diagnostics."""
+  lines = ["| arm | pool | status | seconds | loss / chance (first -> last) "
+           "| embedding std rel | teacher entropy rel | probe acc (first -> "
+           "last) |", "|---|---|---|---|---|---|---|---|"]
+  fmt = lambda v: "--" if v is None else f"{v:.3f}"
+  for arm, row in latest_pretrain(rows).items():
+    diag = row.get("diagnostics") or {}
+    first, last = diag.get("first", {}), diag.get("last", {})
+    status = row["status"] + (f": {row['message']}" if row.get("message")
+                              else "")
+    lines.append(
+        f"| {arm} | {row.get('pool')} | {status} | {row.get('seconds')} | "
+        f"{fmt(first.get('loss_over_chance'))} -> "
+        f"{fmt(last.get('loss_over_chance'))} | "
+        f"{fmt(last.get('embedding_std_rel'))} | "
+        f"{fmt(last.get('teacher_entropy_rel'))} | "
+        f"{fmt(first.get('probe_accuracy'))} -> "
+        f"{fmt(last.get('probe_accuracy'))} |")
+  return lines
+
+
+def write_study_report(jsonl, md):
+  """Markdown report and plots of a study, from its rows file alone."""
+  jsonl, md = pathlib.Path(jsonl), pathlib.Path(md)
+  rows = read_rows(jsonl)
+  cells = latest_cells(rows)
+  stats = arm_k_stats(cells)
+  plots = plot_study(stats, md.with_name(md.stem + "_dice_vs_k.png"),
+                     md.with_name(md.stem + "_dice_vs_strength.png"))
+  lines = [
+      f"# {jsonl.stem}: does pretraining help few-label segmentation?", "",
+      "Written by `python -m launch.study` from the rows in "
+      f"`{jsonl.name}` alone. Test Dice inside the FOV, mean over seeds of "
+      "the per-seed mean over test images, +/- the seed-to-seed std (number "
+      f"of seeds). Human reference on DRIVE: {HUMAN_DICE}. {DATA_CREDITS}",
+      "", "## Answers", "", *answers(stats), "",
+      "## Dice by arm and label budget", "", *dice_table(stats), ""]
+  lines += [f"![{p.stem}]({p.name})" for p in plots]
+  lines += ["", "## Pretraining", "",
+            "loss / chance near 1: at chance; embedding std rel: std of the "
+            "embeddings over its step-0 value (near 0: collapsed); teacher "
+            "entropy rel: DINO's teacher entropy over ln K (1: uniform); "
+            "status `stopped`: the collapse guard ended the run and its "
+            "cells were skipped.", "", *pretrain_lines(rows), "",
+            "## Over seeds", "", *SEED_TABLE_HEAD, *seed_table(cells), "",
+            "## Runs", "", *run_lines(cells)]
+  md.write_text("\n".join(lines) + "\n")
+
+
+def plot_study(stats, dice_vs_k_path, strength_path):
+  """Dice vs k per arm, and Dice vs augmentation strength; returns paths."""
+  if not stats:
+    return []
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for arm, per_k in stats.items():
+    ks = sorted(per_k)
+    ax.errorbar(ks, [per_k[k][0] for k in ks], yerr=[per_k[k][1] for k in ks],
+                marker="o", capsize=3, label=arm)
+  ax.set_xscale("log")
+  ax.set_xlabel("labelled images k")
+  ax.set_ylabel("test Dice (mean over seeds +/- seed std)")
+  ax.axhline(HUMAN_DICE, color="grey", linestyle=":", label="human graders")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(dice_vs_k_path, dpi=100)
+  plt.close(fig)
+  paths = [pathlib.Path(dice_vs_k_path)]
+  strengths = {}
+  for arm, per_k in stats.items():
+    base, _, strength = arm.split("@")[0].partition("*")
+    if base == "simclr_simclr_strong":
+      strengths[float(strength or 1.0)] = per_k
+  if len(strengths) > 1:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k in (1, 2):
+      xs = sorted(s for s in strengths if k in strengths[s])
+      ax.errorbar(xs, [strengths[s][k][0] for s in xs],
+                  yerr=[strengths[s][k][1] for s in xs], marker="o",
+                  capsize=3, label=f"k={k}")
+      if k in stats.get("scratch", {}):
+        ax.axhline(stats["scratch"][k][0], linestyle="--", linewidth=0.8,
+                   label=f"scratch k={k}")
+    ax.set_xlabel("simclr_strong augmentation strength")
+    ax.set_ylabel("test Dice")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(strength_path, dpi=100)
+    plt.close(fig)
+    paths.append(pathlib.Path(strength_path))
+  return paths

@@ -1,0 +1,138 @@
+"""The study command: arms and cells, resume from rows, report from rows."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from configs import study_drive
+from conftest import REPO_ROOT
+from medclr.study import grid
+from medclr.study import report
+
+
+def test_parse_arm_and_cells():
+  pools = {"large": "a:train", "small": "b:train"}
+  arm = grid.parse_arm("simclr_simclr_strong*0.5@large", pools)
+  assert (arm.base, arm.strength, arm.pool) == ("simclr_simclr_strong", 0.5,
+                                                "large")
+  assert grid.arm_spec(arm.base) == ("simclr", "preset=simclr_strong", [])
+  assert not grid.parse_arm("scratch").pretrained
+  arms = grid.parse_arms("scratch,dino_weak@small", pools)
+  assert grid.cells(arms, [1, 2, 20], [0, 1, 2], [1, 2]) == [
+      ("scratch", 1, 0), ("scratch", 1, 1), ("scratch", 1, 2),
+      ("scratch", 2, 0), ("scratch", 2, 1), ("scratch", 2, 2),
+      ("scratch", 20, 0), ("dino_weak@small", 1, 0), ("dino_weak@small", 1, 1),
+      ("dino_weak@small", 1, 2), ("dino_weak@small", 2, 0),
+      ("dino_weak@small", 2, 1), ("dino_weak@small", 2, 2),
+      ("dino_weak@small", 20, 0)]
+  for bad, message in [("simclr_basic_medical@huge", "unknown pool 'huge'"),
+                       ("simclr_basic_medical*x@large", "'x' is not a number"),
+                       ("scratch@large", "scratch takes no pool"),
+                       ("simclr@large", "expected scratch, <method>_<preset>"),
+                       ("scratch,scratch", "lists an arm twice")]:
+    with pytest.raises(ValueError, match=message):
+      grid.parse_arms(bad, pools)
+
+
+def test_best_arm_is_the_best_pretrained_one():
+  best = grid.parse_arm("best@small")
+  resolved = grid.resolve_best(best, {"scratch": 0.9,
+                                      "mocov2_mocov2@large": 0.7,
+                                      "simclr_simclr_strong*0.5@large": 0.8})
+  assert resolved.name == "simclr_simclr_strong*0.5@small"
+  assert (resolved.base, resolved.strength, resolved.pool) == (
+      "simclr_simclr_strong", 0.5, "small")
+  with pytest.raises(ValueError, match="needs finished pretrained arms"):
+    grid.resolve_best(best, {"scratch": 0.9})
+
+
+def test_pretrain_command_carries_pool_and_strength():
+  arm = grid.parse_arm("simclr_simclr_strong*0.5@large")
+  cmd = grid.pretrain_command(arm, "quick", "/w/p", "/d", "x:train,y:train",
+                              ["--config.guard.mode=stop"])
+  assert "--config=configs/pretrain_simclr.py:quick,preset=simclr_strong" in cmd
+  assert "--config.data.sources=x:train,y:train" in cmd
+  assert "--config.augment.strength=0.5" in cmd
+  full = grid.pretrain_command(grid.parse_arm("dino_weak@large"), "full",
+                               "/w/p", "/d", "x:train")
+  assert "--config=configs/pretrain_dino.py:,crops=weak" in full
+
+
+def test_study_configs_name_real_arms_and_pools():
+  for arg in ("quick", "full", "smoke"):
+    config = study_drive.get_config(arg)
+    arms = grid.parse_arms(config.arms, config.pools)
+    assert arms[0].name == "scratch"
+  with pytest.raises(ValueError, match="exactly one of smoke, quick, full"):
+    study_drive.get_config("quick,full")
+
+
+def _cell(arm, k, seed, dice):
+  summary = {m: {"mean": 0.9, "std": 0.01} for m in report.METRICS}
+  summary["dice"] = {"mean": dice, "std": 0.02}
+  return {"kind": "cell", "profile": "quick", "arm": arm, "variant": "default",
+          "dataset": "drive", "k": k, "seed": seed, "summary": summary,
+          "pooled": {m: 0.5 for m in report.METRICS}, "finetune_seconds": 1.0}
+
+
+def test_report_is_built_from_rows_alone(tmp_path):
+  rows = [_cell("scratch", 2, s, d) for s, d in enumerate((0.70, 0.72, 0.74))]
+  rows += [_cell("simclr_basic_medical@large", 2, s, d)
+           for s, d in enumerate((0.80, 0.81, 0.82))]
+  rows += [_cell("simclr_simclr_strong@large", 2, s, d)
+           for s, d in enumerate((0.71, 0.75, 0.79))]
+  rows.append({"kind": "pretrain", "profile": "quick",
+               "arm": "dino_weak@large", "pool": "large", "status": "stopped",
+               "message": "step 90: teacher entropy at ln K",
+               "seconds": None, "diagnostics": {}})
+  jsonl = tmp_path / "study_quick.jsonl"
+  jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  md = tmp_path / "study_quick.md"
+  report.write_study_report(jsonl, md)
+  text = md.read_text()
+  # basic_medical: mean 0.81, seed std 0.0082 vs scratch 0.72 +/- 0.0163.
+  assert "| simclr_basic_medical@large | 0.8100 +/- 0.0082 (3) |" in text
+  assert ("k=2: simclr_basic_medical@large 0.8100 vs scratch 0.7200 "
+          "(difference +0.0900, seed spread 0.0163): better by more than "
+          "the seed spread.") in text
+  # strong vs basic: 0.75 +/- 0.0327; the difference 0.06 exceeds it.
+  assert ("basic_medical vs simclr_strong, k=2: simclr_basic_medical@large "
+          "0.8100 vs simclr_simclr_strong@large 0.7500") in text
+  assert "stopped: step 90: teacher entropy at ln K" in text
+  assert (tmp_path / "study_quick_dice_vs_k.png").stat().st_size > 0
+
+
+@pytest.mark.slow  # Two real studies on the phantom: about 2 minutes.
+def test_study_resumes_without_redoing_cells(tmp_path):
+  results = tmp_path / "rows.jsonl"
+  cmd = [sys.executable, "-m", "launch.study",
+         "--config=configs/study_drive.py:smoke", f"--workdir={tmp_path / 'w'}",
+         f"--results={results}", "--config.k=1", "--config.seeds=0",
+         "--config.all_seeds_k=", "--config.arms=scratch,"
+         "simclr_basic_medical@small"]
+
+  def study():
+    result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+  out = study()
+  rows = report.read_rows(results)
+  assert [(r["kind"], r["arm"]) for r in rows] == [
+      ("cell", "scratch"), ("pretrain", "simclr_basic_medical@small"),
+      ("cell", "simclr_basic_medical@small")]
+  assert "[study] 2/2 cells done" in out
+  # Drop the scratch cell: a second run redoes it alone, without
+  # pretraining again (the arm's cells are all done).
+  results.write_text("".join(json.dumps(r) + "\n" for r in rows[1:]))
+  out = study()
+  assert "launch.pretrain" not in out and out.count("launch.finetune") == 1
+  again = report.read_rows(results)
+  assert [(r["kind"], r["arm"]) for r in again] == [
+      ("pretrain", "simclr_basic_medical@small"),
+      ("cell", "simclr_basic_medical@small"), ("cell", "scratch")]
+  # Rows hold $WORK / $DATA, never this machine's paths.
+  assert str(tmp_path) not in results.read_text()
+  assert (results.with_suffix(".md")).exists()
