@@ -117,11 +117,6 @@ def pretrain_config(method, args, *, preset="simclr_strong"):
   config.crop = ml_collections.ConfigDict({
       "mode": "rrc", "alpha": 0.6, "box_thresh": 0.1, "warmup_steps": 100,
       "loc_interval": 100, "loc_size": 0, "loc_batch": 16})
-  # Collapse / chance diagnostics (medclr/guard.py): mode off, warn or stop;
-  # warmup_steps -1 is the larger of optim.warmup_steps and num_steps / 10.
-  config.guard = ml_collections.ConfigDict({
-      "mode": "warn", "warmup_steps": -1, "patience": 3,
-      "chance_margin": 0.02, "collapse_ratio": 0.1, "uniform_ratio": 0.98})
   config.batch_size = 16  # images; each gives two views
   run_block(config, num_steps=2000, log_every=10, checkpoint_every=200)
 
@@ -143,7 +138,27 @@ def pretrain_config(method, args, *, preset="simclr_strong"):
     config.crop.warmup_steps = 1
     config.crop.loc_interval = 1
     config.crop.loc_batch = 8
+  diagnostics_blocks(config, args.smoke)
   return config
+
+
+def diagnostics_blocks(config, smoke):
+  """`config.guard` and `config.probe`, which every pretraining config has.
+
+  guard (medclr/guard.py): collapse / chance diagnostics, mode off, warn or
+  stop; warmup_steps -1 is the larger of optim.warmup_steps and num_steps /
+  10. probe (medclr/probe.py): k-NN vessel/background accuracy of the frozen
+  encoder on patches of labelled training images, every `every` steps;
+  dataset '' turns it off (the study sets its labelled set; smoke runs probe
+  the phantom).
+  """
+  config.guard = ml_collections.ConfigDict({
+      "mode": "warn", "warmup_steps": -1, "patience": 3,
+      "chance_margin": 0.02, "collapse_ratio": 0.1, "uniform_ratio": 0.98})
+  config.probe = ml_collections.ConfigDict({
+      "dataset": "phantom" if smoke else "", "split": "train",
+      "num_images": 4, "patches_per_image": 4, "pixels_per_patch": 64,
+      "k": 10, "every": 1 if smoke else 50, "seed": 0})
 
 
 def study_optim():

@@ -42,6 +42,8 @@ def get_config(arg=None):
   config.augment = ml_collections.ConfigDict(
       {"preset": "basic_medical", "strength": 1.0})
   config.model = common.model_config("unet2d-32")
+  # Loss: pixel BCE + dice_weight x soft Dice, inside the FOV.
+  config.loss = ml_collections.ConfigDict({"dice_weight": 1.0})
   config.optim = ml_collections.ConfigDict({
       "name": "adam", "learning_rate": 1e-3, "lr_scaling": "none",
       "schedule": "cosine", "warmup_steps": 50, "weight_decay": 0.0,

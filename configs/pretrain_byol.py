@@ -71,4 +71,5 @@ def get_config(arg=None):
     config.head.hidden_dim = 32
     config.head.out_dim = 16
     config.head.predictor_hidden_dim = 32
+  common.diagnostics_blocks(config, args.smoke)
   return config

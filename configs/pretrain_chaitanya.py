@@ -84,4 +84,5 @@ def get_config(arg=None):
                    checkpoint_every=1000)
 
   common.volume_profiles(config, args)
+  common.diagnostics_blocks(config, args.smoke)
   return config

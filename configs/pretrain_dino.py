@@ -111,4 +111,5 @@ def get_config(arg=None):
     config.head.out_dim = 64
     config.head.freeze_last_layer_steps = 1
     config.loss.warmup_teacher_temp_steps = 1
+  common.diagnostics_blocks(config, args.smoke)
   return config

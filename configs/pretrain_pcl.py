@@ -79,4 +79,5 @@ def get_config(arg=None):
   if args.quick:
     config.head.hidden_dim = 256
     config.head.out_dim = 256
+  common.diagnostics_blocks(config, args.smoke)
   return config

@@ -7,6 +7,7 @@ Resume order (big_vision's "Load Checkpoint" order):
   (3) random initialisation (training from scratch).
 """
 import json
+import math
 import os
 
 from absl import logging
@@ -32,6 +33,11 @@ LOADABLE_PARTS = ("encoder", "decoder")
 def validate_config(config):
   """Checks that fail fast, before any device work or training."""
   train_utils.check_common_config(config, "crop_size")
+  dice_weight = config.loss.dice_weight
+  if not (math.isfinite(dice_weight) and dice_weight >= 0):
+    raise errors.ConfigError(
+        f"config.loss.dice_weight={dice_weight}: must be a finite number "
+        ">= 0")
   for part in load_parts(config.init):
     if part not in LOADABLE_PARTS:
       raise errors.ConfigError(
@@ -155,7 +161,8 @@ def train_and_evaluate(config, workdir):
     if start is None and config.init.pretrain_dir:
       state, _ = init_from_pretrained(state, abstract, config.init)
     p_step = jax.jit(
-        steps.make_finetune_step(graphdef, tx, lr_fn, spec, config.seed),
+        steps.make_finetune_step(graphdef, tx, lr_fn, spec, config.seed,
+                                 config.loss.dice_weight),
         donate_argnums=0)
     writer = metric_writer.MetricWriter(
         workdir, enabled=jax.process_index() == 0,

@@ -276,7 +276,8 @@ def soft_dice_loss(
 
 
 def segmentation_loss(
-    logits: jax.Array, mask: jax.Array, weight: jax.Array
+    logits: jax.Array, mask: jax.Array, weight: jax.Array,
+    dice_weight: float = 1.0
 ) -> jax.Array:
   """Weighted pixel cross-entropy + soft Dice loss, the fine-tuning loss.
 
@@ -288,9 +289,10 @@ def segmentation_loss(
     logits: (B, H, W, C) float.
     mask: (B, H, W) or (B, H, W, 1) int class indices (binary: 0/1).
     weight: same shape as mask, float; the FOV (0 outside is ignored).
+    dice_weight: factor on the Dice term (config.loss.dice_weight).
 
   Returns:
     Scalar float32.
   """
   return (weighted_cross_entropy(logits, mask, weight)
-          + soft_dice_loss(logits, mask, weight))
+          + dice_weight * soft_dice_loss(logits, mask, weight))

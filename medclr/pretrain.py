@@ -13,9 +13,11 @@ from medclr import guard
 from medclr import methods
 from medclr import metric_writer
 from medclr import optim
+from medclr import probe
 from medclr import sharding
 from medclr import steps
 from medclr import train_utils
+from medclr.data import preprocess
 from medclr.data import sources as data_sources
 
 
@@ -63,6 +65,19 @@ def contrastive_crop_controller(config, graphdef, dataset, opened, table,
                                         config.data.in_channels)
   return contrastive_crop.Controller(config.crop, graphdef, images, dataset,
                                      table, writer)
+
+
+def make_probe(config, graphdef):
+  """The online vessel/background probe of `config.probe`, or None."""
+  if not config.probe.dataset:
+    return None
+  probe_set = probe.build_probe_set(
+      config.probe, config.data.data_dir, config.data.image_size,
+      methods.pretrain_preprocess(config) or preprocess.from_config(
+          config.data))
+  return probe.OnlineProbe(
+      probe.make_probe_fn(graphdef, probe_set, config.probe.k),
+      config.probe.every)
 
 
 def train_and_evaluate(config, workdir):
@@ -115,6 +130,7 @@ def train_and_evaluate(config, workdir):
                "extras_fn": lambda: {"ccrop": table.to_json()}}
     monitor = guard.Guard(guard.Limits.from_config(config), workdir,
                           write=jax.process_index() == 0)
+    hooks["probe"] = make_probe(config, graphdef)
     try:
       state, last = train_utils.run_loop(
           config=config, workdir=workdir, state=state, start_step=start or 0,

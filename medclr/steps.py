@@ -108,8 +108,9 @@ def finetune_inputs(key, batch, spec):
   return image, mask, weight
 
 
-def make_finetune_step(graphdef, tx, lr_fn, spec, seed):
-  """Supervised U-Net step: joint image/mask augmentation, seg loss.
+def make_finetune_step(graphdef, tx, lr_fn, spec, seed, dice_weight=1.0):
+  """Supervised U-Net step: joint image/mask augmentation, seg loss
+  (BCE + `dice_weight` x soft Dice).
 
   Returns step(state, batch) -> (state, metrics); jit with donate_argnums=0.
   """
@@ -122,7 +123,7 @@ def make_finetune_step(graphdef, tx, lr_fn, spec, seed):
     def loss_fn(params, batch_stats):
       model = nnx.merge(graphdef, params, batch_stats)
       logits = model(image, train=True)
-      loss = losses.segmentation_loss(logits, mask, weight)
+      loss = losses.segmentation_loss(logits, mask, weight, dice_weight)
       return loss, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
 
     (loss, batch_stats), grads = jax.value_and_grad(

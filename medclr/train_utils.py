@@ -87,7 +87,7 @@ def to_host_scalars(metrics):
 
 def run_loop(*, config, workdir, state, start_step, p_step, data_iter, mesh,
              checkpointer, writer, config_dict, before_step=None,
-             extras_fn=None, guard=None):
+             extras_fn=None, guard=None, probe=None):
   """The training loop both phases share: step, log, checkpoint, preempt.
 
   Args:
@@ -97,6 +97,8 @@ def run_loop(*, config, workdir, state, start_step, p_step, data_iter, mesh,
     extras_fn: optional () -> JSON-able dict saved with each checkpoint.
     guard: optional `guard.Guard`: adds diagnostic ratios to each logged row
       and warns or stops when the run sits at chance or collapses.
+    probe: optional `probe.OnlineProbe`: its accuracy is logged at step 0
+      (a fresh run, before any update) and with every row it is due at.
     (the rest: the run's pieces, as built by pretrain.py / finetune.py)
 
   Returns:
@@ -105,6 +107,8 @@ def run_loop(*, config, workdir, state, start_step, p_step, data_iter, mesh,
   last = {}
   step = start_step
   t0 = time.time()
+  if probe is not None and start_step == 0:
+    writer.write(0, probe(state))
   for step in range(start_step, config.num_steps):
     if before_step is not None:
       data_iter = before_step(step, state, data_iter)
@@ -115,6 +119,8 @@ def run_loop(*, config, workdir, state, start_step, p_step, data_iter, mesh,
       guard.set_reference(to_host_scalars(metrics))  # before any update
     if done % config.log_every == 0 or done == config.num_steps:
       last = to_host_scalars(metrics)
+      if probe is not None and probe.due(done, config.num_steps):
+        last.update(probe(state))
       report = guard.observe(done, last) if guard is not None else None
       writer.write(done, last, check_finite=True)
       writer.progress(done, last)

@@ -8,6 +8,10 @@ import collections
 import json
 import pathlib
 
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+
 METRICS = ("dice", "auc_roc", "sensitivity", "specificity", "accuracy", "iou")
 HUMAN_DICE = 0.788  # 2nd vs 1st observer on the DRIVE test set (data README)
 DATA_CREDITS = (
@@ -239,6 +243,8 @@ def write_study_report(jsonl, md):
   stats = arm_k_stats(cells)
   plots = plot_study(stats, md.with_name(md.stem + "_dice_vs_k.png"),
                      md.with_name(md.stem + "_dice_vs_strength.png"))
+  plots += plot_probe(latest_pretrain(rows),
+                      md.with_name(md.stem + "_probe.png"))
   lines = [
       f"# {jsonl.stem}: does pretraining help few-label segmentation?", "",
       "Written by `python -m launch.study` from the rows in "
@@ -263,8 +269,6 @@ def plot_study(stats, dice_vs_k_path, strength_path):
   """Dice vs k per arm, and Dice vs augmentation strength; returns paths."""
   if not stats:
     return []
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for arm, per_k in stats.items():
@@ -303,3 +307,24 @@ def plot_study(stats, dice_vs_k_path, strength_path):
     plt.close(fig)
     paths.append(pathlib.Path(strength_path))
   return paths
+
+
+def plot_probe(pretrain_rows, path):
+  """Probe accuracy over pretraining steps, one line per arm; [path]."""
+  curves = {arm: row["diagnostics"]["probe_curve"]
+            for arm, row in pretrain_rows.items()
+            if (row.get("diagnostics") or {}).get("probe_curve")}
+  if not curves:
+    return []
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for arm, curve in curves.items():
+    ax.plot([p[0] for p in curve], [p[1] for p in curve], marker=".",
+            label=arm)
+  ax.set_xlabel("pretraining step")
+  ax.set_ylabel("probe balanced accuracy (k-NN, vessel vs background)")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return [pathlib.Path(path)]

@@ -62,14 +62,21 @@ def prepare_data(config, shared, data_dir, log):
 
 
 def pretrain_diagnostics(pretrain_dir):
-  """First and last logged values of the collapse diagnostics."""
+  """First and last logged value (and step) of each collapse diagnostic."""
   path = pathlib.Path(pretrain_dir) / "metrics.jsonl"
   rows = [r for r in report.read_rows(path) if r.get("name") == "pretrain"]
-  if not rows:
-    return {}
-  pick = lambda r: {k: r[k] for k in DIAGNOSTICS if r.get(k) is not None}
-  return {"first_step": rows[0]["step"], "first": pick(rows[0]),
-          "last_step": rows[-1]["step"], "last": pick(rows[-1])}
+  first, last = {}, {}
+  for row in rows:
+    for key in DIAGNOSTICS:
+      if row.get(key) is not None:
+        first.setdefault(key, row[key])
+        last[key] = row[key]
+  steps = [row["step"] for row in rows]
+  curve = [[row["step"], row["probe_accuracy"]] for row in rows
+           if row.get("probe_accuracy") is not None]
+  return {"first": first, "last": last,
+          "steps": [min(steps), max(steps)] if steps else [],
+          "probe_curve": curve}
 
 
 def safe_name(arm_name):
@@ -118,6 +125,7 @@ class Study:
     pretrain_dir = self.work / f"pretrain_{safe_name(arm.name)}"
     sources = self.config.pools[arm.pool] if arm.pool else ""
     overrides = ["--config.guard.mode=stop",
+                 f"--config.probe.dataset={self.config.dataset}",
                  *self.config.pretrain_overrides.split()]
     cmd = grid.pretrain_command(arm, self.config.profile, str(pretrain_dir),
                                 self.data_dir, sources, overrides)
