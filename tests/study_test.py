@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import nbclient
+import nbformat
 import pytest
 
 from configs import study_drive
@@ -103,36 +105,72 @@ def test_report_is_built_from_rows_alone(tmp_path):
   assert (tmp_path / "study_quick_dice_vs_k.png").stat().st_size > 0
 
 
-@pytest.mark.slow  # Two real studies on the phantom: about 2 minutes.
-def test_study_resumes_without_redoing_cells(tmp_path):
-  results = tmp_path / "rows.jsonl"
+def _run_study(workdir, results):
   cmd = [sys.executable, "-m", "launch.study",
-         "--config=configs/study_drive.py:smoke", f"--workdir={tmp_path / 'w'}",
+         "--config=configs/study_drive.py:smoke", f"--workdir={workdir}",
          f"--results={results}", "--config.k=1", "--config.seeds=0",
          "--config.all_seeds_k=", "--config.arms=scratch,"
          "simclr_basic_medical@small"]
+  result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=900)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return result.stdout
 
-  def study():
-    result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True,
-                            text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
 
-  out = study()
-  rows = report.read_rows(results)
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory):
+  """A real two-cell study on the phantom: (workdir, rows file, stdout)."""
+  root = tmp_path_factory.mktemp("study")
+  results = root / "rows.jsonl"
+  out = _run_study(root / "w", results)
+  return root / "w", results, out
+
+
+@pytest.mark.slow  # A real study on the phantom, then a resumed one.
+def test_study_resumes_without_redoing_cells(smoke_study, tmp_path):
+  workdir, first, out = smoke_study
+  rows = report.read_rows(first)
   assert [(r["kind"], r["arm"]) for r in rows] == [
       ("cell", "scratch"), ("pretrain", "simclr_basic_medical@small"),
       ("cell", "simclr_basic_medical@small")]
   assert "[study] 2/2 cells done" in out
-  # Drop the scratch cell: a second run redoes it alone, without
-  # pretraining again (the arm's cells are all done).
+  # The probe ran at step 0 and at the end of pretraining.
+  curve = rows[1]["diagnostics"]["probe_curve"]
+  assert [step for step, _ in curve] == [0, 1, 2]
+  assert all(0 <= accuracy <= 1 for _, accuracy in curve)
+  # Without the scratch cell's row, a second run redoes that cell alone,
+  # without pretraining again (the arm's cells are all done).
+  results = tmp_path / "rows.jsonl"
   results.write_text("".join(json.dumps(r) + "\n" for r in rows[1:]))
-  out = study()
+  out = _run_study(workdir, results)
   assert "launch.pretrain" not in out and out.count("launch.finetune") == 1
   again = report.read_rows(results)
   assert [(r["kind"], r["arm"]) for r in again] == [
       ("pretrain", "simclr_basic_medical@small"),
       ("cell", "simclr_basic_medical@small"), ("cell", "scratch")]
   # Rows hold $WORK / $DATA, never this machine's paths.
-  assert str(tmp_path) not in results.read_text()
-  assert (results.with_suffix(".md")).exists()
+  assert str(workdir) not in first.read_text() + results.read_text()
+  assert results.with_suffix(".md").exists()
+
+
+@pytest.mark.slow  # Executes the notebook on the smoke study's rows.
+def test_augmentation_study_notebook_executes(smoke_study, monkeypatch):
+  _, results, _ = smoke_study
+  path = REPO_ROOT / "notebooks" / "augmentation_study.ipynb"
+  notebook = nbformat.read(path, as_version=4)
+  monkeypatch.setenv("MEDCLR_STUDY_ROWS", str(results))
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  monkeypatch.setenv("MPLBACKEND", "Agg")
+  nbclient.NotebookClient(
+      notebook, timeout=600, kernel_name="python3",
+      resources={"metadata": {"path": str(path.parent)}}).execute()
+  outputs = [out for cell in notebook.cells if cell.cell_type == "code"
+             for out in cell.get("outputs", [])]
+  assert not [out for out in outputs if out.output_type == "error"]
+  text = "".join(out.get("text", "") + str(out.get("data", {}).get(
+      "text/markdown", "")) for out in outputs)
+  assert "rows.jsonl: 2 cells, 1 pretrained arms" in text
+  assert "| simclr_basic_medical@small |" in text
+  images = [out for out in outputs if "image/png" in out.get("data", {})]
+  # Dice vs k, the probe curve, and the preset preview.
+  assert len(images) == 3

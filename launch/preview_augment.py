@@ -1,0 +1,66 @@
+r"""Renders each augmentation preset's views of one image as a PNG grid.
+
+  python -m launch.preview_augment --out=/tmp/presets.png
+  python -m launch.preview_augment --dataset=drive --index=3 \
+      --presets=simclr_strong,basic_medical --strength=0.5 --out=/tmp/p.png
+
+Rows are presets (top to bottom as listed), columns views. The default image
+is the embedded phantom's first training image (generated on first use).
+"""
+import sys
+
+from absl import app
+from absl import flags
+import numpy as np
+from PIL import Image
+
+from medclr import augment
+from medclr import augment_preview
+from medclr.data import prepare as data_prepare
+from medclr.data import readers
+from medclr.data import sources
+
+_OUT = flags.DEFINE_string("out", None, "PNG file to write")
+_DATASET = flags.DEFINE_string("dataset", "phantom", "a prepared dataset")
+_SPLIT = flags.DEFINE_string("split", "train", "its split")
+_INDEX = flags.DEFINE_integer("index", 0, "record index in the split")
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, f"prepared sets; default ${sources.DATA_DIR_ENV} or "
+    "~/medclr_data")
+_PRESETS = flags.DEFINE_string("presets", "", "comma list (default: all)")
+_VIEWS = flags.DEFINE_integer("views", 6, "views per preset")
+_SIZE = flags.DEFINE_integer("size", 96, "view side in pixels")
+_STRENGTH = flags.DEFINE_float("strength", 1.0, "config.augment.strength")
+_SEED = flags.DEFINE_integer("seed", 0, "views are a function of the seed")
+flags.mark_flags_as_required(["out"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  presets = [p.strip() for p in _PRESETS.value.split(",") if p.strip()]
+  unknown = sorted(set(presets) - set(augment.PRESETS))
+  if unknown:
+    sys.exit(f"error: --presets: unknown {unknown}; known: "
+             f"{sorted(augment.PRESETS)}")
+  data_dir = _DATA_DIR.value or sources.default_data_dir()
+  try:
+    data_prepare.ensure_phantom(data_dir, [_DATASET.value])
+    source = sources.open_split(data_dir, _DATASET.value, _SPLIT.value)
+    if not 0 <= _INDEX.value < len(source):
+      raise readers.DataError(f"--index={_INDEX.value}: {_DATASET.value}:"
+                              f"{_SPLIT.value} has {len(source)} records")
+    image = np.asarray(source[_INDEX.value]["image"])
+    grid, shown = augment_preview.preview_grid(
+        image, presets or None, num_views=_VIEWS.value, size=_SIZE.value,
+        strength=_STRENGTH.value, seed=_SEED.value)
+  except (readers.DataError, ValueError) as e:
+    sys.exit(f"error: {e}")
+  Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid).save(
+      _OUT.value)
+  print(f"wrote {_OUT.value}: rows {', '.join(shown)}; {_VIEWS.value} views "
+        "each")
+
+
+if __name__ == "__main__":
+  app.run(main)
