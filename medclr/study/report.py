@@ -8,9 +8,8 @@ import collections
 import json
 import pathlib
 
-import matplotlib
+from medclr.study import plots as study_plots
 
-matplotlib.use("Agg")  # files only, no display
 
 METRICS = ("dice", "auc_roc", "sensitivity", "specificity", "accuracy", "iou")
 HUMAN_DICE = 0.788  # 2nd vs 1st observer on the DRIVE test set (data README)
@@ -241,10 +240,11 @@ def write_study_report(jsonl, md):
   rows = read_rows(jsonl)
   cells = latest_cells(rows)
   stats = arm_k_stats(cells)
-  plots = plot_study(stats, md.with_name(md.stem + "_dice_vs_k.png"),
-                     md.with_name(md.stem + "_dice_vs_strength.png"))
-  plots += plot_probe(latest_pretrain(rows),
-                      md.with_name(md.stem + "_probe.png"))
+  plots = study_plots.plot_study(
+      stats, md.with_name(md.stem + "_dice_vs_k.png"),
+      md.with_name(md.stem + "_dice_vs_strength.png"), HUMAN_DICE)
+  plots += study_plots.plot_probe(latest_pretrain(rows),
+                                  md.with_name(md.stem + "_probe.png"))
   lines = [
       f"# {jsonl.stem}: does pretraining help few-label segmentation?", "",
       "Written by `python -m launch.study` from the rows in "
@@ -263,68 +263,3 @@ def write_study_report(jsonl, md):
             "## Over seeds", "", *SEED_TABLE_HEAD, *seed_table(cells), "",
             "## Runs", "", *run_lines(cells)]
   md.write_text("\n".join(lines) + "\n")
-
-
-def plot_study(stats, dice_vs_k_path, strength_path):
-  """Dice vs k per arm, and Dice vs augmentation strength; returns paths."""
-  if not stats:
-    return []
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for arm, per_k in stats.items():
-    ks = sorted(per_k)
-    ax.errorbar(ks, [per_k[k][0] for k in ks], yerr=[per_k[k][1] for k in ks],
-                marker="o", capsize=3, label=arm)
-  ax.set_xscale("log")
-  ax.set_xlabel("labelled images k")
-  ax.set_ylabel("test Dice (mean over seeds +/- seed std)")
-  ax.axhline(HUMAN_DICE, color="grey", linestyle=":", label="human graders")
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(dice_vs_k_path, dpi=100)
-  plt.close(fig)
-  paths = [pathlib.Path(dice_vs_k_path)]
-  strengths = {}
-  for arm, per_k in stats.items():
-    base, _, strength = arm.split("@")[0].partition("*")
-    if base == "simclr_simclr_strong":
-      strengths[float(strength or 1.0)] = per_k
-  if len(strengths) > 1:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for k in (1, 2):
-      xs = sorted(s for s in strengths if k in strengths[s])
-      ax.errorbar(xs, [strengths[s][k][0] for s in xs],
-                  yerr=[strengths[s][k][1] for s in xs], marker="o",
-                  capsize=3, label=f"k={k}")
-      if k in stats.get("scratch", {}):
-        ax.axhline(stats["scratch"][k][0], linestyle="--", linewidth=0.8,
-                   label=f"scratch k={k}")
-    ax.set_xlabel("simclr_strong augmentation strength")
-    ax.set_ylabel("test Dice")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(strength_path, dpi=100)
-    plt.close(fig)
-    paths.append(pathlib.Path(strength_path))
-  return paths
-
-
-def plot_probe(pretrain_rows, path):
-  """Probe accuracy over pretraining steps, one line per arm; [path]."""
-  curves = {arm: row["diagnostics"]["probe_curve"]
-            for arm, row in pretrain_rows.items()
-            if (row.get("diagnostics") or {}).get("probe_curve")}
-  if not curves:
-    return []
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for arm, curve in curves.items():
-    ax.plot([p[0] for p in curve], [p[1] for p in curve], marker=".",
-            label=arm)
-  ax.set_xlabel("pretraining step")
-  ax.set_ylabel("probe balanced accuracy (k-NN, vessel vs background)")
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return [pathlib.Path(path)]
