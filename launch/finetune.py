@@ -4,31 +4,10 @@ r"""Launches few-label U-Net fine-tuning; the work is `medclr.finetune`.
       --workdir=/tmp/ft --config.init.pretrain_dir=/tmp/simclr \
       --config.data.num_labeled=2
 """
-from absl import app
-from absl import flags
-import jax
-from ml_collections import config_flags
-
 from launch import runner
 from medclr import finetune
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "fine-tuning config file", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None,
-                               "checkpoints, config and metrics go here")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  runner.start_distributed()
-  last = runner.run_user_errors_clean(finetune.train_and_evaluate,
-                                      _CONFIG.value, _WORKDIR.value)
-  if jax.process_index() == 0:
-    print(f"fine-tuning done: {last}")
-
+main = runner.train_main(finetune.train_and_evaluate, "fine-tuning")
 
 if __name__ == "__main__":
-  jax.config.config_with_absl()
-  app.run(main)
+  runner.run(main)

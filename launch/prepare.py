@@ -15,6 +15,7 @@ from absl import app
 from absl import flags
 import tensorflow_datasets as tfds
 
+from launch import runner
 from medclr.data import prepare as prepare_lib
 from medclr.data import readers
 from medclr.data import sources
@@ -66,4 +67,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  runner.run(main)

@@ -16,6 +16,7 @@ from absl import app
 from absl import flags
 import tensorflow_datasets as tfds
 
+from launch import runner
 from medclr.data import readers
 from medclr.data import sources
 from medclr.data import volume_builder
@@ -82,4 +83,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  runner.run(main)

@@ -14,6 +14,7 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
+from launch import runner
 from medclr import augment
 from medclr import augment_preview
 from medclr.data import prepare as data_prepare
@@ -63,4 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  runner.run(main)

@@ -2,11 +2,16 @@
 
 A user error (bad data folder, missing checkpoint, invalid config value) is
 printed as one line naming the file or key, without a Python traceback.
+Library INFO logs (Orbax's per-save lines, XLA start-up) stay behind
+`--verbosity=0`; the console shows progress lines, warnings and results.
 """
 import sys
 
+from absl import app
 from absl import flags
 from absl import logging
+import jax
+from ml_collections import config_flags
 
 from medclr import checkpointing
 from medclr import errors
@@ -42,3 +47,41 @@ def run_user_errors_clean(fn, *args):
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(EXIT_STALLED if isinstance(e, errors.TrainingStalled) else 1)
+
+
+def train_main(train_and_evaluate, what):
+  """Defines --config and --workdir; returns a training launcher's main.
+
+  Args:
+    train_and_evaluate: (config, workdir) -> last logged metrics.
+    what: 'pretraining' or 'fine-tuning', for help and the result line.
+  """
+  config = config_flags.DEFINE_config_file(
+      "config", None, f"{what} config file", lock_config=True)
+  workdir = flags.DEFINE_string("workdir", None,
+                                "checkpoints, config and metrics go here")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    start_distributed()
+    last = run_user_errors_clean(train_and_evaluate, config.value,
+                                 workdir.value)
+    if jax.process_index() == 0:
+      print(f"{what} done: {last}")
+
+  return main
+
+
+def run(main):
+  """app.run with JAX's flags and library INFO logs behind --verbosity."""
+  jax.config.config_with_absl()
+
+  def quiet_main(argv):
+    # absl's app.run turns INFO on after parsing: undo it unless asked for.
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)
+    return main(argv)
+
+  app.run(quiet_main)

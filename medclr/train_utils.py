@@ -76,7 +76,8 @@ def restore_or_init(checkpointer, abstract, init_fn, data_iter):
   """Resume order: (1) the workdir's latest checkpoint, (2) a fresh state."""
   latest = checkpointer.latest_step()
   if latest is not None:
-    logging.info("resuming from step %d", latest)
+    if jax.process_index() == 0:  # progress, so on the console
+      print(f"resuming from step {latest}", flush=True)
     return checkpointer.restore(latest, abstract, data_iter), latest
   return init_fn(), None
 

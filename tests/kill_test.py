@@ -50,7 +50,7 @@ def test_sigkill_mid_run_then_resume(tmp_path, phantom_data_dir):
                           env=env, capture_output=True, text=True,
                           timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert f"resuming from step {killed_at}" in result.stderr
+  assert f"resuming from step {killed_at}" in result.stdout
   _, final = checkpointing.saved_tree_shapes(workdir)
   assert final == STEPS
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
