@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from medclr import errors
+
 PredictFn = Callable[[np.ndarray], object]
 
 
@@ -245,8 +247,9 @@ def tta_predict(predict_image: Callable[[np.ndarray], np.ndarray],
     (H, W, K) float32 logits averaged in the image's own orientation.
   """
   if mode not in TTA_MODES:
-    raise ValueError(f"config.eval.tta={mode!r}: expected one of "
-                     f"{sorted(TTA_MODES)}")
+    raise errors.ConfigError(
+        f"config.eval.tta={mode!r}: expected one of "
+        f"{sorted(TTA_MODES)}")
   total = None
   for forward, inverse in TTA_MODES[mode]:
     logits = inverse(predict_image(np.ascontiguousarray(forward(image))))

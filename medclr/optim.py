@@ -13,6 +13,8 @@ masks the trust-ratio adaptation), `grad_clip_norm`.
 import jax
 import optax
 
+from medclr import errors
+
 WEIGHT_DECAY_ON = ("all", "kernels")
 
 
@@ -38,8 +40,9 @@ def learning_rate_fn(optim_cfg, num_steps, global_batch):
     return optax.join_schedules(
         [optax.linear_schedule(0.0, base, warmup), optax.constant_schedule(base)],
         [warmup])
-  raise ValueError(f"config.optim.schedule={schedule!r}: expected 'cosine' or "
-                   "'constant'")
+  raise errors.ConfigError(
+      f"config.optim.schedule={schedule!r}: expected 'cosine' or "
+      "'constant'")
 
 
 def kernels_mask(params):
@@ -51,8 +54,9 @@ def weight_decay_mask(optim_cfg):
   """None (decay everything) or `kernels_mask`, from `weight_decay_on`."""
   on = optim_cfg.get("weight_decay_on", "all")
   if on not in WEIGHT_DECAY_ON:
-    raise ValueError(f"config.optim.weight_decay_on={on!r}: expected one of "
-                     f"{', '.join(WEIGHT_DECAY_ON)}")
+    raise errors.ConfigError(
+        f"config.optim.weight_decay_on={on!r}: expected one of "
+        f"{', '.join(WEIGHT_DECAY_ON)}")
   return kernels_mask if on == "kernels" else None
 
 
@@ -94,8 +98,9 @@ def make_optimizer(optim_cfg, num_steps, global_batch):
     tx = optax.chain(decay,
                      optax.sgd(lr, momentum=optim_cfg.get("momentum", 0.9)))
   else:
-    raise ValueError(f"config.optim.name={name!r}: expected one of adam, adamw, "
-                     "lars, sgd")
+    raise errors.ConfigError(
+        f"config.optim.name={name!r}: expected one of adam, adamw, "
+        "lars, sgd")
   clip = optim_cfg.get("grad_clip_norm", 0.0)
   if clip:
     tx = optax.chain(optax.clip_by_global_norm(clip), tx)

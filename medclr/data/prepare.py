@@ -94,8 +94,8 @@ def prepare(dataset: str, manual_dir: pathlib.Path | str | None,
       default (584 for hrf, none otherwise); 0 keeps the original size.
     overwrite: replace an existing set of this name.
     estimate_fov: for images without an FOV file ('folder' without `fov/`,
-      'hrf', 'unlabeled'), estimate the field of view (`medclr.data.fov`); False takes
-      the whole frame.
+      'hrf', 'unlabeled'), estimate the field of view (`medclr.data.fov`);
+      False takes the whole frame.
     **phantom_kwargs: for 'phantom' only: num_train, num_test, size, seed.
 
   Returns:

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from medclr import crops
+from medclr import errors
 from medclr import normalize
 from medclr.data import fov as fov_lib
 from medclr.data import readers
@@ -45,8 +46,9 @@ class Preprocess:
   def __post_init__(self):
     normalize.check_mode(self.normalize)
     if self.fov_diameter < 0:
-      raise ValueError(f"config.data.fov_diameter must be >= 0 (0: native "
-                       f"resolution), got {self.fov_diameter}")
+      raise errors.ConfigError(
+          f"config.data.fov_diameter must be >= 0 (0: native "
+          f"resolution), got {self.fov_diameter}")
 
   def scale(self, fov: np.ndarray) -> float:
     """Resampling factor for an image whose FOV mask is `fov`."""

@@ -25,6 +25,7 @@ import importlib
 import jax
 
 from medclr import augment
+from medclr import errors
 from medclr.data import pipeline
 from medclr.data import prepare as data_prepare
 from medclr.data import preprocess
@@ -104,6 +105,7 @@ def get_method(config):
   """The `Method` for `config.method`; unknown names list the known ones."""
   name = config.method
   if name not in REGISTRY:
-    raise ValueError(f"config.method={name!r}: known methods are "
-                     f"{sorted(REGISTRY)}")
+    raise errors.ConfigError(
+        f"config.method={name!r}: known methods are "
+        f"{sorted(REGISTRY)}")
   return importlib.import_module(REGISTRY[name]).make(config)

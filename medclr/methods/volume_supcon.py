@@ -74,6 +74,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medclr import augment
+from medclr import errors
 from medclr import guard
 from medclr import losses
 from medclr import methods
@@ -123,20 +124,25 @@ class LossSpec:
 
   def __post_init__(self):
     if self.positives not in POSITIVES:
-      raise ValueError(f"config.loss.positives={self.positives!r}: expected "
-                       f"one of {POSITIVES}")
+      raise errors.ConfigError(
+          f"config.loss.positives={self.positives!r}: expected "
+          f"one of {POSITIVES}")
     if self.form not in FORMS:
-      raise ValueError(f"config.loss.form={self.form!r}: expected one of "
-                       f"{FORMS}")
+      raise errors.ConfigError(
+          f"config.loss.form={self.form!r}: expected one of "
+          f"{FORMS}")
     if self.temperature <= 0:
-      raise ValueError(f"config.loss.temperature={self.temperature}: must be "
-                       "> 0")
+      raise errors.ConfigError(
+          f"config.loss.temperature={self.temperature}: must be "
+          "> 0")
     if self.positives == "pcl" and not 0 < self.threshold <= 1:
-      raise ValueError(f"config.loss.threshold={self.threshold}: must be in "
-                       "(0, 1] for positives='pcl'")
+      raise errors.ConfigError(
+          f"config.loss.threshold={self.threshold}: must be in "
+          "(0, 1] for positives='pcl'")
     if self.tau_base < 0:
-      raise ValueError(f"config.loss.tau_base={self.tau_base}: must be >= 0 "
-                       "(0 disables the temperature/tau_base factor)")
+      raise errors.ConfigError(
+          f"config.loss.tau_base={self.tau_base}: must be >= 0 "
+          "(0 disables the temperature/tau_base factor)")
 
   @property
   def scale(self) -> float:

@@ -8,6 +8,8 @@ parameter path. Flax is imported only when a model is built, so reading
 import numbers
 from typing import Any
 
+from medclr import errors
+
 # Named architectures. `unet2d-32` is the canonical benchmark model of
 # EVALUATION.md section 2; the others are smaller variants for CPU runs/tests.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
@@ -24,7 +26,8 @@ def _read(cfg: Any, key: str, default: Any = None, *, section: str) -> Any:
   """Reads `key` from a ConfigDict or mapping; raises naming it if absent."""
   value = cfg.get(key, default)
   if value is None:
-    raise ValueError(f'{section} config is missing required field {key!r}')
+    raise errors.ConfigError(
+        f'{section} config is missing required field {key!r}')
   return value
 
 
