@@ -120,6 +120,13 @@ def pretrain_config(method, args, *, preset="simclr_strong"):
   config.batch_size = 16  # images; each gives two views
   run_block(config, num_steps=2000, log_every=10, checkpoint_every=200)
 
+  apply_pretrain_profiles(config, args)
+  diagnostics_blocks(config, args.smoke)
+  return config
+
+
+def apply_pretrain_profiles(config, args):
+  """`quick`, `demo` and `smoke` over the shared pretraining blocks."""
   if args.quick:
     quick_profile(config)
   if args.demo:  # make quickstart: a few minutes on 2 CPU cores
@@ -138,8 +145,6 @@ def pretrain_config(method, args, *, preset="simclr_strong"):
     config.crop.warmup_steps = 1
     config.crop.loc_interval = 1
     config.crop.loc_batch = 8
-  diagnostics_blocks(config, args.smoke)
-  return config
 
 
 def diagnostics_blocks(config, smoke):

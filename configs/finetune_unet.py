@@ -56,7 +56,12 @@ def get_config(arg=None):
   config.eval = ml_collections.ConfigDict(
       {"window": 0, "overlap": 0.5, "batch_size": 4, "save_predictions": True,
        "tta": "flips"})
+  apply_profiles(config, args)
+  return config
 
+
+def apply_profiles(config, args):
+  """The `quick`, `demo` and `smoke` profiles over the default config."""
   if args.quick:
     # Chosen one factor at a time: benchmarks/results/ablation.md.
     config.model = common.model_config("small")
@@ -84,4 +89,3 @@ def get_config(arg=None):
     config.optim.warmup_steps = 1
     config.log_every = 1
     config.checkpoint_every = 1
-  return config

@@ -61,6 +61,16 @@ def get_config(arg=None):
       # (48 px here), DINO's 96 px locals for 224 px globals.
       "local_size": 0,
   })
+  dino_blocks(config)
+  config.batch_size = 16  # images; each gives 2 + num_local crops
+  common.run_block(config, num_steps=2000, log_every=10, checkpoint_every=200)
+  apply_profiles(config, args)
+  common.diagnostics_blocks(config, args.smoke)
+  return config
+
+
+def dino_blocks(config):
+  """Model, head, loss, teacher EMA and optimiser: main_dino.py defaults."""
   config.model = common.model_config("unet2d-32")
   # main_dino.py defaults: --out_dim 65536, --norm_last_layer True,
   # --use_bn_in_head False; DINOHead nlayers 3, hidden 2048, bottleneck 256;
@@ -92,9 +102,10 @@ def get_config(arg=None):
       "schedule": "cosine", "warmup_steps": 200, "end_learning_rate": 1e-6,
       "weight_decay": 0.04, "weight_decay_end": 0.4,
       "weight_decay_on": "kernels", "grad_clip_norm": 3.0})
-  config.batch_size = 16  # images; each gives 2 + num_local crops
-  common.run_block(config, num_steps=2000, log_every=10, checkpoint_every=200)
 
+
+def apply_profiles(config, args):
+  """The `quick` and `smoke` profiles over DINO's defaults."""
   if args.quick:  # the shared study profile and optimiser (common.py)
     common.quick_profile(config)
     # CPU budget: 4 local crops (48 px) instead of 8, and K = 4096 outputs
@@ -111,5 +122,3 @@ def get_config(arg=None):
     config.head.out_dim = 64
     config.head.freeze_last_layer_steps = 1
     config.loss.warmup_teacher_temp_steps = 1
-  common.diagnostics_blocks(config, args.smoke)
-  return config
