@@ -123,6 +123,30 @@ class _Pooled:
                                             np.concatenate(self.truths))
 
 
+def _predict_all(predictor, source, pred_dir, save_predictions):
+  """Per-image metrics (sorted by stem) and pooled sums over a split."""
+  os.makedirs(pred_dir, exist_ok=True)
+  num_classes = predictor.config.model.num_classes
+  per_image, pooled = [], _Pooled()
+  for index in range(len(source)):
+    record = source[index]
+    stem = data_sources.stem_of(record)
+    prob = predictor.probabilities(np.asarray(record["image"]),
+                                   np.asarray(record["fov"]))
+    row = _image_metrics(prob, record, num_classes)
+    row["stem"] = stem
+    per_image.append(row)
+    if num_classes == 1:
+      pooled.add(prob, record)
+    if save_predictions:
+      Image.fromarray((prob * 255).round().astype(np.uint8)).save(
+          os.path.join(pred_dir, f"{stem}.png"))
+    logging.info("evaluated %s (%d/%d): dice %.4f", stem, index + 1,
+                 len(source), row.get("dice", float("nan")))
+  per_image.sort(key=lambda r: r["stem"])
+  return per_image, pooled
+
+
 def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
              step=None, dataset=None, data_dir=None, tta=None):
   """Evaluates `workdir`'s U-Net on every image of a split.
@@ -154,26 +178,11 @@ def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
     save_predictions = config.eval.save_predictions
   source = data_sources.open_split(data_dir or config.data.data_dir, name,
                                    split)
-  pred_dir = os.path.join(out_dir, "predictions")
-  os.makedirs(pred_dir, exist_ok=True)
-  per_image, pooled, t0 = [], _Pooled(), time.time()
+  t0 = time.time()
   binary = config.model.num_classes == 1
-  for index in range(len(source)):
-    record = source[index]
-    stem = data_sources.stem_of(record)
-    prob = predictor.probabilities(np.asarray(record["image"]),
-                                   np.asarray(record["fov"]))
-    row = _image_metrics(prob, record, config.model.num_classes)
-    row["stem"] = stem
-    per_image.append(row)
-    if binary:
-      pooled.add(prob, record)
-    if save_predictions and binary:
-      Image.fromarray((prob * 255).round().astype(np.uint8)).save(
-          os.path.join(pred_dir, f"{stem}.png"))
-    logging.info("evaluated %s (%d/%d): dice %.4f", stem, index + 1,
-                 len(source), row.get("dice", float("nan")))
-  per_image.sort(key=lambda r: r["stem"])
+  per_image, pooled = _predict_all(
+      predictor, source, pred_dir=os.path.join(out_dir, "predictions"),
+      save_predictions=save_predictions and binary)
   result = {"step": predictor.step, "dataset": name, "split": split,
             "tta": config.eval.get("tta", "none"),
             "trained_on": config.data.dataset,

@@ -34,6 +34,13 @@ def uses_contrastive_crop(config):
   return crop is not None and crop.mode == "ccrop"
 
 
+def box_table(config):
+  """ContrastiveCrop's box per pool image, all whole images to start."""
+  return contrastive_crop.BoxTable(sum(
+      data_sources.split_size(config.data.data_dir, *source)
+      for source in data_sources.parse_sources(config.data.sources)))
+
+
 def make_dataset(config, local_batch, method, boxes=None):
   """The method's Grain dataset over the unlabelled pool, this process's part.
 
@@ -93,11 +100,7 @@ def train_and_evaluate(config, workdir):
   mesh = sharding.make_mesh(config.mesh.data)
   local_batch = sharding.check_batch_size(config.batch_size, mesh)
   method = methods.get_method(config)
-  table = None
-  if uses_contrastive_crop(config):
-    table = contrastive_crop.BoxTable(sum(
-        data_sources.split_size(config.data.data_dir, *source)
-        for source in data_sources.parse_sources(config.data.sources)))
+  table = box_table(config) if uses_contrastive_crop(config) else None
   dataset, opened = make_dataset(config, local_batch, method, table)
   data_iter = iter(dataset)
   tx, lr_fn = optim.make_optimizer(config.optim, config.num_steps,
@@ -121,22 +124,21 @@ def train_and_evaluate(config, workdir):
     logging.info("pretraining %s for %d steps, global batch %d on %d devices",
                  config.method, config.num_steps, config.batch_size,
                  mesh.devices.size)
-    hooks = {}
+    hooks = {"probe": make_probe(config, graphdef),
+             "guard": guard.Guard(guard.Limits.from_config(config), workdir,
+                                  write=jax.process_index() == 0)}
     if table is not None:
       controller = contrastive_crop_controller(
           config, graphdef, dataset, opened, table, checkpointer, start,
           writer)
-      hooks = {"before_step": controller.before_step,
-               "extras_fn": lambda: {"ccrop": table.to_json()}}
-    monitor = guard.Guard(guard.Limits.from_config(config), workdir,
-                          write=jax.process_index() == 0)
-    hooks["probe"] = make_probe(config, graphdef)
+      hooks.update(before_step=controller.before_step,
+                   extras_fn=lambda: {"ccrop": table.to_json()})
     try:
       state, last = train_utils.run_loop(
           config=config, workdir=workdir, state=state, start_step=start or 0,
           p_step=p_step, data_iter=data_iter, mesh=mesh,
           checkpointer=checkpointer, writer=writer, config_dict=config_dict,
-          guard=monitor, **hooks)
+          **hooks)
     finally:
       checkpointer.close()
       writer.close()
