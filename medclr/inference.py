@@ -129,6 +129,21 @@ def sliding_window_predict(predict_fn: PredictFn,
     float32 logits (H, W, K).
   """
   image = _check_image(image)
+  _check_window_args(window, overlap, batch_size)
+  weights = _window_weights(window, weighting)
+  stride = max(1, int(window * (1.0 - overlap)))
+
+  height, width, _ = image.shape
+  pad_h = _sliding_padding(height, window, stride)
+  pad_w = _sliding_padding(width, window, stride)
+  padded = _reflect_pad(image, pad_h, pad_w)
+  averaged = _weighted_windows(predict_fn, padded, window, stride, batch_size,
+                               weights)
+  top, left = pad_h[0], pad_w[0]
+  return averaged[top:top + height, left:left + width].astype(np.float32)
+
+
+def _check_window_args(window, overlap, batch_size):
   if window < 1:
     raise ValueError(f"window must be a positive number of pixels, got "
                      f"{window}")
@@ -136,24 +151,21 @@ def sliding_window_predict(predict_fn: PredictFn,
     raise ValueError(f"overlap must be in [0, 1), got {overlap}")
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  weights = _window_weights(window, weighting)
-  stride = max(1, int(window * (1.0 - overlap)))
 
-  height, width, channels = image.shape
-  pad_h = _sliding_padding(height, window, stride)
-  pad_w = _sliding_padding(width, window, stride)
-  padded = _reflect_pad(image, pad_h, pad_w)
+
+def _weighted_windows(predict_fn, padded, window, stride, batch_size, weights):
+  """Weighted mean of the window logits over the padded image (float64)."""
   starts = [(y, x)
             for y in range(0, padded.shape[0] - window + 1, stride)
             for x in range(0, padded.shape[1] - window + 1, stride)]
-
   # float64 sums so that equal window logits average back to the same float32
   # value exactly, whatever the weights.
   logit_sum = None
   weight_sum = np.zeros(padded.shape[:2], dtype=np.float64)
   for first in range(0, len(starts), batch_size):
     batch_starts = starts[first:first + batch_size]
-    batch = np.zeros((batch_size, window, window, channels), np.float32)
+    batch = np.zeros((batch_size, window, window, padded.shape[-1]),
+                     np.float32)
     for i, (y, x) in enumerate(batch_starts):
       batch[i] = padded[y:y + window, x:x + window]
     logits = _run_predict(predict_fn, batch, (window, window))
@@ -162,10 +174,7 @@ def sliding_window_predict(predict_fn: PredictFn,
     for i, (y, x) in enumerate(batch_starts):
       logit_sum[y:y + window, x:x + window] += weights[..., None] * logits[i]
       weight_sum[y:y + window, x:x + window] += weights
-
-  averaged = logit_sum / weight_sum[..., None]
-  top, left = pad_h[0], pad_w[0]
-  return averaged[top:top + height, left:left + width].astype(np.float32)
+  return logit_sum / weight_sum[..., None]
 
 
 def whole_image_predict(predict_fn: PredictFn, image,
