@@ -44,7 +44,6 @@ def run_user_errors_clean(fn, *args):
   try:
     return fn(*args)
   except USER_ERRORS as e:
-    logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(EXIT_STALLED if isinstance(e, errors.TrainingStalled) else 1)
 
