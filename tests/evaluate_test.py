@@ -1,0 +1,66 @@
+"""The evaluation's numbers, recomputed independently from what it saved."""
+import json
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from conftest import smoke_config
+from medclr import evaluate
+from medclr import finetune
+from medclr.data import sources
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory, phantom_data_dir):
+  """A smoke U-Net trained long enough to segment part of the vessels."""
+  workdir = str(tmp_path_factory.mktemp("trained"))
+  finetune.train_and_evaluate(
+      smoke_config("finetune_unet", phantom_data_dir, num_steps=60,
+                   checkpoint_every=60, log_every=20,
+                   **{"optim.learning_rate": 1e-2, "eval.window": -1}),
+      workdir)
+  return workdir
+
+
+def _rank_auc(scores, truth):
+  """AUC as the Mann-Whitney statistic, ties counted half."""
+  order = np.argsort(scores, kind="mergesort")
+  ranks = np.empty(len(scores))
+  sorted_scores = scores[order]
+  # Average ranks over ties.
+  _, first, counts = np.unique(sorted_scores, return_index=True,
+                               return_counts=True)
+  for start, count in zip(first, counts):
+    ranks[order[start:start + count]] = start + (count + 1) / 2
+  positives = truth.sum()
+  negatives = len(truth) - positives
+  return (ranks[truth].sum() - positives * (positives + 1) / 2) / (
+      positives * negatives)
+
+
+def test_metrics_match_the_saved_predictions(trained_dir):
+  result = evaluate.evaluate(trained_dir, save_predictions=True)
+  with open(os.path.join(trained_dir, "eval", "metrics.json")) as f:
+    assert json.load(f)["summary"] == json.loads(json.dumps(
+        result["summary"], default=float))
+  config = json.load(open(os.path.join(trained_dir, "config.json")))
+  source = sources.open_split(config["data"]["data_dir"], "phantom", "test")
+  record = source[0]
+  stem = sources.stem_of(record)
+  row = next(r for r in result["per_image"] if r["stem"] == stem)
+  assert 0.2 < row["dice"] < 1.0, "the model must segment something"
+  png = np.asarray(Image.open(os.path.join(
+      trained_dir, "eval", "predictions", f"{stem}.png")), np.float32) / 255
+  fov = np.asarray(record["fov"]) > 0
+  truth = np.asarray(record["mask"])[fov] > 0
+  predicted = png[fov] >= 0.5
+  dice = 2 * np.sum(predicted & truth) / (predicted.sum() + truth.sum())
+  # The PNG holds probabilities rounded to 1/255: a few pixels at 0.5 may
+  # fall on the other side of the threshold.
+  assert dice == pytest.approx(row["dice"], abs=0.01)
+  assert _rank_auc(png[fov], truth) == pytest.approx(row["auc_roc"],
+                                                     abs=0.01)
+  sensitivity = np.sum(predicted & truth) / truth.sum()
+  assert sensitivity == pytest.approx(row["sensitivity"], abs=0.01)
