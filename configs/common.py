@@ -198,7 +198,9 @@ def smoke_profile(config):
   config.model = model_config("tiny")
   config.batch_size = 8
   config.num_steps = 2
-  config.optim.warmup_steps = 1
+  # No warm-up: a 1-step warm-up would make step 0's learning rate 0 and
+  # leave the parameters of the first update unchanged.
+  config.optim.warmup_steps = 0
   config.log_every = 1
   config.checkpoint_every = 1
 
@@ -226,6 +228,7 @@ def volume_profiles(config, args):
     config.head.out_dim = 16
     config.batch_size = 8
     config.num_steps = 2
+    config.optim.warmup_steps = 0  # see smoke_profile
     config.log_every = 1
     config.checkpoint_every = 1
 

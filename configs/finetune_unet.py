@@ -86,6 +86,6 @@ def apply_profiles(config, args):
     config.model = common.model_config("tiny")
     config.batch_size = 8
     config.num_steps = 2
-    config.optim.warmup_steps = 1
+    config.optim.warmup_steps = 0  # step 0 must update (common.smoke_profile)
     config.log_every = 1
     config.checkpoint_every = 1
