@@ -199,6 +199,16 @@ _PRESET_LIST = (
         jitter=(0.1, 0.1, 0.0, 0.0),
         jitter_p=0.8,
     ),
+    # basic_medical plus mild brightness/contrast jitter (+-10%, p 0.8): with
+    # one or two labelled images, exposure differences between images are
+    # otherwise never seen in training.
+    AugmentSpec(
+        name="basic_medical_jitter",
+        hflip_p=0.5,
+        rotate_deg=15.0,
+        jitter=(0.1, 0.1, 0.0, 0.0),
+        jitter_p=0.8,
+    ),
     # Lossless geometry plus basic_medical's +-15 degree rotation: the
     # symmetries cost nothing, and flip TTA shows the model vertical flips
     # at test time anyway.
