@@ -31,6 +31,8 @@ setuptools.setup(
         # 3D volumes (NIfTI, DICOM series) for the volume-aware methods.
         "nibabel>=5.0",
         "pydicom>=3.0",
+        # Study report plots (medclr.study.plots).
+        "matplotlib>=3.8",
     ],
     extras_require={
         # nilearn ships the MNI152 template used by the volume tests.
@@ -38,8 +40,10 @@ setuptools.setup(
                  "ipykernel>=6.29", "matplotlib>=3.8", "nilearn>=0.10"],
         "notebook": ["matplotlib>=3.8", "ipykernel>=6.29"],
         "tpu": ["jax[tpu]>=0.10.2"],
-        # The PyTorch peer of benchmarks/. Pinned on purpose: torch 2.13.0 has
-        # a CPU wheel here, while an unpinned torch pulls a multi-GB CUDA build.
+        # The PyTorch peer of benchmarks/ (make test installs it: the peer
+        # tests are the independent check of the model and NT-Xent). Pinned
+        # on purpose: torch 2.13.0 has a CPU wheel here, while an unpinned
+        # torch pulls a multi-GB CUDA build.
         "bench": ["torch==2.13.0", "monai==1.6.1"],
     },
 )
