@@ -103,6 +103,55 @@ def write_config(workdir, config_dict):
   os.replace(tmp, path)
 
 
+# Fields a resumed run may change: how long and how often, where data lives,
+# the device mesh (checkpoints move between topologies), how it is evaluated,
+# and what a fresh run would have been initialised from (a workdir's own
+# checkpoint wins over `init` on resume).
+RESUMABLE_CHANGES = ("num_steps", "log_every", "checkpoint_every",
+                     "keep_checkpoints", "async_checkpoints", "data.data_dir",
+                     "data.worker_count", "mesh.", "eval.", "init.",
+                     "guard.mode")
+
+
+def _flat_config(tree, prefix=""):
+  flat = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      flat.update(_flat_config(value, name + "."))
+    else:
+      flat[name] = value
+  return flat
+
+
+def check_same_run(workdir, config_dict):
+  """Refuses to resume `workdir` under a config it was not made with.
+
+  Only checked when the workdir holds checkpoints. Changes to
+  RESUMABLE_CHANGES are allowed (e.g. more steps).
+
+  Raises:
+    CheckpointError: naming every changed field, old and new value.
+  """
+  path = _abs_path(workdir) / "config.json"
+  if not path.exists() or not _ckpt_dir(workdir).exists():
+    return
+  old = _flat_config(json.loads(path.read_text()))
+  new = _flat_config(json.loads(json.dumps(config_dict)))
+  changed = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+             for key in sorted(set(old) | set(new))
+             if old.get(key) != new.get(key) and not any(
+                 key == allowed or (allowed.endswith(".") and
+                                    key.startswith(allowed))
+                 for allowed in RESUMABLE_CHANGES)]
+  if changed:
+    shown = "; ".join(changed[:8]) + ("; ..." if len(changed) > 8 else "")
+    raise CheckpointError(
+        f"{workdir} holds checkpoints of a run made with another config "
+        f"({shown}); resuming would mix the two. Use a new --workdir, or "
+        "delete this one to start over.")
+
+
 def read_config(workdir):
   """The config dict saved by a pretraining or fine-tuning run."""
   path = _abs_path(workdir) / "config.json"

@@ -138,6 +138,8 @@ def train_and_evaluate(config, workdir):
   """Fine-tunes the U-Net into `workdir`. Returns the last logged metrics."""
   validate_config(config)
   config_dict = config.to_dict()
+  # Before anything is written into the workdir (labeled.json, ...).
+  checkpointing.check_same_run(workdir, config_dict)
   mesh = sharding.make_mesh(config.mesh.data)
   local_batch = sharding.check_batch_size(config.batch_size, mesh)
   data_iter = make_data_iter(config, workdir, local_batch)

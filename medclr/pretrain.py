@@ -95,6 +95,7 @@ def train_and_evaluate(config, workdir):
   """
   validate_config(config)
   config_dict = config.to_dict()
+  checkpointing.check_same_run(workdir, config_dict)
   if jax.process_index() == 0:
     checkpointing.write_config(workdir, config_dict)
   mesh = sharding.make_mesh(config.mesh.data)

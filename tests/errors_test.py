@@ -59,6 +59,24 @@ def test_shallower_model_refuses_deeper_encoder(tmp_path, phantom_data_dir,
     finetune.train_and_evaluate(config, str(tmp_path / "work"))
 
 
+def test_resume_under_another_config_is_refused(tmp_path, phantom_data_dir):
+  workdir = str(tmp_path / "work")
+  finetune.train_and_evaluate(
+      smoke_config("finetune_unet", phantom_data_dir), workdir)
+  labeled = (tmp_path / "work" / "labeled.json").read_text()
+  changed = smoke_config("finetune_unet", phantom_data_dir,
+                         **{"optim.learning_rate": 0.5, "data.label_seed": 3})
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"another config \(data.label_seed: 0 -> 3; "
+                     r"optim.learning_rate: 0.001 -> 0.5\)"):
+    finetune.train_and_evaluate(changed, workdir)
+  # Nothing of the refused run reached the workdir.
+  assert (tmp_path / "work" / "labeled.json").read_text() == labeled
+  # More steps is a resume, not another run.
+  longer = smoke_config("finetune_unet", phantom_data_dir, num_steps=3)
+  assert finetune.train_and_evaluate(longer, workdir)
+
+
 def test_bad_config_value_names_key(tmp_path, phantom_data_dir):
   config = smoke_config("pretrain_simclr", phantom_data_dir,
                         **{"augment.preset": "nope"})
