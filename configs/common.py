@@ -154,16 +154,15 @@ def diagnostics_blocks(config, smoke):
   stop; warmup_steps -1 is the larger of optim.warmup_steps and num_steps /
   10. probe (medclr/probe.py): k-NN vessel/background accuracy of the frozen
   encoder on patches of labelled training images, every `every` steps;
-  dataset '' turns it off (the study sets its labelled set; smoke runs probe
-  the phantom).
+  dataset '' turns it off (the study sets its labelled set).
   """
   config.guard = ml_collections.ConfigDict({
       "mode": "warn", "warmup_steps": -1, "patience": 3,
       "chance_margin": 0.02, "collapse_ratio": 0.1, "uniform_ratio": 0.98})
   config.probe = ml_collections.ConfigDict({
-      "dataset": "phantom" if smoke else "", "split": "train",
-      "num_images": 4, "patches_per_image": 4, "pixels_per_patch": 64,
-      "k": 10, "every": 1 if smoke else 50, "seed": 0})
+      "dataset": "", "split": "train", "num_images": 4,
+      "patches_per_image": 4, "pixels_per_patch": 64, "k": 10,
+      "every": 1 if smoke else 50, "seed": 0})
 
 
 def study_optim():
