@@ -55,21 +55,7 @@ def get_config(arg=None):
   # have biases (models.ProjectionHead).
   config.head = ml_collections.ConfigDict({"hidden_dim": 1024,
                                            "out_dim": 128})
-  config.loss = ml_collections.ConfigDict({
-      # global_loss_exp_no=2 (G^D) is the flags' default and the paper's
-      # recommendation; 'gd-' = 1, 'gr' = 0 (SimCLR).
-      "positives": args.positives,
-      # n_parts default 4.
-      "partitions": 4,
-      # temp_fac default 0.1.
-      "temperature": 0.1,
-      # The code's per-pair term: e^pos / (e^pos + sum over negatives).
-      "form": "pairwise",
-      # Chaitanya has no temperature/tau_base factor.
-      "tau_base": 0.0,
-      # Only used by positives='pcl' (PCL's CHD value).
-      "threshold": 0.1,
-  })
+  config.loss = loss_block(args.positives)
   # AdamOptimizer(lr_reg=0.001), constant rate, no warm-up.
   config.optim = ml_collections.ConfigDict({
       "name": "adam", "learning_rate": 1e-3, "lr_scaling": "none",
@@ -86,3 +72,22 @@ def get_config(arg=None):
   common.volume_profiles(config, args)
   common.diagnostics_blocks(config, args.smoke)
   return config
+
+
+def loss_block(positives):
+  """`config.loss` of the global stage (the reference's flag defaults)."""
+  return ml_collections.ConfigDict({
+      # global_loss_exp_no=2 (G^D) is the flags' default and the paper's
+      # recommendation; 'gd-' = 1, 'gr' = 0 (SimCLR).
+      "positives": positives,
+      # n_parts default 4.
+      "partitions": 4,
+      # temp_fac default 0.1.
+      "temperature": 0.1,
+      # The code's per-pair term: e^pos / (e^pos + sum over negatives).
+      "form": "pairwise",
+      # Chaitanya has no temperature/tau_base factor.
+      "tau_base": 0.0,
+      # Only used by positives='pcl' (PCL's CHD value).
+      "threshold": 0.1,
+  })

@@ -74,6 +74,34 @@ def _summary(name: str, path: pathlib.Path,
   return "\n".join(lines)
 
 
+def _check_arguments(dataset, manual_dir, name, phantom_kwargs):
+  """(name to store under, manual_dir as a Path or None); DataError if bad."""
+  if dataset not in DATASETS:
+    raise readers.DataError(
+        f"--dataset={dataset!r} is unknown; expected one of {DATASETS}")
+  if dataset in ("folder", "unlabeled") and not name:
+    raise readers.DataError(
+        f"--name is required with --dataset={dataset} (the name to store it "
+        "as)")
+  unknown = set(phantom_kwargs) - set(PHANTOM_DEFAULTS)
+  if unknown or (phantom_kwargs and dataset != "phantom"):
+    raise readers.DataError(
+        f"options {sorted(phantom_kwargs)} only apply to --dataset=phantom "
+        f"(known: {sorted(PHANTOM_DEFAULTS)})")
+  name = name or dataset
+  tfds_builder.check_name(name)
+  if dataset == "phantom":
+    return name, None
+  if not manual_dir:
+    raise readers.DataError(
+        f"--manual_dir is required for --dataset={dataset} (the folder "
+        "holding the raw files)")
+  manual_dir = pathlib.Path(manual_dir).expanduser()
+  if not manual_dir.is_dir():
+    raise readers.DataError(f"--manual_dir {manual_dir} is not a directory")
+  return name, manual_dir
+
+
 def prepare(dataset: str, manual_dir: pathlib.Path | str | None,
             data_dir: pathlib.Path | str, name: str | None = None,
             long_side: int | None = None, overwrite: bool = False,
@@ -104,28 +132,8 @@ def prepare(dataset: str, manual_dir: pathlib.Path | str | None,
   Raises:
     DataError: any problem with the arguments or input files.
   """
-  if dataset not in DATASETS:
-    raise readers.DataError(
-        f"--dataset={dataset!r} is unknown; expected one of {DATASETS}")
-  if dataset in ("folder", "unlabeled") and not name:
-    raise readers.DataError(
-        f"--name is required with --dataset={dataset} (the name to store it "
-        "as)")
-  unknown = set(phantom_kwargs) - set(PHANTOM_DEFAULTS)
-  if unknown or (phantom_kwargs and dataset != "phantom"):
-    raise readers.DataError(
-        f"options {sorted(phantom_kwargs)} only apply to --dataset=phantom "
-        f"(known: {sorted(PHANTOM_DEFAULTS)})")
-  name = name or dataset
-  tfds_builder.check_name(name)
-  if dataset != "phantom":
-    if not manual_dir:
-      raise readers.DataError(
-          f"--manual_dir is required for --dataset={dataset} (the folder "
-          "holding the raw files)")
-    manual_dir = pathlib.Path(manual_dir).expanduser()
-    if not manual_dir.is_dir():
-      raise readers.DataError(f"--manual_dir {manual_dir} is not a directory")
+  name, manual_dir = _check_arguments(dataset, manual_dir, name,
+                                     phantom_kwargs)
   path = tfds_builder.dataset_dir(data_dir, name)
   if tfds_builder.dataset_exists(data_dir, name) and not overwrite:
     print(f"dataset {name!r} already prepared at {path}; nothing to do "
