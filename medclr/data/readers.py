@@ -222,6 +222,25 @@ def _size_hw(path: pathlib.Path) -> tuple[int, int]:
   return height, width
 
 
+def _load_labels(image_path, original_hw, mask_path, fov_path, binary_mask):
+  """{'mask': ..., 'fov': ...} of the files given, checked against the image."""
+  labels = {}
+  for kind, path in (("mask", mask_path), ("fov", fov_path)):
+    if path is None:
+      continue
+    path = pathlib.Path(path)
+    hw = _size_hw(path)
+    if hw != original_hw:
+      raise DataError(
+          f"{kind} {path} is {hw[1]}x{hw[0]} (WxH) but its image {image_path} "
+          f"is {original_hw[1]}x{original_hw[0]}; they must have the same size")
+    if kind == "mask" and not binary_mask:
+      labels[kind] = load_mask(path)
+    else:
+      labels[kind] = load_binary(path)
+  return labels
+
+
 def load_example(image_path: pathlib.Path,
                  mask_path: pathlib.Path | None = None,
                  fov_path: pathlib.Path | None = None,
@@ -254,20 +273,8 @@ def load_example(image_path: pathlib.Path,
   """
   image_path = pathlib.Path(image_path)
   original_hw = _size_hw(image_path)
-  labels = {}
-  for kind, path in (("mask", mask_path), ("fov", fov_path)):
-    if path is None:
-      continue
-    path = pathlib.Path(path)
-    hw = _size_hw(path)
-    if hw != original_hw:
-      raise DataError(
-          f"{kind} {path} is {hw[1]}x{hw[0]} (WxH) but its image {image_path} "
-          f"is {original_hw[1]}x{original_hw[0]}; they must have the same size")
-    if kind == "mask" and not binary_mask:
-      labels[kind] = load_mask(path)
-    else:
-      labels[kind] = load_binary(path)
+  labels = _load_labels(image_path, original_hw, mask_path, fov_path,
+                        binary_mask)
   image = load_image(image_path, long_side)
   size_hw = image.shape[:2]
   mask = labels.get("mask", np.zeros(original_hw, np.uint8))
