@@ -113,11 +113,9 @@ def multicrop_dataset(data_dir: pathlib.Path | str, sources: str, *,
   # pipelines read, batch and split across processes alike.
   # pylint: disable=protected-access
   transform = preprocess.record if preprocess is not None else None
-  datasets = [grain.MapDataset.source(
-      pipeline.CachedRecords(s, transform=transform))
-              for s in sources_lib.open_sources(data_dir, sources)]
-  dataset = (datasets[0] if len(datasets) == 1 else
-             grain.MapDataset.concatenate(datasets))
+  dataset = pipeline.concatenated(
+      pipeline.CachedRecords(s, transform=transform)
+      for s in sources_lib.open_sources(data_dir, sources))
   dataset = pipeline.shuffled_epochs(
       dataset, seed=seed, global_batch=local_batch * process_count,
       what=f"pool {sources!r}")

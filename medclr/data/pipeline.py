@@ -255,6 +255,13 @@ def batch_for_process(dataset: grain.MapDataset, local_batch: int,
   return iter_ds
 
 
+def concatenated(sources) -> grain.MapDataset:
+  """One MapDataset over random-access sources, one after the other."""
+  datasets = [grain.MapDataset.source(s) for s in sources]
+  return (datasets[0] if len(datasets) == 1 else
+          grain.MapDataset.concatenate(datasets))
+
+
 def pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
                      image_size: int, in_channels: int,
                      area: tuple[float, float], aspect: tuple[float, float],
@@ -288,10 +295,9 @@ def pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
     `iter()` of it supports get_state()/set_state().
   """
   transform = preprocess.record if preprocess is not None else None
-  datasets = [grain.MapDataset.source(CachedRecords(s, transform=transform))
-              for s in sources_lib.open_sources(data_dir, sources)]
-  dataset = (datasets[0] if len(datasets) == 1 else
-             grain.MapDataset.concatenate(datasets))
+  dataset = concatenated(
+      CachedRecords(s, transform=transform)
+      for s in sources_lib.open_sources(data_dir, sources))
   dataset = shuffled_epochs(
       dataset.map_with_index(_PoolIndex(len(dataset))), seed=seed,
       global_batch=local_batch * process_count, what=f"pool {sources!r}")

@@ -479,10 +479,8 @@ def volume_pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
   slice_views = _SliceViews(TwoViews(image_size, in_channels, area, aspect),
                             partitions)
   if sampling == "random":
-    datasets = [grain.MapDataset.source(_WithOffset(r, o))
-                for r, o in zip(records, offsets)]
-    dataset = (datasets[0] if len(datasets) == 1 else
-               grain.MapDataset.concatenate(datasets))
+    dataset = pipeline.concatenated(
+        _WithOffset(r, o) for r, o in zip(records, offsets))
     dataset = pipeline.shuffled_epochs(
         dataset, seed=seed, global_batch=local_batch * process_count,
         what=f"slice pool {sources!r}").random_map(slice_views)
