@@ -425,6 +425,22 @@ def _flatten_groups(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
           for key, value in batch.items()}
 
 
+def _open_volume_sources(data_dir, sources):
+  """(names, opened splits, slice tables, volume-id offsets) of `sources`.
+
+  Each source numbers its volumes from 0; the offsets make them unique.
+  """
+  parsed = sources_lib.parse_sources(sources)
+  names = [f"{name}:{split}" for name, split in parsed]
+  opened = [volume_builder.open_volume_split(data_dir, name, split)
+            for name, split in parsed]
+  tables = [volume_builder.slice_table(data_dir, name, split, source)
+            for (name, split), source in zip(parsed, opened)]
+  sizes = [int(table[:, 0].max()) + 1 for table in tables]
+  offsets = [int(o) for o in np.cumsum([0] + sizes)[:-1]]
+  return names, opened, tables, offsets
+
+
 def volume_pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
                             image_size: int, in_channels: int,
                             area: tuple[float, float],
@@ -438,22 +454,15 @@ def volume_pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
   epoch -> repeat -> per-example crops -> batch -> this process's share),
   so it is deterministic, resumable and independent of the host count.
 
-  Args:
-    data_dir: root of the prepared sets.
+  Args (the rest as `pipeline.pretrain_dataset`):
     sources: comma list of `name:split` volume sets.
-    image_size: side of each view.
     in_channels: 1 or 3 (gray slices are repeated to 3 channels).
-    area: crop area range as a fraction of the slice.
-    aspect: crop width/height ratio range.
+    area, aspect: crop area (fraction of the slice) and aspect ranges.
     partitions: S, the number of equal parts of each volume.
     sampling: 'random' (slices uniformly, PCL) or 'partition' (per volume,
       one random slice from each of its S parts, Chaitanya).
     local_batch: examples per batch on this process (a multiple of S for
       'partition').
-    seed: pipeline seed.
-    process_index: this JAX process.
-    process_count: number of JAX processes.
-    worker_count: Grain worker processes (0: in this process).
 
   Returns:
     IterDataset of dict(view1, view2 float32 (b, S, S, C), volume_id int32
@@ -466,39 +475,31 @@ def volume_pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
   if partitions < 1:
     raise readers.DataError(f"config.loss.partitions={partitions}: must be "
                             ">= 1")
-  parsed = sources_lib.parse_sources(sources)
-  names = [f"{name}:{split}" for name, split in parsed]
-  opened = [volume_builder.open_volume_split(data_dir, name, split)
-            for name, split in parsed]
-  tables = [volume_builder.slice_table(data_dir, name, split, source)
-            for (name, split), source in zip(parsed, opened)]
-  # Each source numbers its volumes from 0: shift them to be unique.
-  sizes = [int(table[:, 0].max()) + 1 for table in tables]
-  offsets = [int(o) for o in np.cumsum([0] + sizes)[:-1]]
-  records = [CachedRecords(s) for s in opened]
-  slice_views = _SliceViews(TwoViews(image_size, in_channels, area, aspect),
-                            partitions)
-  if sampling == "random":
-    dataset = pipeline.concatenated(
-        _WithOffset(r, o) for r, o in zip(records, offsets))
-    dataset = pipeline.shuffled_epochs(
-        dataset, seed=seed, global_batch=local_batch * process_count,
-        what=f"slice pool {sources!r}").random_map(slice_views)
-    return pipeline.batch_for_process(dataset, local_batch, process_index,
-                                      process_count, worker_count)
-  if local_batch % partitions:
+  if sampling == "partition" and local_batch % partitions:
     raise readers.DataError(
         f"sampling='partition' needs the per-process batch ({local_batch}) "
         f"to be a multiple of config.loss.partitions={partitions}")
-  groups = _volume_groups(tables, offsets, partitions, names)
+  names, opened, tables, offsets = _open_volume_sources(data_dir, sources)
+  records = [CachedRecords(s) for s in opened]
+  slice_views = _SliceViews(TwoViews(image_size, in_channels, area, aspect),
+                            partitions)
+  # Items are slices ('random') or groups of one slice per partition.
+  if sampling == "random":
+    dataset = pipeline.concatenated(
+        _WithOffset(r, o) for r, o in zip(records, offsets))
+    per_item, what = 1, f"slice pool {sources!r}"
+  else:
+    groups = _volume_groups(tables, offsets, partitions, names)
+    dataset = grain.MapDataset.range(len(groups))
+    slice_views = _PartitionGroup(records, groups, slice_views)
+    per_item, what = partitions, f"volume-partition groups of {sources!r}"
   dataset = pipeline.shuffled_epochs(
-      grain.MapDataset.range(len(groups)), seed=seed,
-      global_batch=local_batch // partitions * process_count,
-      what=f"volume-partition groups of {sources!r}")
-  dataset = dataset.random_map(_PartitionGroup(records, groups, slice_views))
-  return pipeline.batch_for_process(
-      dataset, local_batch // partitions, process_index, process_count,
-      worker_count).map(_flatten_groups)
+      dataset, seed=seed, global_batch=local_batch // per_item * process_count,
+      what=what).random_map(slice_views)
+  batched = pipeline.batch_for_process(dataset, local_batch // per_item,
+                                       process_index, process_count,
+                                       worker_count)
+  return batched if sampling == "random" else batched.map(_flatten_groups)
 
 
 # ---------------------------------------------------------------------------
