@@ -1,6 +1,6 @@
 """Pieces every benchmark shares: timing, machine facts, result records.
 
-Timings on a shared machine are noisy (EVALUATION.md section 2), so every
+Timings on a shared machine are noisy (docs/protocol.md section 2), so every
 benchmark warms up, times each repetition separately and reports the median;
 ratios are always taken between numbers measured in the same run.
 
@@ -23,7 +23,7 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
-# The canonical contrastive head of EVALUATION.md section 2.
+# The canonical contrastive head of docs/protocol.md section 2.
 CANONICAL_HEAD = {"hidden_dim": 512, "out_dim": 128}
 PRECISIONS = ("float32", "bfloat16")
 

@@ -1,4 +1,4 @@
-r"""The few-label DRIVE study of EVALUATION.md section 1, as one command.
+r"""The few-label DRIVE study of docs/protocol.md section 1, as one command.
 
   python -m benchmarks.drive_study --shared_data=../shared/data \
       --work=/tmp/drive_study --arms=scratch,simclr_basic_medical --k=2 \

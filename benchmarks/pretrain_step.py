@@ -1,4 +1,6 @@
-r"""The canonical SimCLR step (EVALUATION.md 2): medclr vs PyTorch vs the peak.
+r"""The canonical SimCLR step: medclr vs PyTorch vs the peak.
+
+The step is docs/protocol.md section 2.
 
   python -m benchmarks.pretrain_step                       # float32, 1 device
   python -m benchmarks.pretrain_step --precision=bfloat16

@@ -1,4 +1,6 @@
-r"""The PyTorch peer of medclr's canonical models and step (EVALUATION.md 2).
+r"""The PyTorch peer of medclr's canonical models and step.
+
+The canonical step is docs/protocol.md section 2.
 
 Layer for layer the `unet2d-32` models of `medclr.models`: per level two
 3x3 conv (no bias: BatchNorm cancels it) + BatchNorm (PyTorch momentum 0.1 =

@@ -10,7 +10,8 @@ import ml_collections
 
 from medclr import models
 
-# Named model sizes live with the models (unet2d-32 is EVALUATION.md's).
+# Named model sizes live with the models (unet2d-32 is the canonical model
+# of docs/protocol.md section 2).
 MODEL_PRESETS = models.MODEL_PRESETS
 
 
@@ -103,17 +104,19 @@ def pretrain_config(method, args, *, preset="simclr_strong"):
   config.augment = ml_collections.ConfigDict(
       {"preset": args.preset or preset, "strength": 1.0})
   config.model = model_config("unet2d-32")
-  # Canonical head: GAP -> Dense 512 -> ReLU -> Dense 128 (EVALUATION.md 2).
+  # Canonical head: GAP -> Dense 512 -> ReLU -> Dense 128
+  # (docs/protocol.md section 2).
   config.head = ml_collections.ConfigDict({"hidden_dim": 512, "out_dim": 128})
   config.loss = ml_collections.ConfigDict({"temperature": 0.1})
-  # Canonical step optimiser: Adam 1e-3 (EVALUATION.md 2).
+  # Canonical step optimiser: Adam 1e-3 (docs/protocol.md section 2).
   config.optim = ml_collections.ConfigDict({
       "name": "adam", "learning_rate": 1e-3, "lr_scaling": "none",
       "schedule": "cosine", "warmup_steps": 100, "weight_decay": 0.0,
       "grad_clip_norm": 0.0})
-  # ContrastiveCrop (METHODS.md 1.7, xyupeng/ContrastiveCrop): mode 'ccrop'
-  # turns it on. alpha 0.6 / box_thresh 0.1 are its ImageNet values (0.1 for
-  # its small-data configs); warm-up and interval are in steps here.
+  # ContrastiveCrop (docs/methods/contrastive_crop.md,
+  # xyupeng/ContrastiveCrop): mode 'ccrop' turns it on. alpha 0.6 /
+  # box_thresh 0.1 are its ImageNet values (0.1 for its small-data
+  # configs); warm-up and interval are in steps here.
   config.crop = ml_collections.ConfigDict({
       "mode": "rrc", "alpha": 0.6, "box_thresh": 0.1, "warmup_steps": 100,
       "loc_interval": 100, "loc_size": 0, "loc_batch": 16})

@@ -1,4 +1,4 @@
-r"""Few-label U-Net fine-tuning (EVALUATION.md 1).
+r"""Few-label U-Net fine-tuning (docs/protocol.md section 1).
 
   python -m launch.finetune --config=configs/finetune_unet.py \
       --workdir=/tmp/ft_k2 --config.init.pretrain_dir=/tmp/simclr \

@@ -1,4 +1,4 @@
-r"""AdCo pretraining of the U-Net encoder (METHODS.md 1.9).
+r"""AdCo pretraining of the U-Net encoder (docs/methods/adco.md).
 
   python -m launch.pretrain --config=configs/pretrain_adco.py \
       --workdir=/tmp/adco --config.data.sources=drive:train,hrf:train

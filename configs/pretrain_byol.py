@@ -1,4 +1,4 @@
-r"""BYOL pretraining of the U-Net encoder (METHODS.md 1.3, byol.py).
+r"""BYOL pretraining of the U-Net encoder (docs/methods/byol.md, byol.py).
 
   python -m launch.pretrain --config=configs/pretrain_byol.py \
       --workdir=/tmp/byol --config.data.sources=drive:train,hrf:train

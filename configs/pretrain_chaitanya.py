@@ -1,4 +1,6 @@
-r"""Chaitanya et al. 2020 global contrastive loss G^D (METHODS.md 1.10).
+r"""Chaitanya et al. 2020 global contrastive loss G^D.
+
+Method page: docs/methods/volume_supcon.md.
 
 Volume-aware SupCon (`medclr/methods/volume_supcon.py`) with Chaitanya's
 partition positives. Needs a volume set (`python -m launch.prepare_volumes

@@ -1,4 +1,4 @@
-r"""DINO pretraining of the U-Net encoder (METHODS.md 1.4, 1.6, dino.py).
+r"""DINO pretraining of the U-Net encoder (docs/methods/dino.md, dino.py).
 
   python -m launch.pretrain --config=configs/pretrain_dino.py \
       --workdir=/tmp/dino --config.data.sources=drive:train,hrf:train
@@ -55,7 +55,7 @@ def get_config(arg=None):
       "global_scale": preset.global_scale,
       "local_scale": preset.local_scale,
       "jitter": preset.jitter,
-      # main_dino.py --local_crops_number default 8 (METHODS.md 1.4 agrees).
+      # main_dino.py --local_crops_number default 8 (docs/methods/dino.md).
       "num_local": 8,
       # 0: image_size * 96/224 rounded to a multiple of 2**(levels-1)
       # (48 px here), DINO's 96 px locals for 224 px globals.

@@ -1,4 +1,4 @@
-r"""MoCo v2 pretraining of the U-Net encoder (METHODS.md 1.0, 1.2, 1.13).
+r"""MoCo v2 pretraining of the U-Net encoder (docs/methods/mocov2.md).
 
   python -m launch.pretrain --config=configs/pretrain_mocov2.py \
       --workdir=/tmp/mocov2 --config.data.sources=drive:train,hrf:train

@@ -1,4 +1,6 @@
-r"""PCL / MACL image-level loss: position-threshold positives (METHODS 1.11).
+r"""PCL / MACL image-level loss: position-threshold positives.
+
+Method page: docs/methods/volume_supcon.md.
 
 Volume-aware SupCon (`medclr/methods/volume_supcon.py`) where two slices are
 positives when their relative positions in their volumes differ by less than

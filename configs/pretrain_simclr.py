@@ -1,4 +1,7 @@
-r"""SimCLR pretraining of the U-Net encoder (METHODS.md 1.1, EVALUATION.md 2).
+r"""SimCLR pretraining of the U-Net encoder (docs/methods/simclr.md).
+
+Its default model, head, loss, batch and optimiser are the canonical step of
+docs/protocol.md section 2.
 
   python -m launch.pretrain --config=configs/pretrain_simclr.py \
       --workdir=/tmp/simclr --config.data.sources=drive:train,hrf:train

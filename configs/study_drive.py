@@ -1,4 +1,6 @@
-r"""The few-label DRIVE study (EVALUATION.md 1): is stronger augmentation better?
+r"""The few-label DRIVE study: is stronger augmentation better?
+
+Protocol: docs/protocol.md section 1.
 
   python -m launch.study --config=configs/study_drive.py:quick \
       --workdir=/tmp/study [--shared_data=../shared/data]

@@ -1,6 +1,8 @@
 """On-device image augmentation for contrastive pretraining and fine-tuning.
 
-The work is split in two (STYLE.md section 2 item 6):
+The work is split in two, so that the device only ever sees fixed-size
+views (static shapes under `jax.jit`) and the per-pixel work runs on the
+accelerator instead of the host's few CPU cores:
 
 * the host (Grain, `medclr/crops.py`) does the random-resized crop to a fixed
   view size, using the `crop_area` / `crop_aspect` numbers of an `AugmentSpec`;
@@ -10,9 +12,10 @@ The work is split in two (STYLE.md section 2 item 6):
 One function, `augment_view`, augments a single image. It is batched with
 `jax.vmap` over split keys (`augment_batch`) and run per device inside
 `jax.shard_map` with the key folded with the device index (`sharded_augment`),
-as in BYOL and STYLE.md section 2 item 8. Vmapping dm-pix directly over a
-batch-sharded array under an Explicit mesh fails (STYLE.md section 2 item 4b),
-which is why the sharded entry points exist.
+as in BYOL's `byol/utils/augmentations.py`. Vmapping dm-pix directly over a
+batch-sharded array under an Explicit mesh fails (replicated keys against
+batch-sharded images: "Mapped away dimension ... should be sharded the
+same"), which is why the sharded entry points exist.
 
 Every random decision is drawn per image and applied with `jnp.where` or
 `lax.switch`, so shapes stay static and everything works under `jax.jit`.
@@ -20,8 +23,8 @@ An `AugmentSpec` is a frozen, hashable dataclass so it can be a static jit
 argument; every branch that depends on it is resolved at trace time.
 
 Presets (`PRESETS`, values and sources in `_PRESET_LIST` below) name the
-augmentation sets compared in the methods reference (METHODS.md 1.1, 1.5,
-1.13), and `get_spec` scales any of them continuously with one `strength`.
+augmentation sets the papers compare (docs/methods/README.md, augmentation
+presets), and `get_spec` scales any of them continuously with one `strength`.
 """
 import dataclasses
 import functools
@@ -127,8 +130,8 @@ def _check_range(where: str, field: str, value: tuple[float, ...],
                      f"{low} < lo <= hi <= {high}, got {value}")
 
 
-# Each preset says where its numbers come from. "METHODS" is
-# ../shared/docs/METHODS.md, which quotes the official code.
+# Each preset says where its numbers come from; docs/methods/README.md
+# (augmentation presets) collects them with the official code's values.
 _PRESET_LIST = (
     # Identity on device; the host crop takes the whole image.
     AugmentSpec(name="none"),
@@ -150,7 +153,7 @@ _PRESET_LIST = (
         blur_p=0.5,
         blur_sigma=(0.1, 2.0),
     ),
-    # facebookresearch/moco main_moco.py aug+ (METHODS 1.2 and 1.13):
+    # facebookresearch/moco main_moco.py aug+ (docs/methods/mocov2.md):
     # RandomResizedCrop scale (0.2, 1) with torchvision's default ratio
     # (3/4, 4/3); ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8; RandomGrayscale 0.2;
     # GaussianBlur sigma [0.1, 2.0] p 0.5; hflip. Approximations: MoCo blurs
@@ -168,12 +171,12 @@ _PRESET_LIST = (
         blur_p=0.5,
         blur_sigma=(0.1, 2.0),
     ),
-    # Idris et al. 2022 "basic" set (METHODS 1.5): resize, rotate, horizontal
-    # flip; no intensity ops. "Resize" = the host resizes the whole image
-    # (area (1, 1)). The paper's rotation range is UNVERIFIED: +-15 degrees is
-    # our choice (a common torchvision RandomRotation value and nnU-Net's 2D
-    # range for elongated patches, METHODS 1.13). The flip probability 0.5 is
-    # the torchvision default.
+    # Idris et al. 2022 "basic" set (docs/methods/README.md): resize,
+    # rotate, horizontal flip; no intensity ops. "Resize" = the host resizes
+    # the whole image (area (1, 1)). The paper's rotation range is
+    # UNVERIFIED: +-15 degrees is our choice (a common torchvision
+    # RandomRotation value and nnU-Net's 2D range for elongated patches).
+    # The flip probability 0.5 is the torchvision default.
     AugmentSpec(
         name="basic_medical",
         hflip_p=0.5,
@@ -219,7 +222,8 @@ _PRESET_LIST = (
         rot90=True,
         rotate_deg=15.0,
     ),
-    # krishnabits001/domain_specific_cl global stage (METHODS 1.10, 1.13): a
+    # krishnabits001/domain_specific_cl global stage
+    # (docs/methods/volume_supcon.md, docs/methods/README.md): a
     # 100x100 crop of a 192x192 slice resized back, i.e. (100/192)^2 = 0.27 of
     # the area, square; then tf.image.random_brightness(max_delta=0.3)
     # (additive) and random_contrast(0.7, 1.3), in that order, always applied.
@@ -236,7 +240,7 @@ _PRESET_LIST = (
         brightness_mode="add",
     ),
     # Same source, local stage: intensity only so that pixel positions of the
-    # two views correspond (METHODS 1.10).
+    # two views correspond (docs/methods/volume_supcon.md).
     AugmentSpec(
         name="chaitanya_local",
         jitter=(0.3, 0.3, 0.0, 0.0),

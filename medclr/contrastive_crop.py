@@ -1,4 +1,6 @@
-"""ContrastiveCrop (Peng et al., CVPR 2022; METHODS.md 1.7) for any method.
+"""ContrastiveCrop (Peng et al., CVPR 2022) for any method.
+
+Method page: docs/methods/contrastive_crop.md.
 
 A crop option, not a method: after `warmup_steps` of ordinary random resized
 crops, every `loc_interval` steps the current encoder (eval mode) looks at

@@ -1,8 +1,8 @@
 """Full-resolution inference: sliding-window and whole-image prediction.
 
-EVALUATION.md section 1 scores every test image at its own resolution, with
-no resizing of the output. A model trained on small patches either sees the
-image window by window (`sliding_window_predict`) or all at once after
+docs/protocol.md section 1 scores every test image at its own resolution,
+with no resizing of the output. A model trained on small patches either sees
+the image window by window (`sliding_window_predict`) or all at once after
 padding to the U-Net's downsampling factor (`whole_image_predict`). Both take
 a `predict_fn` that maps a float32 batch (b, h, w, C) to logits (b, h, w, K);
 it may be jitted, so it is always called with one fixed batch shape and

@@ -1,6 +1,6 @@
 """Losses: NT-Xent over the global batch, a collapse monitor, segmentation.
 
-NT-Xent (METHODS.md section 1.0) must take its negatives from the *global*
+NT-Xent (docs/methods/README.md) must take its negatives from the *global*
 batch. `nt_xent` runs `nt_xent_local` per device inside `jax.shard_map`: each
 device all-gathers the normalised projections (`tiled=True`), scores its own
 anchors against all 2N, and the per-device sums are `psum`med. The transpose
@@ -12,7 +12,8 @@ Segmentation losses reduce with global sums over the whole batch, so under
 `jax.jit` with a batch-sharded Explicit mesh their value does not depend on
 the number of devices.
 
-No Orbax, Grain or absl imports here (STYLE.md): losses are pure functions.
+No Orbax, Grain or absl imports here: losses are pure functions of arrays,
+so they can be jitted, tested and reused without I/O or flag state.
 """
 import jax
 import jax.numpy as jnp

@@ -1,10 +1,10 @@
 """Segmentation quality metrics, computed on the host after inference.
 
 Everything here is numpy on full-resolution predictions of one image at a time
-(EVALUATION.md section 1): Dice (= F1 of the foreground class at a threshold),
-IoU, AUC-ROC, sensitivity, specificity and accuracy, restricted to the pixels
-inside a field-of-view (FOV) mask. `summarize` turns per-image rows into mean
-and std, and `format_table` prints them.
+(docs/protocol.md section 1): Dice (= F1 of the foreground class at a
+threshold), IoU, AUC-ROC, sensitivity, specificity and accuracy, restricted
+to the pixels inside a field-of-view (FOV) mask. `summarize` turns per-image
+rows into mean and std, and `format_table` prints them.
 
 Edge cases (all documented on the functions, never silently guessed):
   - Dice and IoU are 1 when neither the target nor the prediction has a

@@ -22,7 +22,7 @@ TEMPERATURE = 0.1
 
 
 def _brute_force_nt_xent(z1, z2, temperature):
-  """METHODS.md 1.0, one anchor at a time, in float64 numpy."""
+  """docs/methods/README.md (NT-Xent), one anchor at a time, float64 numpy."""
   z = np.concatenate([np.asarray(z1), np.asarray(z2)]).astype(np.float64)
   z /= np.linalg.norm(z, axis=1, keepdims=True)
   n = len(z1)

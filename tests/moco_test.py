@@ -1,9 +1,10 @@
 """Tests for MoCo v2 (medclr.methods.moco).
 
-The loss is checked against a float64 loop over METHODS.md 1.0's formula, the
-method's loss/gradients/state on 1 and 8 devices against each other, one
-generic train step against the specified key-encoder EMA and queue update,
-and the config end to end: pretrain, resume (params and aux), fine-tune.
+The loss is checked against a float64 loop over the InfoNCE formula
+(docs/methods/mocov2.md), the method's loss/gradients/state on 1 and 8
+devices against each other, one generic train step against the specified
+key-encoder EMA and queue update, and the config end to end: pretrain,
+resume (params and aux), fine-tune.
 """
 import functools
 import importlib

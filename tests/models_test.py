@@ -1,8 +1,8 @@
 """Tests for medclr.models: shapes, shared encoder paths, norms, size checks.
 
-Also pins the canonical `unet2d-32` architecture of EVALUATION.md section 2
-by its encoder parameter count and forward FLOPs, both derived by hand from
-the layer formula.
+Also pins the canonical `unet2d-32` architecture (docs/protocol.md,
+section 2) by its encoder parameter count and forward FLOPs, both derived by
+hand from the layer formula.
 """
 import jax
 import jax.numpy as jnp
@@ -165,7 +165,7 @@ def test_unet2d_32_encoder_forward_flops_at_128px():
   """Forward FLOPs = 2 * MACs of the 3x3 convs (norm, ReLU, pool excluded).
 
   The conventional count (every kernel tap of every output pixel, as
-  fvcore/ptflops count it) is what EVALUATION.md quotes as ~2.14 GFLOP.
+  fvcore/ptflops count it) is the ~2.14 GFLOP of docs/protocol.md section 2.
   XLA's own count skips the taps that fall on SAME zero padding, so it is
   checked against that exact count instead.
   """

@@ -38,7 +38,10 @@ def _params(workdir, step):
 
 
 def _relation(a, b, partition, position, positives, threshold):
-  """'pos' | 'neg' | 'ignore' for slices a, b (METHODS 1.10, 1.11)."""
+  """'pos' | 'neg' | 'ignore' for slices a, b.
+
+  Positives as defined in docs/methods/volume_supcon.md.
+  """
   if positives == "gr":  # SimCLR: only the same slice
     return "pos" if a == b else "neg"
   if positives == "gd-":  # same partition of other slices: not a negative

@@ -1,4 +1,4 @@
-"""Multi-crop host pipeline (DINO; Caron et al. 2021, METHODS.md 1.4).
+"""Multi-crop host pipeline (DINO; Caron et al. 2021, docs/methods/dino.md).
 
 Each image gives 2 global crops at `global_size` with area fraction in
 `global_scale` and N local crops at `local_size` with area in `local_scale`,

@@ -1,8 +1,9 @@
 """3D volumes (NIfTI, DICOM series) read into 2D slices with their position.
 
 Volume-aware contrastive methods (Chaitanya et al. 2020's G^D partitions,
-PCL/MACL's slice-position threshold; METHODS.md 1.10, 1.11) need to know, for
-every 2D slice, which volume it came from and where in that volume it lies.
+PCL/MACL's slice-position threshold; docs/methods/volume_supcon.md) need to
+know, for every 2D slice, which volume it came from and where in that volume
+it lies.
 This module turns volumes on disk into such slices:
 
   NIfTI file (.nii / .nii.gz, nibabel)  \

@@ -1,4 +1,4 @@
-"""AdCo (Hu et al. 2021; METHODS.md 1.9): learned negative adversaries.
+"""AdCo (Hu et al. 2021; docs/methods/adco.md): learned negative adversaries.
 
 MoCo's queue is replaced by K learnable vectors W (the "memory bank",
 maple-research-lab/AdCo `model/AdCo.py` `Adversary_Negatives`), used as

@@ -1,4 +1,4 @@
-"""BYOL (Grill et al. 2020; METHODS.md 1.0, 1.3): predict an EMA target.
+"""BYOL (Grill et al. 2020; docs/methods/byol.md): predict an EMA target.
 
 The online network (encoder -> projector -> predictor) regresses the target
 network's projection of the other view; the target (encoder -> projector)
@@ -25,7 +25,7 @@ utils/augmentations.py, configs/byol.py):
 * views: the asymmetric pair `byol_asym` (`augmentations.augment_config`):
   both views flip, jitter (brightness 0.4 additive, contrast 0.4, saturation
   0.2, hue 0.1, random order) with p 0.8, grayscale p 0.2; view 1 blur p 1.0,
-  solarize p 0; view 2 blur p 0.1, solarize p 0.2 (METHODS.md 1.13).
+  solarize p 0; view 2 blur p 0.1, solarize p 0.2 (docs/methods/byol.md).
 
 BatchNorm statistics cover the global batch (GSPMD inserts the cross-device
 reduction), which is BYOL's `cross_replica_axis='i'`.

@@ -1,4 +1,4 @@
-"""DINO (Caron et al. 2021; METHODS.md 1.0, 1.4, 1.6): self-distillation.
+"""DINO (Caron et al. 2021; docs/methods/dino.md): self-distillation.
 
 A student (encoder -> DINO head) matches the sharpened, centred softmax of a
 teacher that is an EMA of the student. Values follow facebookresearch/dino
@@ -74,8 +74,8 @@ CROP_PRESETS = {
     # Cheng et al. 2025 (MIDL; ziijiecheng/Enhance-contrastive-SSL-for-
     # Retinal-Imaging) "strong" and "weak": the repository ships checkpoints
     # and fine-tuning code only, and neither its README, DINO.md nor the
-    # paper pages we could read give the numbers (METHODS.md 1.6 marks them
-    # UNVERIFIED). "strong" is read as DINO's defaults (METHODS.md 1.6).
+    # paper pages we could read give the numbers (UNVERIFIED; see
+    # docs/methods/dino.md). "strong" is read as DINO's defaults.
     "strong": CropPreset((0.4, 1.0), (0.05, 0.4), (0.4, 0.4, 0.2, 0.1)),
     # "weak" is OUR definition, not theirs: narrowed crop scales (global
     # (0.7, 1), local (0.3, 0.6)) and colour jitter at half DINO's strength;

@@ -1,4 +1,6 @@
-"""MoCo v2 (Chen et al. 2020; METHODS.md 1.0, 1.2): momentum keys and a queue.
+"""MoCo v2 (Chen et al. 2020): momentum keys and a queue.
+
+Method page: docs/methods/mocov2.md.
 
 The query encoder (online `ContrastiveModel`) is trained with InfoNCE against
 the positive key of the other view and K negative keys in a FIFO queue:

@@ -1,4 +1,6 @@
-"""SimCLR (Chen et al. 2020; METHODS.md 1.1): NT-Xent over the global batch.
+"""SimCLR (Chen et al. 2020): NT-Xent over the global batch.
+
+Method page: docs/methods/simclr.md.
 
 Both views go through the encoder in one forward pass, so BatchNorm sees the
 statistics of all 2N views of the global batch (SimCLR's `global_bn=True`).

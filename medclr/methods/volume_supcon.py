@@ -1,7 +1,7 @@
 """Volume-aware positives: Chaitanya's G^R / G^D- / G^D and PCL's threshold.
 
 One SupCon-style loss over the global batch of 2N views with a positive mask
-(METHODS.md 1.0, 1.10, 1.11). Each slice carries its volume id, its relative
+(docs/methods/volume_supcon.md). Each slice carries its volume id, its relative
 position in the volume (0..1) and its partition index (which of S equal parts
 of the volume it lies in). For anchor view i, with candidates k != i:
 
@@ -25,10 +25,11 @@ Two forms of the per-anchor term, both averaged over the anchor's positives
 P_i and then over the 2N anchors:
 
   form='supcon'    -1/|P_i| sum_p log(e^{s_ip} / sum_{k in P_i u N_i} e^{s_ik})
-                   SupCon/PCL/MACL (METHODS 1.0): the other positives are in
-                   the denominator. With no ignored views (gr, gd, pcl) the
-                   denominator is all k != i, exactly positional_cl's
-                   SupConLoss (which is GCL for labels=partition).
+                   SupCon/PCL/MACL (docs/methods/README.md, NT-Xent): the
+                   other positives are in the denominator. With no ignored
+                   views (gr, gd, pcl) the denominator is all k != i,
+                   exactly positional_cl's SupConLoss (which is GCL for
+                   labels=partition).
   form='pairwise'  -1/|P_i| sum_p log(e^{s_ip} / (e^{s_ip} + sum_{k in N_i}
                    e^{s_ik}))  Chaitanya's code (models.py
                    encoder_pretrain_net): one term per positive pair, the
@@ -54,7 +55,8 @@ reproduce without reproducing its bugs):
     block with the next block of the same partition layout only (a chain,
     and with bt_size 12 its loop leaves the last 16 of 48 rows zero). Here
     every same-partition view in the global batch is a positive: the
-    paper's definition (METHODS 1.10) and GCL's (positional_cl 'gcl').
+    paper's definition (docs/methods/volume_supcon.md) and GCL's
+    (positional_cl 'gcl').
   * Sampling: Chaitanya samples m volumes and one random slice from each of
     their S partitions per batch. `config.data.sampling='partition'` does
     that (the batch must be a multiple of S; configs/pretrain_chaitanya.py);

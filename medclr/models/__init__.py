@@ -11,7 +11,8 @@ from typing import Any
 from medclr import errors
 
 # Named architectures. `unet2d-32` is the canonical benchmark model of
-# EVALUATION.md section 2; the others are smaller variants for CPU runs/tests.
+# docs/protocol.md section 2; the others are smaller variants for CPU runs
+# and tests.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     'unet2d-32': dict(widths=(32, 64, 128, 256, 512), norm='batch'),
     'unet2d-16': dict(widths=(16, 32, 64, 128, 256), norm='batch'),

@@ -19,7 +19,7 @@ from medclr.models import batch_norm
 
 # Running-statistics decay. Flax's 0.9 is PyTorch's default BatchNorm momentum
 # (0.1 in PyTorch's convention), so the PyTorch peer of the canonical unet2d-32
-# benchmark (EVALUATION.md section 2) keeps identical layers.
+# benchmark (docs/protocol.md section 2) keeps identical layers.
 BATCH_NORM_MOMENTUM = 0.9
 # Upper bound on GroupNorm groups: medical batches are small, and 8 groups keep
 # several channels per group even at width 8-16.

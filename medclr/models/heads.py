@@ -16,7 +16,7 @@ from medclr.models import encoder as encoder_lib
 class ProjectionHead(nnx.Module):
   """SimCLR projection MLP: Dense -> ReLU -> Dense (no normalisation).
 
-  The canonical step (EVALUATION.md section 2) uses Dense 512 -> ReLU ->
+  The canonical step (docs/protocol.md section 2) uses Dense 512 -> ReLU ->
   Dense 128; SimCLR v2's deeper BN head is deliberately not reproduced so the
   benchmark matches its PyTorch peer layer for layer.
   """

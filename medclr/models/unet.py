@@ -2,7 +2,7 @@
 
 The U-Net keeps the encoder under the attribute `encoder`, built exactly as in
 `heads.ContrastiveModel`, so a pretrained encoder maps onto it by path.
-Layout (EVALUATION.md section 2, `unet2d-32`): per decoder level a 2x2
+Layout (docs/protocol.md section 2, `unet2d-32`): per decoder level a 2x2
 stride-2 transposed conv, concatenation with the encoder skip, two 3x3
 conv + norm + ReLU; a 1x1 conv produces the logits.
 """
