@@ -7,7 +7,6 @@ under `jax.set_mesh(mesh)`.
 """
 import os
 
-from absl import logging
 import jax
 import numpy as np
 
@@ -45,9 +44,10 @@ def maybe_initialize_distributed(coordinator_address=None, num_processes=None,
                                process_id=int(process_id))
   elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
     jax.distributed.initialize()
-  logging.info("JAX process %d of %d, %d local / %d global devices",
-               jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count())
+  if jax.process_count() > 1:  # start-up progress of a multi-process run
+    print(f"JAX process {jax.process_index()} of {jax.process_count()}, "
+          f"{jax.local_device_count()} local / {jax.device_count()} global "
+          "devices", flush=True)
 
 
 def make_mesh(num_devices=-1):
