@@ -1,23 +1,17 @@
 """Prepare a dataset into TFDS ArrayRecord files (run once per dataset).
 
-Examples:
   python -m launch.prepare --dataset=phantom
   python -m launch.prepare --dataset=drive --manual_dir=../shared/data/drive
-  python -m launch.prepare --dataset=hrf \
-      --manual_dir=../shared/data/hrf_unlabeled
-  python -m launch.prepare --dataset=folder --name=my_set --manual_dir=/path/set
+  python -m launch.prepare --dataset=folder --name=my_set --manual_dir=/data/set
   python -m launch.prepare --dataset=unlabeled --name=fundus_pool \
       --manual_dir=../shared/data/fundus_pool
 """
-import sys
-
 from absl import app
 from absl import flags
 import tensorflow_datasets as tfds
 
 from launch import runner
 from medclr.data import prepare as prepare_lib
-from medclr.data import readers
 from medclr.data import sources
 
 _DATASET = flags.DEFINE_enum("dataset", None, prepare_lib.DATASETS,
@@ -26,9 +20,8 @@ _MANUAL_DIR = flags.DEFINE_string(
     "manual_dir", None, "Folder with the raw files (not needed for phantom); "
     "for unlabeled, the folder holding images/.")
 _DATA_DIR = flags.DEFINE_string(
-    "data_dir", None,
-    f"Where prepared sets live; default ${sources.DATA_DIR_ENV} or "
-    "~/medclr_data.")
+    "data_dir", None, f"Where prepared sets live; default "
+    f"${sources.DATA_DIR_ENV} or ~/medclr_data.")
 _NAME = flags.DEFINE_string(
     "name", None,
     "Name to store the set under (required for folder and unlabeled).")
@@ -52,18 +45,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   tfds.disable_progress_bar()  # One summary line per split is enough.
-  phantom_kwargs = {}
-  if _DATASET.value == "phantom":
-    phantom_kwargs = dict(num_train=_NUM_TRAIN.value, num_test=_NUM_TEST.value,
-                          size=_SIZE.value, seed=_SEED.value)
-  try:
-    prepare_lib.prepare(
-        _DATASET.value, _MANUAL_DIR.value,
-        _DATA_DIR.value or sources.default_data_dir(), name=_NAME.value,
-        long_side=_LONG_SIDE.value, overwrite=_OVERWRITE.value,
-        estimate_fov=_ESTIMATE_FOV.value, **phantom_kwargs)
-  except readers.DataError as e:
-    sys.exit(f"error: {e}")
+  phantom_kwargs = dict(num_train=_NUM_TRAIN.value, num_test=_NUM_TEST.value,
+                        size=_SIZE.value, seed=_SEED.value)
+  runner.run_user_errors_clean(lambda: prepare_lib.prepare(
+      _DATASET.value, _MANUAL_DIR.value,
+      _DATA_DIR.value or sources.default_data_dir(), name=_NAME.value,
+      long_side=_LONG_SIDE.value, overwrite=_OVERWRITE.value,
+      estimate_fov=_ESTIMATE_FOV.value,
+      **(phantom_kwargs if _DATASET.value == "phantom" else {})))
 
 
 if __name__ == "__main__":

@@ -11,13 +11,10 @@ import sys
 
 from absl import app
 from absl import flags
-import numpy as np
 from PIL import Image
 
 from launch import runner
-from medclr import augment
 from medclr import augment_preview
-from medclr.data import prepare as data_prepare
 from medclr.data import readers
 from medclr.data import sources
 
@@ -40,18 +37,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   presets = [p.strip() for p in _PRESETS.value.split(",") if p.strip()]
-  unknown = sorted(set(presets) - set(augment.PRESETS))
-  if unknown:
-    sys.exit(f"error: --presets: unknown {unknown}; known: "
-             f"{sorted(augment.PRESETS)}")
-  data_dir = _DATA_DIR.value or sources.default_data_dir()
   try:
-    data_prepare.ensure_phantom(data_dir, [_DATASET.value])
-    source = sources.open_split(data_dir, _DATASET.value, _SPLIT.value)
-    if not 0 <= _INDEX.value < len(source):
-      raise readers.DataError(f"--index={_INDEX.value}: {_DATASET.value}:"
-                              f"{_SPLIT.value} has {len(source)} records")
-    image = np.asarray(source[_INDEX.value]["image"])
+    augment_preview.check_presets(presets)
+    image = augment_preview.dataset_image(
+        _DATA_DIR.value or sources.default_data_dir(), _DATASET.value,
+        _SPLIT.value, _INDEX.value)
     grid, shown = augment_preview.preview_grid(
         image, presets or None, num_views=_VIEWS.value, size=_SIZE.value,
         strength=_STRENGTH.value, seed=_SEED.value)

@@ -10,6 +10,32 @@ import numpy as np
 
 from medclr import augment
 from medclr import crops
+from medclr.data import prepare as data_prepare
+from medclr.data import readers
+from medclr.data import sources
+
+
+def dataset_image(data_dir, dataset, split, index):
+  """Record `index` of a prepared split, as uint8 (H, W, C).
+
+  The phantom is written on first use; other sets must be prepared.
+  Raises readers.DataError naming the set and its size if `index` is out
+  of range.
+  """
+  data_prepare.ensure_phantom(data_dir, [dataset])
+  source = sources.open_split(data_dir, dataset, split)
+  if not 0 <= index < len(source):
+    raise readers.DataError(f"--index={index}: {dataset}:{split} has "
+                            f"{len(source)} records")
+  return np.asarray(source[index]["image"])
+
+
+def check_presets(presets):
+  """Raises ValueError naming unknown preset names."""
+  unknown = sorted(set(presets) - set(augment.PRESETS))
+  if unknown:
+    raise ValueError(f"--presets: unknown {unknown}; known: "
+                     f"{sorted(augment.PRESETS)}")
 
 
 def preset_views(image, preset, *, num_views=6, size=96, strength=1.0,
