@@ -274,3 +274,36 @@ def ensure_synthetic_volumes(data_dir: pathlib.Path | str,
   if SYNTHETIC_NAME in names and not sources.is_prepared(data_dir,
                                                          SYNTHETIC_NAME):
     prepare_synthetic(data_dir)
+
+
+def parse_percentiles(values) -> tuple[float, float]:
+  """['1', '99'] -> (1.0, 99.0); DataError naming --percentiles otherwise."""
+  try:
+    percentiles = tuple(float(p) for p in values)
+  except ValueError as e:
+    raise readers.DataError(f"--percentiles={values}: expected two numbers, "
+                            "e.g. 1,99") from e
+  if len(percentiles) != 2:
+    raise readers.DataError(f"--percentiles={values}: expected two numbers, "
+                            "e.g. 1,99")
+  return percentiles
+
+
+def prepare_from_flags(manual_dir, data_dir, name, *, synthetic, axis,
+                       normalization, percentiles, size, split,
+                       overwrite) -> str | None:
+  """What `launch.prepare_volumes` runs; a summary line for the synthetic set
+  (`prepare_volumes` prints its own). `percentiles` as given on the command
+  line (['1', '99']); `size` 0 keeps the native size."""
+  if synthetic:
+    path = prepare_synthetic(data_dir, name, overwrite=overwrite)
+    return f"prepared synthetic volumes {name!r} at {path}"
+  if not manual_dir:
+    raise readers.DataError("--manual_dir is required (the folder of "
+                            "volumes), or pass --synthetic")
+  options = volumes.VolumeOptions(
+      axis=axis, normalization=normalization,
+      percentiles=parse_percentiles(percentiles), size=size or None)
+  prepare_volumes(manual_dir, data_dir, name, options, split=split,
+                  overwrite=overwrite)
+  return None
