@@ -132,6 +132,9 @@ def _check_range(where: str, field: str, value: tuple[float, ...],
 
 # Each preset says where its numbers come from; docs/methods/README.md
 # (augmentation presets) collects them with the official code's values.
+# Brightness and contrast +-10%, p 0.8: the fine-tuning presets' jitter.
+_MILD_JITTER = dict(jitter=(0.1, 0.1, 0.0, 0.0), jitter_p=0.8)
+
 _PRESET_LIST = (
     # Identity on device; the host crop takes the whole image.
     AugmentSpec(name="none"),
@@ -199,8 +202,7 @@ _PRESET_LIST = (
         hflip_p=0.5,
         vflip_p=0.5,
         rot90=True,
-        jitter=(0.1, 0.1, 0.0, 0.0),
-        jitter_p=0.8,
+        **_MILD_JITTER,
     ),
     # basic_medical plus mild brightness/contrast jitter (+-10%, p 0.8): with
     # one or two labelled images, exposure differences between images are
@@ -209,8 +211,7 @@ _PRESET_LIST = (
         name="basic_medical_jitter",
         hflip_p=0.5,
         rotate_deg=15.0,
-        jitter=(0.1, 0.1, 0.0, 0.0),
-        jitter_p=0.8,
+        **_MILD_JITTER,
     ),
     # Lossless geometry plus basic_medical's +-15 degree rotation: the
     # symmetries cost nothing, and flip TTA shows the model vertical flips
