@@ -105,3 +105,47 @@ def test_finetune_then_evaluate_full_resolution(finetuned_dir,
   pred = np.asarray(Image.open(os.path.join(finetuned_dir, "eval",
                                             "predictions", f"{stem}.png")))
   assert pred.shape == np.asarray(record["mask"]).shape
+
+
+def _raw_params(workdir, step):
+  """params of `<workdir>/checkpoints/<step>/state`, read with plain Orbax
+  (not through medclr.checkpointing)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  state = ocp.PyTreeCheckpointer().restore(
+      os.path.join(workdir, "checkpoints", str(step), "state"))
+  return jax.device_get(state["params"])
+
+
+def test_launch_finetune_starts_from_the_pretrained_encoder(
+    tmp_path, phantom_data_dir, pretrained_dir):
+  """A real `launch.finetune` with learning rate 0: the encoder in its first
+  checkpoint is the pretrained one, leaf for leaf."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from conftest import REPO_ROOT  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "ft"
+  result = subprocess.run(
+      [sys.executable, "-m", "launch.finetune",
+       "--config=configs/finetune_unet.py:smoke", f"--workdir={workdir}",
+       f"--config.data.data_dir={phantom_data_dir}",
+       f"--config.init.pretrain_dir={pretrained_dir}",
+       "--config.optim.learning_rate=0", "--config.num_steps=1"],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  got = _raw_params(workdir, 1)["encoder"]
+  want = _raw_params(pretrained_dir, 2)["encoder"]
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+  bad = subprocess.run(
+      [sys.executable, "-m", "launch.finetune",
+       "--config=configs/finetune_unet.py:smoke",
+       f"--workdir={tmp_path / 'bad'}",
+       f"--config.data.data_dir={phantom_data_dir}",
+       f"--config.init.pretrain_dir={pretrained_dir}",
+       "--config.init.pretrain_step=7"],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert bad.returncode == 1
+  assert "error: checkpoint step 7 not found" in bad.stderr
+  assert not (tmp_path / "bad").exists()
