@@ -48,6 +48,17 @@ def test_incompatible_encoder_names_parameter(tmp_path, phantom_data_dir,
     finetune.train_and_evaluate(config, str(tmp_path / "work"))
 
 
+def test_decoder_missing_from_pretraining_is_named(tmp_path, phantom_data_dir,
+                                                  pretrained_dir):
+  # SimCLR saves no decoder: asking for one names the missing parameters.
+  config = smoke_config("finetune_unet", phantom_data_dir,
+                        **{"init.pretrain_dir": pretrained_dir,
+                           "init.load": "encoder,decoder"})
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"params/decoder/\S+: missing in checkpoint"):
+    finetune.train_and_evaluate(config, str(tmp_path / "work"))
+
+
 def test_shallower_model_refuses_deeper_encoder(tmp_path, phantom_data_dir,
                                                 pretrained_dir):
   # The smoke encoder has 3 levels; 2 levels match its first two in shape.
