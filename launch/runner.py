@@ -25,7 +25,7 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
                                       "number of processes of the run")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
 
-USER_ERRORS = (errors.ConfigError, errors.TrainingStalled,
+USER_ERRORS = (errors.ConfigError, errors.TrainingStalled, errors.Diverged,
                readers.DataError, checkpointing.CheckpointError)
 
 

@@ -46,6 +46,10 @@ class Checkpointer:
   def latest_step(self):
     return self._manager.latest_step()
 
+  def should_save(self, step):
+    """Whether the interval policy saves at `step`."""
+    return self._manager.should_save(int(step))
+
   def save(self, step, state, data_iter, config_dict, *, force=False,
            extras=None):
     """Saves when the interval policy (or `force`) says so; returns whether.

@@ -7,3 +7,7 @@ class ConfigError(ValueError):
 
 class TrainingStalled(RuntimeError):
   """A run sat at chance or collapsed; names the step, cause and checkpoint."""
+
+
+class Diverged(RuntimeError):
+  """Loss or parameters became NaN/inf; names the step and the checkpoint."""

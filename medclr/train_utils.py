@@ -7,6 +7,7 @@ import time
 from absl import logging
 from flax import nnx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from medclr import augment
@@ -86,6 +87,21 @@ def to_host_scalars(metrics):
   return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
 
 
+def params_finite(state):
+  """True when every parameter is finite (one host sync)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state["params"])]
+  return bool(jnp.all(jnp.stack(leaves)))
+
+
+def diverged(message, checkpointer):
+  """errors.Diverged naming the last good checkpoint, which is kept."""
+  latest = checkpointer.latest_step()
+  where = ("no checkpoint was saved yet" if latest is None else
+           f"the last good checkpoint, step {latest}, is kept: resume from "
+           "it with other settings")
+  return errors.Diverged(f"{message}; {where}")
+
+
 def run_loop(*, config, workdir, state, start_step, p_step, data_iter, mesh,
              checkpointer, writer, config_dict, before_step=None,
              extras_fn=None, guard=None, probe=None):
@@ -123,13 +139,21 @@ def run_loop(*, config, workdir, state, start_step, p_step, data_iter, mesh,
       if probe is not None and probe.due(done, config.num_steps):
         last.update(probe(state))
       report = guard.observe(done, last) if guard is not None else None
-      writer.write(done, last, check_finite=True)
+      try:
+        writer.write(done, last, check_finite=True)
+      except FloatingPointError as e:
+        raise diverged(str(e), checkpointer) from e
       writer.progress(done, last)
       if report:
         guard.act(report, checkpointer.latest_step())
     preempted = checkpointer.reached_preemption(done)
-    checkpointer.save(done, state, data_iter, config_dict,
-                      force=preempted or done == config.num_steps,
+    force = preempted or done == config.num_steps
+    if (force or checkpointer.should_save(done)) and not params_finite(state):
+      # Never let a diverged state replace the last good checkpoint.
+      raise diverged(f"non-finite parameters after step {done}; training "
+                     "diverged (lower the learning rate, or check the "
+                     "inputs)", checkpointer)
+    checkpointer.save(done, state, data_iter, config_dict, force=force,
                       extras=extras_fn() if extras_fn else None)
     if preempted:
       logging.warning("preemption signal: saved step %d, stopping", done)

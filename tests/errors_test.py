@@ -88,6 +88,22 @@ def test_resume_under_another_config_is_refused(tmp_path, phantom_data_dir):
   assert finetune.train_and_evaluate(longer, workdir)
 
 
+def test_divergence_stops_before_a_bad_checkpoint(tmp_path, phantom_data_dir):
+  # A NaN learning rate makes every parameter NaN in the first update.
+  # Logged steps stop on the non-finite metrics; a checkpoint step that is
+  # not logged (log_every 2) stops on the parameters, before saving them.
+  for log_every, cause in ((1, "non-finite lr=nan at step 1"),
+                           (2, "non-finite parameters after step 1")):
+    workdir = tmp_path / f"log{log_every}"
+    config = smoke_config("finetune_unet", phantom_data_dir,
+                          log_every=log_every,
+                          **{"optim.learning_rate": float("nan")})
+    with pytest.raises(errors.Diverged,
+                       match=cause + r".*no checkpoint was saved yet"):
+      finetune.train_and_evaluate(config, str(workdir))
+    assert not list((workdir / "checkpoints").glob("[0-9]*"))
+
+
 def test_bad_config_value_names_key(tmp_path, phantom_data_dir):
   config = smoke_config("pretrain_simclr", phantom_data_dir,
                         **{"augment.preset": "nope"})
