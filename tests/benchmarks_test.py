@@ -315,7 +315,8 @@ def test_committed_results_hold_no_absolute_paths():
   results = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results"
   pattern = re.compile(r"(?<![\w.$])/(?:work|tmp|home|root|Users|mnt|scratch)/")
   offenders = []
-  for path in sorted(results.glob("*")):
+  # Plots (PNG) hold no text; every other result file is text.
+  for path in sorted(p for p in results.glob("*") if p.suffix != ".png"):
     for number, line in enumerate(path.read_text().splitlines(), 1):
       if pattern.search(line):
         offenders.append(f"{path.name}:{number}")
