@@ -52,7 +52,7 @@ def make_dataset(config, local_batch, method, boxes=None):
   opened = data_sources.open_sources(config.data.data_dir, config.data.sources)
   if boxes is None:
     return method.host_dataset(config, local_batch), opened
-  if type(method).host_dataset is not methods.Method.host_dataset:
+  if not method.contrastive_crop:
     raise errors.ConfigError(
         f"config.crop.mode='ccrop': method {config.method!r} makes its own "
         "host crops; ContrastiveCrop works with two-view methods")

@@ -104,6 +104,15 @@ def test_divergence_stops_before_a_bad_checkpoint(tmp_path, phantom_data_dir):
     assert not list((workdir / "checkpoints").glob("[0-9]*"))
 
 
+def test_contrastive_crop_needs_a_two_view_method(tmp_path, phantom_data_dir):
+  config = smoke_config("pretrain_dino", phantom_data_dir)
+  crop = smoke_config("pretrain_simclr", phantom_data_dir).crop
+  crop.mode = "ccrop"
+  config.crop = crop
+  with pytest.raises(errors.ConfigError, match="makes its own host crops"):
+    pretrain.train_and_evaluate(config, str(tmp_path / "work"))
+
+
 def test_bad_config_value_names_key(tmp_path, phantom_data_dir):
   config = smoke_config("pretrain_simclr", phantom_data_dir,
                         **{"augment.preset": "nope"})

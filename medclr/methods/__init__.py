@@ -7,9 +7,10 @@ donation and sharding. A method only says what is special about it:
 
   prepare_data(config)      writes embedded/synthetic sets the run reads
                             (default: the phantom, if named in data.sources).
-  host_dataset(config, local_batch)
+  host_dataset(config, local_batch, boxes=None, crop_alpha=1.0)
                             the Grain pipeline of host crops (default: two
-                            random resized crops per image, `pretrain_dataset`).
+                            random resized crops per image, `pretrain_dataset`;
+                            `boxes` only when `contrastive_crop` is True).
   make_model(rngs)          the trainable (online) model; holds `encoder`
                             so its weights hand over to the U-Net by path.
   init_aux(params, stats)   non-parameter state kept in the train state and
@@ -46,6 +47,10 @@ class Method:
   """Base class with the defaults most contrastive methods use."""
 
   name = "base"
+  # Whether `host_dataset` takes ContrastiveCrop boxes (two-view methods do;
+  # methods with their own host crops, DINO's multi-crop or volume slices,
+  # do not).
+  contrastive_crop = True
 
   def __init__(self, config):
     self.config = config

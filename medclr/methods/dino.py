@@ -285,6 +285,7 @@ class DINO(methods.Method):
   """Student/teacher self-distillation with multi-crop (see module doc)."""
 
   name = "dino"
+  contrastive_crop = False  # its own host crops
 
   def __init__(self, config):
     super().__init__(config)
@@ -336,7 +337,8 @@ class DINO(methods.Method):
                  self.local_size, self.crop_preset.local_scale,
                  self.crop_preset.jitter)
 
-  def host_dataset(self, config, local_batch):
+  def host_dataset(self, config, local_batch, boxes=None, crop_alpha=1.0):
+    del boxes, crop_alpha  # contrastive_crop is False: never given
     return multicrop.multicrop_dataset(
         config.data.data_dir, config.data.sources,
         global_size=config.data.image_size, local_size=self.local_size,

@@ -517,6 +517,7 @@ class VolumeSupCon(methods.Method):
   """Encoder + projection MLP trained with the volume-aware SupCon loss."""
 
   name = "volume_supcon"
+  contrastive_crop = False  # its own host crops
 
   def __init__(self, config):
     super().__init__(config)
@@ -529,7 +530,8 @@ class VolumeSupCon(methods.Method):
     volume_builder.ensure_synthetic_volumes(
         config.data.data_dir, source_names(config.data.sources))
 
-  def host_dataset(self, config, local_batch):
+  def host_dataset(self, config, local_batch, boxes=None, crop_alpha=1.0):
+    del boxes, crop_alpha  # contrastive_crop is False: never given
     return volume_pretrain_dataset(
         config.data.data_dir, config.data.sources,
         image_size=config.data.image_size,
