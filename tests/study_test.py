@@ -174,3 +174,22 @@ def test_augmentation_study_notebook_executes(smoke_study, monkeypatch):
   images = [out for out in outputs if "image/png" in out.get("data", {})]
   # Dice vs k, the probe curve, and the preset preview.
   assert len(images) == 3
+
+
+def test_best_arm_waits_for_every_other_arm(tmp_path):
+  from medclr.study import runner  # pylint: disable=g-import-not-at-top
+  config = study_drive.get_config("quick")
+  config.arms = "scratch,simclr_basic_medical@large,best@small"
+  config.k, config.seeds, config.all_seeds_k = "2", "0", ""
+  results = tmp_path / "rows.jsonl"
+  study = runner.Study(config, tmp_path / "w", tmp_path, results)
+
+  def write(*rows):
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+  # Only scratch has finished: best@small stays unresolved (no error).
+  write(_cell("scratch", 2, 0, 0.7))
+  assert study.resolved_arms()[-1].name == "best@small"
+  write(_cell("scratch", 2, 0, 0.7),
+        _cell("simclr_basic_medical@large", 2, 0, 0.8))
+  assert study.resolved_arms()[-1].name == "simclr_basic_medical@small"

@@ -202,15 +202,24 @@ class Study:
     return groups
 
   def resolved_arms(self):
-    """Arms in run order, `best@pool` last and resolved when possible."""
+    """Arms in run order, `best@pool` last.
+
+    `best@pool` is resolved once every other arm has all its cells (or was
+    stopped by the guard) and at least one pretrained arm has k=2 rows;
+    until then it stays as written.
+    """
     fixed = [a for a in self.arms if a.base != grid.BEST]
-    arms = list(fixed)
-    for arm in self.arms:
-      if arm.base == grid.BEST:
-        finished = {name: dice for name, dice in self.mean_k2_dice().items()
-                    if name in {a.name for a in fixed}}
-        arms.append(grid.resolve_best(arm, finished) if finished else arm)
-    return arms
+    stopped = {name for name, row in report.latest_pretrain(
+        self.rows()).items() if row.get("status") == "stopped"}
+    done = self.done()
+    complete = all(arm.name in stopped or all(
+        c in done for c in grid.cells([arm], self.ks, self.seeds,
+                                      self.all_seeds_k)) for arm in fixed)
+    finished = {name: dice for name, dice in self.mean_k2_dice().items()
+                if name in {a.name for a in fixed if a.pretrained}}
+    return fixed + [
+        grid.resolve_best(arm, finished) if complete and finished else arm
+        for arm in self.arms if arm.base == grid.BEST]
 
   def run(self):
     self.work.mkdir(parents=True, exist_ok=True)
