@@ -18,6 +18,7 @@ import pytest
 from configs import finetune_unet
 from conftest import assert_trees_close, saved_subtrees, smoke_config
 from medclr import checkpointing
+from medclr import ema
 from medclr import errors
 from medclr import finetune
 from medclr import pretrain
@@ -134,7 +135,7 @@ def test_target_starts_from_its_own_initialisation():
 @pytest.mark.parametrize("step,want", [
     (0, 0.99), (50, 1 - 0.01 / 2), (100, 1.0), (150, 1.0)])
 def test_cosine_momentum_schedule(step, want):
-  got = byol.cosine_momentum(jnp.int32(step), 0.99, 100)
+  got = ema.cosine_momentum(jnp.int32(step), 0.99, 100)
   assert float(got) == pytest.approx(want, abs=1e-7)
 
 

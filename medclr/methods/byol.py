@@ -31,13 +31,13 @@ BatchNorm statistics cover the global batch (GSPMD inserts the cross-device
 reduction), which is BYOL's `cross_replica_axis='i'`.
 """
 import dataclasses
-import math
 
 from flax import nnx
 import jax
 import jax.numpy as jnp
 
 from medclr import augment
+from medclr import ema
 from medclr import errors
 from medclr import losses
 from medclr import methods
@@ -118,24 +118,6 @@ def view_specs(augment_cfg):
       with_intensity(base, augment_cfg.strength, f"{views}_view{i + 1}",
                      **fields)
       for i, fields in enumerate(VIEW_PAIRS[views]))
-
-
-def cosine_momentum(step, base, total_steps):
-  """EMA momentum rising from `base` at step 0 to 1 at `total_steps`.
-
-  1 - (1 - base) (cos(pi k / K) + 1) / 2 with k clipped to K: deepmind byol
-  `schedules.target_ema`, and DINO's `cosine_scheduler(base, 1, ...)` whose
-  k runs over the K = epochs x iterations training steps.
-  """
-  k = jnp.minimum(jnp.asarray(step, jnp.float32), total_steps)
-  decay = 0.5 * (1.0 + jnp.cos(math.pi * k / total_steps))
-  return 1.0 - (1.0 - base) * decay
-
-
-def ema_update(target, online, momentum):
-  """target + (1 - m) (online - target), leaf by leaf (BYOL's form)."""
-  return jax.tree.map(lambda t, o: t + (1.0 - momentum) * (o - t), target,
-                      online)
 
 
 def regression_loss(p, z):
@@ -267,12 +249,12 @@ class BYOL(methods.Method):
     return loss, (aux, metrics)
 
   def momentum(self, step):
-    return cosine_momentum(step, self.base_momentum, self.total_steps)
+    return ema.cosine_momentum(step, self.base_momentum, self.total_steps)
 
   def update_aux(self, aux, params, batch_stats, step):
     del batch_stats  # the target keeps its own BatchNorm statistics
     online = {part: params[part] for part in TARGET_PARTS}
-    return dict(aux, target_params=ema_update(
+    return dict(aux, target_params=ema.ema_update(
         aux["target_params"], online, self.momentum(step)))
 
 

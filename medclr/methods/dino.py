@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from medclr import augment
+from medclr import ema
 from medclr import errors
 from medclr import losses
 from medclr import methods
@@ -412,11 +413,11 @@ class DINO(methods.Method):
     return loss, (aux, metrics)
 
   def momentum(self, step):
-    return byol.cosine_momentum(step, self.base_momentum, self.total_steps)
+    return ema.cosine_momentum(step, self.base_momentum, self.total_steps)
 
   def update_aux(self, aux, params, batch_stats, step):
     del batch_stats  # the teacher keeps its own BatchNorm statistics
-    return dict(aux, teacher_params=byol.ema_update(
+    return dict(aux, teacher_params=ema.ema_update(
         aux["teacher_params"], params, self.momentum(step)))
 
 
