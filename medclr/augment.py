@@ -291,7 +291,6 @@ def get_spec(preset: str, strength: float = 1.0) -> AugmentSpec:
   if strength == 1.0:
     return base
   p_scale = min(strength, 1.0)
-  brightness, contrast, saturation, hue = (s * strength for s in base.jitter)
 
   def scale_area(area: float) -> float:
     return min(max(1.0 - strength * (1.0 - area), 0.01), 1.0)
@@ -307,12 +306,36 @@ def get_spec(preset: str, strength: float = 1.0) -> AugmentSpec:
       vflip_p=scale_p(base.vflip_p),
       rotate_deg=min(base.rotate_deg * strength, 180.0),
       rot90=base.rot90 and strength > 0,
-      jitter=(brightness, contrast, saturation, min(hue, 0.5)),
+      jitter=scaled_jitter(base.jitter, strength),
       jitter_p=scale_p(base.jitter_p),
       gray_p=scale_p(base.gray_p),
       blur_p=scale_p(base.blur_p),
       solarize_p=scale_p(base.solarize_p),
   )
+
+
+def scaled_jitter(jitter, strength):
+  """Jitter strengths times `strength`, hue capped at 0.5 (SimCLR's rule)."""
+  brightness, contrast, saturation, hue = (s * strength for s in jitter)
+  return (brightness, contrast, saturation, min(hue, 0.5))
+
+
+def with_intensity(base, strength, name, *, jitter, jitter_p, gray_p, blur_p,
+                   solarize_p, brightness_mode):
+  """`base` with its intensity ops replaced, scaled by `get_spec`'s rules.
+
+  For methods whose views differ in intensity only (BYOL's asymmetric pair,
+  DINO's global and local crops): `jitter` (brightness, contrast,
+  saturation, hue) and the probabilities are their values at strength 1;
+  `brightness_mode` is 'multiply' (torchvision) or 'add' (tf.image). Returns
+  a new `AugmentSpec` named `name`.
+  """
+  p_scale = min(strength, 1.0)
+  return dataclasses.replace(
+      base, name=name, jitter=scaled_jitter(jitter, strength),
+      jitter_p=jitter_p * p_scale, gray_p=gray_p * p_scale,
+      blur_p=blur_p * p_scale, solarize_p=solarize_p * p_scale,
+      brightness_mode=brightness_mode)
 
 
 # ---------------------------------------------------------------------------

@@ -30,8 +30,6 @@ utils/augmentations.py, configs/byol.py):
 BatchNorm statistics cover the global batch (GSPMD inserts the cross-device
 reduction), which is BYOL's `cross_replica_axis='i'`.
 """
-import dataclasses
-
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -69,38 +67,6 @@ VIEW_PAIRS = {
 }
 
 
-def with_intensity(base, strength, name, *, jitter, jitter_p, gray_p, blur_p,
-                   solarize_p, brightness_mode):
-  """`base` with its intensity ops replaced, scaled like `augment.get_spec`.
-
-  `get_spec` only scales named presets, so the replaced fields are scaled
-  here with its rules: jitter strengths times `strength` (hue capped at 0.5),
-  probabilities times min(strength, 1).
-
-  Args:
-    base: the `augment.AugmentSpec` giving geometry and crop.
-    strength: config.augment.strength.
-    name: name of the new spec (for logs).
-    jitter: (brightness, contrast, saturation, hue) at strength 1.
-    jitter_p: probability of the colour jitter at strength 1.
-    gray_p: probability of grayscale at strength 1.
-    blur_p: probability of the Gaussian blur at strength 1.
-    solarize_p: probability of solarisation at strength 1.
-    brightness_mode: 'multiply' (torchvision) or 'add' (tf.image, BYOL).
-
-  Returns:
-    A validated `augment.AugmentSpec`.
-  """
-  p_scale = min(strength, 1.0)
-  brightness, contrast, saturation, hue = (s * strength for s in jitter)
-  return dataclasses.replace(
-      base, name=name,
-      jitter=(brightness, contrast, saturation, min(hue, 0.5)),
-      jitter_p=jitter_p * p_scale, gray_p=gray_p * p_scale,
-      blur_p=blur_p * p_scale, solarize_p=solarize_p * p_scale,
-      brightness_mode=brightness_mode)
-
-
 def view_specs(augment_cfg):
   """(view1 spec, view2 spec) for `config.augment` (preset, strength, views).
 
@@ -115,8 +81,8 @@ def view_specs(augment_cfg):
   if VIEW_PAIRS[views] is None:
     return base, base
   return tuple(
-      with_intensity(base, augment_cfg.strength, f"{views}_view{i + 1}",
-                     **fields)
+      augment.with_intensity(base, augment_cfg.strength,
+                             f"{views}_view{i + 1}", **fields)
       for i, fields in enumerate(VIEW_PAIRS[views]))
 
 

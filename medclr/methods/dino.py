@@ -48,7 +48,6 @@ from medclr import losses
 from medclr import methods
 from medclr import models
 from medclr.data import multicrop
-from medclr.methods import byol
 from medclr.models import encoder as encoder_lib
 
 # DINO's local crops are 96 px for 224 px global crops (main_dino.py).
@@ -149,9 +148,9 @@ def view_specs(augment_cfg, crop_preset):
   """
   base = augment.get_spec(augment_cfg.preset, augment_cfg.strength)
   return tuple(
-      byol.with_intensity(base, augment_cfg.strength, f"dino_{view}",
-                          jitter=crop_preset.jitter,
-                          brightness_mode="multiply", **probs)
+      augment.with_intensity(base, augment_cfg.strength, f"dino_{view}",
+                             jitter=crop_preset.jitter,
+                             brightness_mode="multiply", **probs)
       for view, probs in _VIEW_PROBS.items())
 
 
