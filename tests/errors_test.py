@@ -38,35 +38,20 @@ def test_pretrain_dir_without_checkpoint(tmp_path, phantom_data_dir):
   assert not (tmp_path / "work").exists()
 
 
-def test_incompatible_encoder_names_parameter(tmp_path, phantom_data_dir,
-                                              pretrained_dir):
+@pytest.mark.parametrize("override, message", [
+    # A wider level 2 than the checkpoint's.
+    ({"model.widths": (8, 16, 64)}, r"encoder/level2.*shape"),
+    # SimCLR saves no decoder: asking for one names the missing parameters.
+    ({"init.load": "encoder,decoder"},
+     r"params/decoder/\S+: missing in checkpoint"),
+    # The smoke encoder has 3 levels; 2 levels match its first two in shape.
+    ({"model.widths": (8, 16)}, r"encoder/level2.*not in this model"),
+])
+def test_pretrained_parts_that_do_not_fit_are_named(
+    tmp_path, phantom_data_dir, pretrained_dir, override, message):
   config = smoke_config("finetune_unet", phantom_data_dir,
-                        **{"init.pretrain_dir": pretrained_dir,
-                           "model.widths": (8, 16, 64)})
-  with pytest.raises(checkpointing.CheckpointError,
-                     match=r"encoder/level2.*shape"):
-    finetune.train_and_evaluate(config, str(tmp_path / "work"))
-
-
-def test_decoder_missing_from_pretraining_is_named(tmp_path, phantom_data_dir,
-                                                  pretrained_dir):
-  # SimCLR saves no decoder: asking for one names the missing parameters.
-  config = smoke_config("finetune_unet", phantom_data_dir,
-                        **{"init.pretrain_dir": pretrained_dir,
-                           "init.load": "encoder,decoder"})
-  with pytest.raises(checkpointing.CheckpointError,
-                     match=r"params/decoder/\S+: missing in checkpoint"):
-    finetune.train_and_evaluate(config, str(tmp_path / "work"))
-
-
-def test_shallower_model_refuses_deeper_encoder(tmp_path, phantom_data_dir,
-                                                pretrained_dir):
-  # The smoke encoder has 3 levels; 2 levels match its first two in shape.
-  config = smoke_config("finetune_unet", phantom_data_dir,
-                        **{"init.pretrain_dir": pretrained_dir,
-                           "model.widths": (8, 16)})
-  with pytest.raises(checkpointing.CheckpointError,
-                     match=r"encoder/level2.*not in this model"):
+                        **{"init.pretrain_dir": pretrained_dir, **override})
+  with pytest.raises(checkpointing.CheckpointError, match=message):
     finetune.train_and_evaluate(config, str(tmp_path / "work"))
 
 
