@@ -123,3 +123,22 @@ def test_real_healthy_run_is_not_stopped(phantom_data_dir, tmp_path):
       rows[0]["embedding_std"])  # the first step's metrics
   resumed = guard.Guard(_limits(), tmp_path)
   assert resumed.first == reference
+
+
+def test_launcher_exits_3_when_the_guard_stops(phantom_data_dir, tmp_path):
+  """`launch.study` tells a stopped arm (3) from a failed run (1)."""
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from conftest import REPO_ROOT  # pylint: disable=g-import-not-at-top
+  result = subprocess.run(
+      [sys.executable, "-m", "launch.pretrain",
+       "--config=configs/pretrain_simclr.py:smoke", f"--workdir={tmp_path}",
+       f"--config.data.data_dir={phantom_data_dir}", "--config.num_steps=6",
+       "--config.loss.temperature=10000", "--config.guard.mode=stop",
+       "--config.guard.warmup_steps=0", "--config.guard.patience=2"],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode == 3, result.stderr[-2000:]
+  assert "sits at its chance level" in result.stderr
+  assert "Traceback" not in result.stderr
