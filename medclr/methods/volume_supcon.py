@@ -1,70 +1,11 @@
 """Volume-aware positives: Chaitanya's G^R / G^D- / G^D and PCL's threshold.
 
 One SupCon-style loss over the global batch of 2N views with a positive mask
-(docs/methods/volume_supcon.md). Each slice carries its volume id, its relative
-position in the volume (0..1) and its partition index (which of S equal parts
-of the volume it lies in). For anchor view i, with candidates k != i:
-
-  positives='gr'   G^R (Chaitanya `global_loss_exp_no=0`, = SimCLR): the
-                   other view of the same slice; all other views negatives.
-  positives='gd-'  G^D- (=1): positive = the other view of the same slice;
-                   negatives = views from a DIFFERENT partition index. Views
-                   of other slices from the same partition index are neither
-                   (the code drops every index rem, rem+4, ... of the anchor's
-                   partition from the denominator, "including volume 1").
-                   Slices of the same volume in other partitions ARE negatives.
-  positives='gd'   G^D (=2, the recommended one): positives = every other
-                   view from the same partition index (any volume, plus the
-                   slice's own other view); negatives = other partitions.
-  positives='pcl'  PCL/MACL (positional_cl loss/contrast_loss.py, 'pcl'):
-                   positives = views with |position_i - position_j| <
-                   threshold (so always the own other view); everything else
-                   negative.
-
-Two forms of the per-anchor term, both averaged over the anchor's positives
-P_i and then over the 2N anchors:
-
-  form='supcon'    -1/|P_i| sum_p log(e^{s_ip} / sum_{k in P_i u N_i} e^{s_ik})
-                   SupCon/PCL/MACL (docs/methods/README.md, NT-Xent): the
-                   other positives are in the denominator. With no ignored
-                   views (gr, gd, pcl) the denominator is all k != i,
-                   exactly positional_cl's SupConLoss (which is GCL for
-                   labels=partition).
-  form='pairwise'  -1/|P_i| sum_p log(e^{s_ip} / (e^{s_ip} + sum_{k in N_i}
-                   e^{s_ik}))  Chaitanya's code (models.py
-                   encoder_pretrain_net): one term per positive pair, the
-                   other positives are not in its denominator.
-
-s = cosine / temperature, times temperature / tau_base when tau_base > 0
-(SupContrast's factor, kept by PCL/MACL with tau_base 0.07). For 'gr' and
-'gd-' (one positive) both forms are the same; for 'gr' the loss equals
-`losses.nt_xent_reference`.
-
-Where Chaitanya's code differs and why (the issue asks to follow the code
-where code and paper disagree; here the code's differences are properties of
-its hand-built batch layout, which a mask over any global batch cannot
-reproduce without reproducing its bugs):
-  * Reduction: the code sums every pair term and divides by the number of
-    images in the batch (3N for G^D-, 4N for G^D). With its fixed layouts each
-    image anchors ~2 pairs, so that is ~2x our mean over positives: a
-    constant factor of the loss (like tau/tau_base), not a different optimum.
-  * Views: the code's G^D- contrasts the UNaugmented slice with two crops
-    (pairs (x, a1), (x, a2), (a1, a2)); medclr uses the two augmented views
-    every method uses.
-  * G^D pairing: the code's `stitch_batch_global_loss_gd` pairs each volume
-    block with the next block of the same partition layout only (a chain,
-    and with bt_size 12 its loop leaves the last 16 of 48 rows zero). Here
-    every same-partition view in the global batch is a positive: the
-    paper's definition (docs/methods/volume_supcon.md) and GCL's
-    (positional_cl 'gcl').
-  * Sampling: Chaitanya samples m volumes and one random slice from each of
-    their S partitions per batch. `config.data.sampling='partition'` does
-    that (the batch must be a multiple of S; configs/pretrain_chaitanya.py);
-    'random' (the default) samples slices uniformly as PCL does.
-
-The loss runs per device inside `jax.shard_map` with `all_gather` of the
-normalised projections and of the slice labels, like `losses.nt_xent_local`,
-so 1 and 8 devices give the same loss and gradients (tests).
+built from each slice's volume id, relative position and partition index
+(`positives` 'gr', 'gd-', 'gd', 'pcl'; `form` 'supcon' or 'pairwise'). It
+runs per device inside `jax.shard_map` with `all_gather`, so 1 and 8 devices
+give the same loss and gradients. Definitions, the two forms and where the
+reference code differs: docs/methods/volume_supcon.md.
 """
 import dataclasses
 import pathlib
