@@ -182,8 +182,9 @@ def _loss_and_grads(loss_fn, graphdef, params, views1, views2, labels):
                                                 labels)
 
 
+@pytest.mark.parametrize("form", vs.FORMS)  # PCL uses 'supcon'
 @pytest.mark.parametrize("positives", vs.POSITIVES)
-def test_eight_devices_match_one(positives):
+def test_eight_devices_match_one(positives, form):
   graphdef, params = nnx.split(nnx.Linear(DIM_IN, DIM_OUT,
                                           rngs=nnx.Rngs(0)))
   params = nnx.to_pure_dict(params)
@@ -192,7 +193,7 @@ def test_eight_devices_match_one(positives):
   views2 = views1 + 0.3 * jax.random.normal(key2, (GLOBAL_BATCH, DIM_IN))
   labels = {"partition": jnp.arange(GLOBAL_BATCH, dtype=jnp.int32) % 4,
             "position": jax.random.uniform(key3, (GLOBAL_BATCH,))}
-  spec = vs.LossSpec(positives, 0.1, "pairwise", threshold=0.2)
+  spec = vs.LossSpec(positives, 0.1, form, threshold=0.2)
   want_loss, want_grads = _loss_and_grads(
       lambda a, b, l: vs.volume_supcon_reference(a, b, l, spec), graphdef,
       params, views1, views2, labels)
