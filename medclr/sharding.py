@@ -59,8 +59,9 @@ def make_mesh(num_devices=-1):
   available = jax.device_count()
   n = available if num_devices in (-1, None) else int(num_devices)
   if not 1 <= n <= available:
-    raise errors.ConfigError(f"config.mesh.data={num_devices}: must be -1 or between 1 "
-                     f"and the {available} available devices")
+    raise errors.ConfigError(
+        f"config.mesh.data={num_devices}: must be -1 or between 1 and the "
+        f"{available} available devices")
   return jax.make_mesh((n,), (DATA_AXIS,),
                        axis_types=(jax.sharding.AxisType.Explicit,),
                        devices=jax.devices()[:n])

@@ -3,6 +3,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from conftest import smoke_config
 from medclr import losses
@@ -36,3 +37,46 @@ def test_mispaired_views_score_worse():
                            (views, jnp.roll(views, 1, axis=0)), step=0)
   # Same images in the batch either way: only the pairing differs.
   assert float(paired) < float(shifted) - 0.1
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Known, not yet explained: the loss agrees to 1e-6 on 1, 2 and 8 devices "
+    "but parameter gradients differ by up to ~6% of a leaf's largest entry "
+    "between 1 and 2+ devices (and ~2% between 2 and 8), also with flax's "
+    "BatchNorm and with the global NT-Xent reference; see the session note."))
+def test_train_step_is_the_same_on_1_and_8_devices():
+  """The real SimCLR step with BatchNorm, plain SGD at rate 1 so the update
+  is the raw gradient: a device-count-dependent gradient scale (a psum where
+  a mean belongs) or per-device BatchNorm statistics would show here."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from medclr import sharding  # pylint: disable=g-import-not-at-top
+  from medclr import steps  # pylint: disable=g-import-not-at-top
+  method, config, model = _method_and_model()
+  graphdef, params, stats = steps.split_model(model)
+  tx = optax.sgd(1.0)
+  step_fn = steps.make_pretrain_step(graphdef, tx, lambda step: 1.0, method,
+                                     seed=0)
+  size = config.data.image_size
+  images = jax.random.uniform(jax.random.key(4), (2, 16, size, size, 3))
+  results = []
+  for num_devices in (1, 8):
+    mesh = sharding.make_mesh(num_devices)
+    with jax.set_mesh(mesh):
+      state = jax.device_put(steps.init_state(
+          params, stats, tx, method.init_aux(params, stats)), jax.P())
+      batch = {"view1": jax.device_put(images[0], jax.P("data")),
+               "view2": jax.device_put(images[1], jax.P("data"))}
+      new_state, metrics = jax.jit(step_fn)(state, batch)
+      results.append(jax.device_get((new_state, metrics)))
+  (one, m1), (eight, m8) = results
+  np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
+  update = lambda s: jax.tree.map(lambda new, old: new - old, s["params"],
+                                  params)
+  # The update is the gradient, so it must be non-trivial and identical.
+  assert max(float(np.abs(u).max()) for u in jax.tree.leaves(update(one))) > 0
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3,
+                                                       atol=1e-6),
+               update(eight), update(one))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                       atol=1e-6),
+               eight["batch_stats"], one["batch_stats"])
