@@ -29,6 +29,9 @@ def get_config(arg=None):
       # num_labeled and label_seed.
       "labeled": "",
       "crop_size": 128,
+      # Where training patches go: 'uniform' (anywhere in the image) or
+      # 'fov' (centres inside the field of view).
+      "patch_sampling": "uniform",
       "in_channels": 3,
       "worker_count": 0,
       **common.preprocess_fields(),

@@ -149,12 +149,16 @@ def random_resized_crop(image: np.ndarray, rng: np.random.Generator,
 
 
 def random_crop(arrays: Mapping[str, np.ndarray], rng: np.random.Generator,
-                size: int) -> dict[str, np.ndarray]:
+                size: int, centre_in: str | None = None,
+                attempts: int = 10) -> dict[str, np.ndarray]:
   """Cuts the same random size x size window out of every array.
 
   Arrays share their leading (H, W) dimensions (e.g. image (H, W, C), mask and
   fov (H, W)). Images smaller than `size` are zero-padded at the bottom and
   right first, so padded pixels have fov/weight 0 and are ignored by the loss.
+  With `centre_in` (a key of `arrays`), windows are redrawn, up to `attempts`
+  times, until that array is nonzero at the window's centre: patches then
+  fall on the field of view rather than on the black border around it.
 
   Returns:
     A dict with the same keys, each array (size, size, ...).
@@ -163,8 +167,12 @@ def random_crop(arrays: Mapping[str, np.ndarray], rng: np.random.Generator,
   if len(set(shapes.values())) != 1:
     raise ValueError(f"random_crop needs arrays of one (H, W); got {shapes}")
   height, width = next(iter(shapes.values()))
-  top = int(rng.integers(0, max(height - size, 0) + 1))
-  left = int(rng.integers(0, max(width - size, 0) + 1))
+  for _ in range(attempts if centre_in else 1):
+    top = int(rng.integers(0, max(height - size, 0) + 1))
+    left = int(rng.integers(0, max(width - size, 0) + 1))
+    centre = (min(top + size // 2, height - 1), min(left + size // 2, width - 1))
+    if centre_in is None or arrays[centre_in][centre]:
+      break
   out = {}
   for key, value in arrays.items():
     window = value[top:top + size, left:left + size]

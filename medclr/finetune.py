@@ -38,6 +38,10 @@ def validate_config(config):
     raise errors.ConfigError(
         f"config.loss.dice_weight={dice_weight}: must be a finite number "
         ">= 0")
+  if config.data.patch_sampling not in pipeline.PATCH_SAMPLING:
+    raise errors.ConfigError(
+        f"config.data.patch_sampling={config.data.patch_sampling!r}: must be "
+        f"one of {pipeline.PATCH_SAMPLING}")
   for part in load_parts(config.init):
     if part not in LOADABLE_PARTS:
       raise errors.ConfigError(
@@ -130,7 +134,8 @@ def make_data_iter(config, workdir, local_batch):
       seed=config.seed, process_index=jax.process_index(),
       process_count=jax.process_count(),
       worker_count=config.data.worker_count,
-      preprocess=make_preprocess(config, workdir, source))
+      preprocess=make_preprocess(config, workdir, source),
+      patch_sampling=config.data.patch_sampling)
   return iter(dataset)
 
 

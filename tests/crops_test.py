@@ -148,6 +148,21 @@ class TestRandomCrop:
     assert out["image"][:, 24:].sum() == 0
     np.testing.assert_array_equal(out["mask"], out["image"][..., 0] > 128)
 
+  def test_centre_in_puts_patch_centres_on_the_fov(self):
+    # A disc covering ~20% of the image: uniform patches centre outside it
+    # most of the time, 'centre_in' patches (10 attempts) almost never.
+    rows, cols = np.mgrid[:100, :100]
+    fov = ((rows - 50) ** 2 + (cols - 50) ** 2 < 25 ** 2).astype(np.uint8)
+    arrays = {"image": np.zeros((100, 100, 1), np.uint8), "fov": fov}
+
+    def centres_inside(**kwargs):
+      rng = np.random.default_rng(0)
+      return np.mean([crops.random_crop(arrays, rng, 20, **kwargs)["fov"][10, 10]
+                      for _ in range(300)])
+
+    assert centres_inside() < 0.4
+    assert centres_inside(centre_in="fov") > 0.85
+
   def test_mismatched_shapes_raise(self):
     arrays = {"image": np.zeros((10, 10, 3)), "mask": np.zeros((10, 9))}
     with pytest.raises(ValueError, match="one \\(H, W\\)"):

@@ -81,18 +81,31 @@ class _PoolIndex(grain.transforms.MapWithIndex):
     return dict(element, pool_index=index % self.pool_size)
 
 
-class _LabeledPatch(grain.transforms.RandomMap):
-  """A random crop_size patch with its mask and FOV weight."""
+PATCH_SAMPLING = ("uniform", "fov")
 
-  def __init__(self, crop_size: int, in_channels: int):
+
+class _LabeledPatch(grain.transforms.RandomMap):
+  """A random crop_size patch with its mask and FOV weight.
+
+  `sampling`: 'uniform' places the patch anywhere in the image; 'fov' redraws
+  it until its centre lies inside the field of view.
+  """
+
+  def __init__(self, crop_size: int, in_channels: int,
+               sampling: str = "uniform"):
+    if sampling not in PATCH_SAMPLING:
+      raise ValueError(f"patch sampling must be one of {PATCH_SAMPLING}, "
+                       f"got {sampling!r}")
     self.crop_size = crop_size
     self.in_channels = in_channels
+    self.centre_in = "fov" if sampling == "fov" else None
 
   def random_map(self, element: dict[str, Any],
                  rng: np.random.Generator) -> dict[str, np.ndarray]:
     patch = crops.random_crop(
         {"image": element["image"], "mask": element["mask"],
-         "fov": element["fov"]}, rng, self.crop_size)
+         "fov": element["fov"]}, rng, self.crop_size,
+        centre_in=self.centre_in)
     out = {
         "image": crops.to_float(patch["image"], self.in_channels),
         "mask": patch["mask"].astype(np.int32),
@@ -311,7 +324,8 @@ def finetune_dataset(data_dir: pathlib.Path | str, name: str, split: str, *,
                      indices: Sequence[int], crop_size: int, in_channels: int,
                      local_batch: int, seed: int, process_index: int = 0,
                      process_count: int = 1, worker_count: int = 0,
-                     preprocess=None) -> grain.IterDataset:
+                     preprocess=None,
+                     patch_sampling: str = "uniform") -> grain.IterDataset:
   """Endless batches of random labelled patches from records `indices`.
 
   Args:
@@ -327,6 +341,7 @@ def finetune_dataset(data_dir: pathlib.Path | str, name: str, split: str, *,
     process_count: number of JAX processes.
     worker_count: Grain worker processes (0: in this process).
     preprocess: optional `preprocess.Preprocess` run once per record.
+    patch_sampling: 'uniform' or 'fov' (patch centres inside the FOV).
 
   Returns:
     IterDataset of dict(image float32 (b,P,P,C), mask int32 (b,P,P),
@@ -346,7 +361,7 @@ def finetune_dataset(data_dir: pathlib.Path | str, name: str, split: str, *,
       CachedRecords(source, indices, transform=transform))
   dataset = (
       shuffled(dataset, seed=seed)
-      .random_map(_LabeledPatch(crop_size, in_channels)))
+      .random_map(_LabeledPatch(crop_size, in_channels, patch_sampling)))
   return batch_for_process(dataset, local_batch, process_index,
                            process_count, worker_count)
 
