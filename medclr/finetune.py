@@ -173,7 +173,8 @@ def train_and_evaluate(config, workdir):
         donate_argnums=0)
     writer = metric_writer.MetricWriter(
         workdir, enabled=jax.process_index() == 0,
-        total_steps=config.num_steps, name="finetune")
+        total_steps=config.num_steps, name="finetune",
+        drop_after=-1 if start is None else start)
     try:
       state, last = train_utils.run_loop(
           config=config, workdir=workdir, state=state, start_step=start or 0,

@@ -57,6 +57,28 @@ def _check_finite(step, values):
           "the learning rate, or check the inputs)")
 
 
+def _drop_rows_after(path, name, step):
+  """Rewrites `path` (atomically) without rows of `name` logged after `step`.
+
+  A torn last line (a kill in the middle of a write) is dropped too.
+  """
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if row.get("name") != name or row.get("step", 0) <= step:
+        kept.append(json.dumps(row) + "\n")
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+
+
 class MetricWriter:
   """Writes scalars to JSONL and TensorBoard, and prints progress lines.
 
@@ -79,7 +101,8 @@ class MetricWriter:
                enabled: bool = True,
                total_steps: int | None = None,
                log_every: int = 1,
-               name: str = "train"):
+               name: str = "train",
+               drop_after: int | None = None):
     """Opens the JSONL file and the TensorBoard writer (when enabled).
 
     Args:
@@ -91,6 +114,9 @@ class MetricWriter:
         `total_steps`); `progress` prints only on those steps.
       name: loop name, e.g. 'train' or 'eval': the JSONL `name` field, the
         TensorBoard tag prefix and the console line prefix.
+      drop_after: a run resuming from checkpoint step s passes s (a fresh
+        run -1): JSONL rows of this `name` logged after s by an interrupted
+        run are removed, so the replayed steps are not listed twice.
     """
     if log_every < 1:
       raise ValueError(f"log_every must be >= 1, got {log_every}")
@@ -109,6 +135,8 @@ class MetricWriter:
     workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+    if drop_after is not None:
+      _drop_rows_after(self.jsonl_path, name, drop_after)
     self.tensorboard_dir = os.path.join(workdir, "tb")
     self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
     # tensorboardX names files by the second and host only; the pid and loop

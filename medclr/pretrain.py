@@ -121,7 +121,8 @@ def train_and_evaluate(config, workdir):
     p_step = jax.jit(step_fn, donate_argnums=0)
     writer = metric_writer.MetricWriter(
         workdir, enabled=jax.process_index() == 0,
-        total_steps=config.num_steps, name="pretrain")
+        total_steps=config.num_steps, name="pretrain",
+        drop_after=-1 if start is None else start)
     logging.info("pretraining %s for %d steps, global batch %d on %d devices",
                  config.method, config.num_steps, config.batch_size,
                  mesh.devices.size)

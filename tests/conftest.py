@@ -85,6 +85,41 @@ def saved_subtrees(workdir, step, parts=("params",)):
   return jax.device_get(restored)
 
 
+def saved_state(workdir, step):
+  """The whole train state saved at `step` (numpy, saved dtypes) and the
+  data iterator's saved position(s) ({file name: JSON text}).
+  """
+  import jax  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  step_dir = pathlib.Path(workdir) / "checkpoints" / str(step)
+  metadata = ocp.PyTreeCheckpointer().metadata(step_dir / "state")
+  metadata = getattr(metadata, "item_metadata", metadata)
+  metadata = getattr(metadata, "tree", metadata)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      metadata, is_leaf=lambda m: hasattr(m, "shape"))
+  state = ocp.PyTreeCheckpointer().restore(
+      step_dir / "state", args=ocp.args.PyTreeRestore(
+          item=abstract,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)))
+  iterator = {f.name: f.read_text()
+              for f in sorted((step_dir / "data_iter").glob("*.json"))}
+  return jax.device_get(state), iterator
+
+
+def assert_trees_equal(got, want):
+  """Same tree structure, dtypes and bits in every leaf."""
+  import jax  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+
+  def check(path, a, b):
+    assert np.asarray(a).dtype == np.asarray(b).dtype, jax.tree_util.keystr(path)
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+  jax.tree_util.tree_map_with_path(check, got, want)
+
+
 def assert_trees_close(got, want, rtol, atol):
   """Same tree structure and every leaf close."""
   import jax  # pylint: disable=g-import-not-at-top,redefined-outer-name
