@@ -120,6 +120,28 @@ def assert_trees_equal(got, want):
   jax.tree_util.tree_map_with_path(check, got, want)
 
 
+def assert_trees_close_to_scale(got, want, fraction, per_leaf=True):
+  """Same structure; every leaf within `fraction` of want's largest entry
+  (with `per_leaf=False`, of the largest entry of the whole tree: for leaves
+  whose own values are mere noise, such as a bias before a BatchNorm).
+  """
+  import jax  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  tree_scale = max((float(np.abs(np.asarray(b)).max())
+                    for b in jax.tree.leaves(want) if np.size(b)), default=0.)
+
+  def check(path, a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    scale = float(np.abs(b).max()) if b.size else 0.0
+    scale = scale if per_leaf else tree_scale
+    err = float(np.abs(a - b).max()) if b.size else 0.0
+    assert err <= fraction * scale, (
+        f"{jax.tree_util.keystr(path)}: differs by {err:.3g}, more than "
+        f"{fraction} of its largest entry {scale:.3g}")
+  jax.tree_util.tree_map_with_path(check, got, want)
+
+
 def assert_trees_close(got, want, rtol, atol):
   """Same tree structure and every leaf close."""
   import jax  # pylint: disable=g-import-not-at-top,redefined-outer-name

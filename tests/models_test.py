@@ -346,3 +346,17 @@ def test_matmul_batch_norm_uses_global_batch_under_explicit_mesh():
   for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(ours.var[...], theirs.var[...], rtol=1e-5)
+
+
+def test_matmul_batch_norm_is_accurate_when_the_mean_dwarfs_the_spread():
+  # 16k rows with |mean| = 100 std, as raw conv outputs can have: a one-pass
+  # variance, E[x^2] - E[x]^2, loses most of its digits here in float32.
+  layer, _ = _batch_norm_pair(4)
+  x = 100.0 + jax.random.normal(jax.random.key(5), (16, 32, 32, 4))
+  out = jax.jit(lambda v: encoder_lib.apply_norm(nnx.clone(layer), v,
+                                                 train=True))(x)
+  x64 = np.asarray(x, np.float64)
+  mean, var = x64.mean((0, 1, 2)), x64.var((0, 1, 2))
+  want = ((x64 - mean) / np.sqrt(var + layer.epsilon)
+          * np.asarray(layer.scale[...]) + np.asarray(layer.bias[...]))
+  np.testing.assert_allclose(out, want, atol=2e-3)
