@@ -24,6 +24,7 @@ from medclr import finetune
 from medclr import pretrain
 from medclr import steps
 from medclr.methods import dino
+from medclr.models import dino_head
 
 BATCH = 4
 
@@ -120,8 +121,8 @@ def test_center_is_ema_of_global_batch_mean():
 
 @pytest.mark.parametrize("learn_scale", [False, True])
 def test_last_layer_is_weight_normalised(learn_scale):
-  layer = dino.WeightNormLinear(6, 10, learn_scale=learn_scale,
-                                rngs=nnx.Rngs(0))
+  layer = dino_head.WeightNormLinear(6, 10, learn_scale=learn_scale,
+                                     rngs=nnx.Rngs(0))
   params = nnx.to_pure_dict(nnx.state(layer, nnx.Param))
   assert sorted(params) == (["direction", "scale"] if learn_scale else
                             ["direction"])
