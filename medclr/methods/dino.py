@@ -33,7 +33,6 @@ vision_transformer.py (`DINOHead`, here medclr/models/dino_head.py):
 Every reduction is a plain global mean over the batch axis, so BatchNorm, the
 loss and the centre see the global batch on any number of devices.
 """
-import dataclasses
 import math
 
 from absl import logging
@@ -42,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from medclr import augment
+from medclr import crop_presets
 from medclr import ema
 from medclr import errors
 from medclr import losses
@@ -53,33 +53,6 @@ from medclr.models import dino_head
 # DINO's local crops are 96 px for 224 px global crops (main_dino.py).
 LOCAL_TO_GLOBAL = 96 / 224
 
-
-@dataclasses.dataclass(frozen=True)
-class CropPreset:
-  """Crop scales and colour-jitter strengths of a multi-crop preset."""
-
-  global_scale: tuple[float, float]
-  local_scale: tuple[float, float]
-  jitter: tuple[float, float, float, float]
-
-
-# `config.crops.preset` values ('custom' reads the config fields instead).
-CROP_PRESETS = {
-    # facebookresearch/dino main_dino.py defaults: --global_crops_scale
-    # (0.4, 1), --local_crops_scale (0.05, 0.4), ColorJitter(0.4, 0.4, 0.2,
-    # 0.1).
-    "dino_default": CropPreset((0.4, 1.0), (0.05, 0.4), (0.4, 0.4, 0.2, 0.1)),
-    # Cheng et al. 2025 (MIDL; ziijiecheng/Enhance-contrastive-SSL-for-
-    # Retinal-Imaging) "strong" and "weak": the repository ships checkpoints
-    # and fine-tuning code only, and neither its README, DINO.md nor the
-    # paper pages we could read give the numbers (UNVERIFIED; see
-    # docs/methods/dino.md). "strong" is read as DINO's defaults.
-    "strong": CropPreset((0.4, 1.0), (0.05, 0.4), (0.4, 0.4, 0.2, 0.1)),
-    # "weak" is OUR definition, not theirs: narrowed crop scales (global
-    # (0.7, 1), local (0.3, 0.6)) and colour jitter at half DINO's strength;
-    # probabilities, blur and solarisation as DINO.
-    "weak": CropPreset((0.7, 1.0), (0.3, 0.6), (0.2, 0.2, 0.1, 0.05)),
-}
 
 # DataAugmentationDINO per-view probabilities (jitter, grayscale, blur,
 # solarize); brightness is torchvision's multiplicative one.
@@ -116,16 +89,16 @@ def resolve_crops(crops_cfg):
     errors.ConfigError: unknown preset, or fields that contradict it.
   """
   name = crops_cfg.preset
-  fields = CropPreset(_as_tuple(crops_cfg.global_scale),
-                      _as_tuple(crops_cfg.local_scale),
-                      _as_tuple(crops_cfg.jitter))
+  fields = crop_presets.CropPreset(_as_tuple(crops_cfg.global_scale),
+                                   _as_tuple(crops_cfg.local_scale),
+                                   _as_tuple(crops_cfg.jitter))
   if name == "custom":
     return fields
-  if name not in CROP_PRESETS:
+  if name not in crop_presets.CROP_PRESETS:
     raise errors.ConfigError(
         f"config.crops.preset={name!r}: expected one of "
-        f"{sorted(CROP_PRESETS) + ['custom']}")
-  preset = CROP_PRESETS[name]
+        f"{sorted(crop_presets.CROP_PRESETS) + ['custom']}")
+  preset = crop_presets.CROP_PRESETS[name]
   for field in ("global_scale", "local_scale", "jitter"):
     want, got = getattr(preset, field), getattr(fields, field)
     if not all(math.isclose(a, b) for a, b in zip(want, got)) or len(
