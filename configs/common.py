@@ -252,6 +252,20 @@ def volume_profiles(config, args):
     config.checkpoint_every = 1
 
 
+def volume_data(config, *, sources, image_size, sampling):
+  """`config.data` of a volume set (chaitanya, pcl).
+
+  Volume slices have no field of view: the preprocessing fields are dropped.
+  `sampling` is 'random' (uniform slices) or 'partition' (one slice from
+  each partition of a volume).
+  """
+  del config.data.normalize
+  del config.data.fov_diameter
+  config.data.sources = sources
+  config.data.image_size = image_size
+  config.data.sampling = sampling
+
+
 def pretrain_args(arg):
   """The `:arg` every pretraining config accepts."""
   return parse_arg(arg, smoke=False, quick=False, demo=False, preset="")
