@@ -7,7 +7,7 @@ The step is docs/protocol.md section 2.
 
 medclr's step is built exactly as `medclr.pretrain` builds it: the model from
 `models.make_contrastive` (`unet2d-32`, canonical head), the state from
-`train_utils.init_state` on a mesh, `steps.make_pretrain_step` jitted with
+`loop.init_state` on a mesh, `steps.make_pretrain_step` jitted with
 the state donated. The input is a synthetic batch of B images x 2 views
 already on device, so only the step is timed.
 
@@ -147,7 +147,7 @@ def canonical_config(*, method="simclr", batch=16, size=128,
 class Model:
   """The method's model graph, optimiser and initial train state.
 
-  Built once and shared: `train_utils.init_state`'s jitted initialiser takes
+  Built once and shared: `loop.init_state`'s jitted initialiser takes
   seconds to compile even for tiny widths, and every step variant (presets,
   device counts) must start from the same parameters anyway.
   """
@@ -157,14 +157,14 @@ class Model:
 
     from medclr import methods  # pylint: disable=g-import-not-at-top
     from medclr import optim  # pylint: disable=g-import-not-at-top
-    from medclr import train_utils  # pylint: disable=g-import-not-at-top
+    from medclr import loop  # pylint: disable=g-import-not-at-top
 
     self.config = config
     self.tx, self.lr_fn = optim.make_optimizer(config.optim, 1,
                                                config.batch_size)
     method = methods.get_method(config)
     with jax.set_mesh(mesh):
-      self.graphdef, _, init_fn = train_utils.init_state(
+      self.graphdef, _, init_fn = loop.init_state(
           method.make_model, self.tx, mesh, config.seed, method.init_aux)
       self._state = init_fn()
 

@@ -78,18 +78,38 @@ def run_block(config, *, num_steps, log_every, checkpoint_every, keep=2):
   return config
 
 
-def pretrain_config(method, args, *, preset="simclr_strong"):
+def pretrain_config(method, args, *, preset="simclr_strong", in_channels=3,
+                    blocks=None, volume=False):
   """The blocks every pretraining method shares, with the profiles applied.
 
   Args:
     method: registered method name (`config.method`).
-    args: `parse_arg` result with smoke, quick, demo (bools) and preset.
+    args: `parse_arg` result with smoke, quick, preset and (optionally) demo.
     preset: the method's default augmentation preset (`args.preset` wins).
+    in_channels: `config.data.in_channels` and `config.model.in_channels`.
+    blocks: optional `config -> None` that sets or replaces the method's own
+      blocks (head, loss, optim, ...) before the profiles run, so `quick` and
+      `smoke` shrink them as they do the shared ones.
+    volume: apply `volume_profiles` (chaitanya, pcl) instead of
+      `apply_pretrain_profiles`.
 
   Returns:
-    ConfigDict with data, augment, model, head, loss, optim, crop, batch and
-    run fields; method configs add their own blocks on top.
+    ConfigDict with data, augment, model, head, loss, optim, crop, batch,
+    run, guard and probe fields; method configs add their own on top.
   """
+  config = shared_blocks(method, args.preset or preset, in_channels)
+  if blocks is not None:
+    blocks(config)
+  if volume:
+    volume_profiles(config, args)
+  else:
+    apply_pretrain_profiles(config, args)
+  diagnostics_blocks(config, args.smoke)
+  return config
+
+
+def shared_blocks(method, preset, in_channels):
+  """Data, augment, model, head, loss, optim, crop, batch and run blocks."""
   config = ml_collections.ConfigDict()
   config.method = method
   config.data = ml_collections.ConfigDict({
@@ -97,13 +117,13 @@ def pretrain_config(method, args, *, preset="simclr_strong"):
       # Unlabelled pool, "name:split" comma list; never DRIVE test/.
       "sources": "drive:train,hrf:train",
       "image_size": 128,
-      "in_channels": 3,
+      "in_channels": in_channels,
       "worker_count": 0,
       **preprocess_fields(),
   })
   config.augment = ml_collections.ConfigDict(
-      {"preset": args.preset or preset, "strength": 1.0})
-  config.model = model_config("unet2d-32")
+      {"preset": preset, "strength": 1.0})
+  config.model = model_config("unet2d-32", in_channels=in_channels)
   # Canonical head: GAP -> Dense 512 -> ReLU -> Dense 128
   # (docs/protocol.md section 2).
   config.head = ml_collections.ConfigDict({"hidden_dim": 512, "out_dim": 128})
@@ -122,9 +142,6 @@ def pretrain_config(method, args, *, preset="simclr_strong"):
       "loc_interval": 100, "loc_size": 0, "loc_batch": 16})
   config.batch_size = 16  # images; each gives two views
   run_block(config, num_steps=2000, log_every=10, checkpoint_every=200)
-
-  apply_pretrain_profiles(config, args)
-  diagnostics_blocks(config, args.smoke)
   return config
 
 
@@ -132,7 +149,7 @@ def apply_pretrain_profiles(config, args):
   """`quick`, `demo` and `smoke` over the shared pretraining blocks."""
   if args.quick:
     quick_profile(config)
-  if args.demo:  # make quickstart: a few minutes on 2 CPU cores
+  if args.get("demo"):  # make quickstart: a few minutes on 2 CPU cores
     config.data.sources = "phantom:train"
     config.data.image_size = 64
     config.model = model_config("small")
@@ -233,6 +250,20 @@ def volume_profiles(config, args):
     config.optim.warmup_steps = 0  # see smoke_profile
     config.log_every = 1
     config.checkpoint_every = 1
+
+
+def volume_data(config, *, sources, image_size, sampling):
+  """`config.data` of a volume set (chaitanya, pcl).
+
+  Volume slices have no field of view: the preprocessing fields are dropped.
+  `sampling` is 'random' (uniform slices) or 'partition' (one slice from
+  each partition of a volume).
+  """
+  del config.data.normalize
+  del config.data.fov_diameter
+  config.data.sources = sources
+  config.data.image_size = image_size
+  config.data.sampling = sampling
 
 
 def pretrain_args(arg):

@@ -22,27 +22,26 @@ def get_config(arg=None):
   """BYOL config; see the module docstring for `arg`."""
   args = common.parse_arg(arg, smoke=False, quick=False, preset="",
                           views="byol_asym")
-  config = ml_collections.ConfigDict()
-  config.method = "byol"
-  config.data = ml_collections.ConfigDict({
-      "data_dir": common.default_data_dir(),
-      # Unlabelled pool, "name:split" comma list; never DRIVE test/.
-      "sources": "drive:train,hrf:train",
-      "image_size": 128,
-      "in_channels": 3,
-      "worker_count": 0,
-      **common.preprocess_fields(),
-  })
   # The base preset gives the host crop and the geometry: simclr_strong's
   # random resized crop (0.08, 1) x (3/4, 4/3) and flip p 0.5 are BYOL's
   # (augmentations.py, dataset.py). `views='byol_asym'` then replaces the
   # intensity ops per view with BYOL's asymmetric pair (methods/byol.py
   # VIEW_PAIRS): jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2, blur
   # 1.0 / 0.1, solarize 0 / 0.2. `views='same'`: both views = base preset.
-  config.augment = ml_collections.ConfigDict({
-      "preset": args.preset or "simclr_strong", "strength": 1.0,
-      "views": args.views})
-  config.model = common.model_config("unet2d-32")
+  # Batch 16 images, each giving two views (as pretrain_simclr); `quick` is
+  # the shared study profile and optimiser (common.py).
+  config = common.pretrain_config("byol", args, preset="simclr_strong",
+                                  blocks=byol_blocks)
+  config.augment.views = args.views
+  del config.loss  # BYOL's loss has no settings
+  del config.crop  # its own two host crops
+  if args.smoke:
+    config.head.predictor_hidden_dim = 32
+  return config
+
+
+def byol_blocks(config):
+  """Head, target EMA and optimiser: deepmind-research byol/ values."""
   # configs/byol.py network_config: projector 4096 -> 256, predictor
   # 4096 -> 256 (paper values too).
   config.head = ml_collections.ConfigDict({
@@ -61,15 +60,3 @@ def get_config(arg=None):
       "momentum": 0.9, "schedule": "cosine", "warmup_steps": 200,
       "weight_decay": 1e-6, "weight_decay_on": "kernels",
       "grad_clip_norm": 0.0})
-  config.batch_size = 16  # images; each gives two views (as pretrain_simclr)
-  common.run_block(config, num_steps=2000, log_every=10, checkpoint_every=200)
-
-  if args.quick:  # the shared study profile and optimiser (common.py)
-    common.quick_profile(config)
-  if args.smoke:
-    common.smoke_profile(config)
-    config.head.hidden_dim = 32
-    config.head.out_dim = 16
-    config.head.predictor_hidden_dim = 32
-  common.diagnostics_blocks(config, args.smoke)
-  return config

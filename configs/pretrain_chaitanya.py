@@ -28,36 +28,36 @@ def get_config(arg=None):
   """Chaitanya G^D config; see the module docstring for `arg`."""
   args = common.parse_arg(arg, smoke=False, quick=False, preset="",
                           positives="gd")
-  config = ml_collections.ConfigDict()
-  config.method = "volume_supcon"
-  config.data = ml_collections.ConfigDict({
-      "data_dir": common.default_data_dir(),
-      # A volume set ("name:split"); the synthetic one needs no download.
-      "sources": "synthetic_volumes:train",
-      # Slices are 192x192 in the paper (crop/pad after resampling) and the
-      # 100x100 crops are resized back to 192x192.
-      "image_size": 192,
-      # MRI: 1 channel (the paper). Set 3 to hand the encoder to an RGB
-      # fine-tune such as DRIVE (quick profile).
-      "in_channels": 1,
-      "worker_count": 0,
-      # sample_minibatch_for_global_loss_opti: m volumes, one random slice
-      # from each of their n_parts partitions ('random' = uniform slices).
-      "sampling": "partition",
-  })
-  config.augment = ml_collections.ConfigDict(
-      # brit_cont_net + crop_batch: 100x100 crop of 192x192, brightness +-0.3,
-      # contrast [0.7, 1.3] (augment.PRESETS['chaitanya_global']).
-      {"preset": args.preset or "chaitanya_global", "strength": 1.0})
-  # The paper's encoder is 6 levels [16, 32, 64, 128, 128, 128]; medclr's
-  # canonical U-Net encoder is used so fine-tuning compares like with like.
-  config.model = common.model_config("unet2d-32", in_channels=1)
+  # brit_cont_net + crop_batch: 100x100 crop of 192x192, brightness +-0.3,
+  # contrast [0.7, 1.3] (augment.PRESETS['chaitanya_global']).
+  # MRI: 1 channel (the paper). Set 3 to hand the encoder to an RGB
+  # fine-tune such as DRIVE (quick profile). The paper's encoder is 6 levels
+  # [16, 32, 64, 128, 128, 128]; medclr's canonical U-Net encoder is used so
+  # fine-tuning compares like with like.
+  config = common.pretrain_config(
+      "volume_supcon", args, preset="chaitanya_global", in_channels=1,
+      blocks=chaitanya_blocks, volume=True)
+  del config.crop  # its own host crops (volume pipeline)
+  config.loss = loss_block(args.positives)
+  return config
+
+
+def chaitanya_blocks(config):
+  """Data, head, optimiser, batch and run length of the reference."""
+  # A volume set ("name:split"); the synthetic one needs no download.
+  common.volume_data(config, sources="synthetic_volumes:train",
+                     # Slices are 192x192 in the paper (crop/pad after
+                     # resampling); the 100x100 crops are resized back.
+                     image_size=192,
+                     # sample_minibatch_for_global_loss_opti: m volumes, one
+                     # random slice from each of their n_parts partitions
+                     # ('random' = uniform slices).
+                     sampling="partition")
   # g_1: flatten -> Dense 1024 ReLU -> Dense 128 (no bias). Here global
   # average pooling replaces flatten (size-independent) and the dense layers
   # have biases (models.ProjectionHead).
   config.head = ml_collections.ConfigDict({"hidden_dim": 1024,
                                            "out_dim": 128})
-  config.loss = loss_block(args.positives)
   # AdamOptimizer(lr_reg=0.001), constant rate, no warm-up.
   config.optim = ml_collections.ConfigDict({
       "name": "adam", "learning_rate": 1e-3, "lr_scaling": "none",
@@ -70,10 +70,6 @@ def get_config(arg=None):
   # n_iter 10001 iterations.
   common.run_block(config, num_steps=10001, log_every=50,
                    checkpoint_every=1000)
-
-  common.volume_profiles(config, args)
-  common.diagnostics_blocks(config, args.smoke)
-  return config
 
 
 def loss_block(positives):

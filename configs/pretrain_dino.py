@@ -18,39 +18,37 @@ each value says where it is from.
 import ml_collections
 
 from configs import common
-from medclr.methods import dino
+from medclr import crop_presets
 
 
 def get_config(arg=None):
   """DINO config; see the module docstring for `arg`."""
   args = common.parse_arg(arg, smoke=False, quick=False, preset="",
                           crops="dino_default")
-  if args.crops not in dino.CROP_PRESETS:
+  if args.crops not in crop_presets.CROP_PRESETS:
     raise ValueError(f"unknown crops preset {args.crops!r} in {arg!r}; known: "
-                     f"{sorted(dino.CROP_PRESETS)}")
-  config = ml_collections.ConfigDict()
-  config.method = "dino"
-  config.data = ml_collections.ConfigDict({
-      "data_dir": common.default_data_dir(),
-      # Unlabelled pool, "name:split" comma list; never DRIVE test/.
-      "sources": "drive:train,hrf:train",
-      # Side of the 2 global crops (224 in DINO; medclr's canonical 128).
-      "image_size": 128,
-      "in_channels": 3,
-      "worker_count": 0,
-      **common.preprocess_fields(),
-  })
+                     f"{sorted(crop_presets.CROP_PRESETS)}")
   # The base preset gives flips (simclr_strong: hflip 0.5, as DINO's
   # RandomHorizontalFlip) and the crop aspect range (3/4, 4/3), torchvision's
   # RandomResizedCrop default that DINO uses. Its crop area is not used:
   # config.crops has the global/local scales. DINO's per-view intensity
   # (methods/dino.py _VIEW_PROBS) replaces the preset's.
-  config.augment = ml_collections.ConfigDict(
-      {"preset": args.preset or "simclr_strong", "strength": 1.0})
-  preset = dino.CROP_PRESETS[args.crops]
-  config.crops = ml_collections.ConfigDict({
-      # dino_default | strong | weak | custom (methods/dino.py CROP_PRESETS).
-      "preset": args.crops,
+  # data.image_size is the side of the 2 global crops (224 in DINO; medclr's
+  # canonical 128); batch_size counts images, each gives 2 + num_local crops.
+  config = common.pretrain_config("dino", args, preset="simclr_strong",
+                                  blocks=dino_blocks)
+  del config.crop  # its own multi-crop host crops
+  config.crops = crops_block(args.crops)
+  apply_profiles(config, args)
+  return config
+
+
+def crops_block(name):
+  """`config.crops`, filled from the multi-crop preset `name`."""
+  preset = crop_presets.CROP_PRESETS[name]
+  return ml_collections.ConfigDict({
+      # dino_default | strong | weak | custom (medclr/crop_presets.py).
+      "preset": name,
       # Filled from the preset; read as given only with preset 'custom'.
       "global_scale": preset.global_scale,
       "local_scale": preset.local_scale,
@@ -61,17 +59,10 @@ def get_config(arg=None):
       # (48 px here), DINO's 96 px locals for 224 px globals.
       "local_size": 0,
   })
-  dino_blocks(config)
-  config.batch_size = 16  # images; each gives 2 + num_local crops
-  common.run_block(config, num_steps=2000, log_every=10, checkpoint_every=200)
-  apply_profiles(config, args)
-  common.diagnostics_blocks(config, args.smoke)
-  return config
 
 
 def dino_blocks(config):
-  """Model, head, loss, teacher EMA and optimiser: main_dino.py defaults."""
-  config.model = common.model_config("unet2d-32")
+  """Head, loss, teacher EMA and optimiser: main_dino.py defaults."""
   # main_dino.py defaults: --out_dim 65536, --norm_last_layer True,
   # --use_bn_in_head False; DINOHead nlayers 3, hidden 2048, bottleneck 256;
   # --freeze_last_layer 1 epoch: drive:train + hrf:train (20 + 45 images)
@@ -105,9 +96,12 @@ def dino_blocks(config):
 
 
 def apply_profiles(config, args):
-  """The `quick` and `smoke` profiles over DINO's defaults."""
-  if args.quick:  # the shared study profile and optimiser (common.py)
-    common.quick_profile(config)
+  """DINO's part of `quick` and `smoke`.
+
+  common.pretrain_config has already applied the shared study and smoke
+  profiles (common.quick_profile, common.smoke_profile).
+  """
+  if args.quick:
     # CPU budget: 4 local crops (48 px) instead of 8, and K = 4096 outputs
     # instead of 65536 for a 65-image pool.
     config.crops.num_local = 4
@@ -115,7 +109,6 @@ def apply_profiles(config, args):
     config.head.freeze_last_layer_steps = 2  # 1 epoch of 65 images at 32
     config.loss.warmup_teacher_temp_steps = 30  # 10% of the steps
   if args.smoke:
-    common.smoke_profile(config)
     config.crops.num_local = 2
     config.head.hidden_dim = 32
     config.head.bottleneck_dim = 16

@@ -28,30 +28,17 @@ def get_config(arg=None):
   """PCL config; see the module docstring for `arg`."""
   args = common.parse_arg(arg, smoke=False, quick=False, preset="",
                           threshold=0.1)
-  config = ml_collections.ConfigDict()
-  config.method = "volume_supcon"
-  config.data = ml_collections.ConfigDict({
-      "data_dir": common.default_data_dir(),
-      "sources": "synthetic_volumes:train",
-      # PCL trains on 512x512 CHD slices; medclr's canonical view size.
-      "image_size": 128,
-      # CT/MRI: 1 channel (in_channels=1 in train_contrast.py).
-      "in_channels": 1,
-      "worker_count": 0,
-      # DataLoader(shuffle=True) over all slices.
-      "sampling": "random",
-  })
   # PCL's views are batchgenerators mirroring + (p 0.67) rotation, scaling
   # (0.7, 1.3) and elastic deformation, else a random crop; no medclr preset
   # has elastic deformation, so the nearest one (flip + rotation, no
-  # intensity change) is the default.
-  config.augment = ml_collections.ConfigDict(
-      {"preset": args.preset or "basic_medical", "strength": 1.0})
-  # initial_filter_size 32 (CHD) = medclr's unet2d-32 widths.
-  config.model = common.model_config("unet2d-32", in_channels=1)
-  # UNet2D_classification head: GAP -> Linear(512, 512) -> ReLU ->
-  # Linear(512, classes=512) (run_script.sh --classes 512).
-  config.head = ml_collections.ConfigDict({"hidden_dim": 512, "out_dim": 512})
+  # intensity change) is the default. CT/MRI: 1 channel (in_channels=1 in
+  # train_contrast.py); initial_filter_size 32 (CHD) = medclr's unet2d-32
+  # widths. PCL trains 300 epochs of CHD (~164k steps); medclr's default
+  # budget (2000 steps) is kept.
+  config = common.pretrain_config(
+      "volume_supcon", args, preset="basic_medical", in_channels=1,
+      blocks=pcl_blocks, volume=True)
+  del config.crop  # its own host crops (volume pipeline)
   config.loss = ml_collections.ConfigDict({
       "positives": "pcl",
       # --slice_threshold 0.1 (CHD and KiTS; BraTS 0.05; myconfig default
@@ -66,6 +53,21 @@ def get_config(arg=None):
       # Only used by partition positives (GCL) and logged partitions.
       "partitions": 4,
   })
+  if args.quick:
+    config.head.hidden_dim = 256
+    config.head.out_dim = 256
+  return config
+
+
+def pcl_blocks(config):
+  """Data, head, optimiser and batch of positional_cl."""
+  # PCL trains on 512x512 CHD slices; medclr's canonical view size.
+  # DataLoader(shuffle=True) over all slices.
+  common.volume_data(config, sources="synthetic_volumes:train",
+                     image_size=128, sampling="random")
+  # UNet2D_classification head: GAP -> Linear(512, 512) -> ReLU ->
+  # Linear(512, classes=512) (run_script.sh --classes 512).
+  config.head = ml_collections.ConfigDict({"hidden_dim": 512, "out_dim": 512})
   # SGD(lr 0.1 in run_script.sh, momentum 0.9), cosine schedule ('cos').
   # PCL also uses weight decay 1e-5, which medclr's 'sgd' does not apply.
   config.optim = ml_collections.ConfigDict({
@@ -73,13 +75,3 @@ def get_config(arg=None):
       "lr_scaling": "none", "schedule": "cosine", "warmup_steps": 0,
       "weight_decay": 1e-5, "grad_clip_norm": 0.0})
   config.batch_size = 32  # run_script.sh --batch_size 32
-  # PCL trains 300 epochs of CHD (~164k steps); medclr's default budget.
-  common.run_block(config, num_steps=2000, log_every=10,
-                   checkpoint_every=200)
-
-  common.volume_profiles(config, args)
-  if args.quick:
-    config.head.hidden_dim = 256
-    config.head.out_dim = 256
-  common.diagnostics_blocks(config, args.smoke)
-  return config

@@ -15,13 +15,14 @@ import jax
 
 from medclr import augment
 from medclr import checkpointing
+from medclr import config_checks
 from medclr import errors
+from medclr import loop
 from medclr import metric_writer
 from medclr import models
 from medclr import optim
 from medclr import sharding
 from medclr import steps
-from medclr import train_utils
 from medclr.data import pipeline
 from medclr.data import prepare as data_prepare
 from medclr.data import preprocess
@@ -32,7 +33,7 @@ LOADABLE_PARTS = ("encoder", "decoder")
 
 def validate_config(config):
   """Checks that fail fast, before any device work or training."""
-  train_utils.check_common_config(config, "crop_size")
+  config_checks.check_common_config(config, "crop_size")
   dice_weight = config.loss.dice_weight
   if not (math.isfinite(dice_weight) and dice_weight >= 0):
     raise errors.ConfigError(
@@ -158,12 +159,12 @@ def train_and_evaluate(config, workdir):
     return models.make_unet(config.model, rngs)
 
   with jax.set_mesh(mesh):
-    graphdef, abstract, init_fn = train_utils.init_state(
+    graphdef, abstract, init_fn = loop.init_state(
         make_model, tx, mesh, config.seed)
     checkpointer = checkpointing.Checkpointer(
         workdir, save_every=config.checkpoint_every,
         keep=config.keep_checkpoints, async_save=config.async_checkpoints)
-    state, start = train_utils.restore_or_init(checkpointer, abstract, init_fn,
+    state, start = loop.restore_or_init(checkpointer, abstract, init_fn,
                                                data_iter)
     if start is None and config.init.pretrain_dir:
       state, _ = init_from_pretrained(state, abstract, config.init)
@@ -176,7 +177,7 @@ def train_and_evaluate(config, workdir):
         total_steps=config.num_steps, name="finetune",
         drop_after=-1 if start is None else start)
     try:
-      state, last = train_utils.run_loop(
+      state, last = loop.run_loop(
           config=config, workdir=workdir, state=state, start_step=start or 0,
           p_step=p_step, data_iter=data_iter, mesh=mesh,
           checkpointer=checkpointer, writer=writer, config_dict=config_dict)

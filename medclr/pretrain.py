@@ -7,16 +7,17 @@ from absl import logging
 import jax
 
 from medclr import checkpointing
+from medclr import config_checks
 from medclr import contrastive_crop
 from medclr import errors
 from medclr import guard
+from medclr import loop
 from medclr import methods
 from medclr import metric_writer
 from medclr import optim
 from medclr import probe
 from medclr import sharding
 from medclr import steps
-from medclr import train_utils
 from medclr.data import preprocess
 from medclr.data import sources as data_sources
 
@@ -26,7 +27,7 @@ def validate_config(config):
   if config.method not in methods.REGISTRY:
     raise errors.ConfigError(f"config.method={config.method!r}: known methods "
                              f"are {sorted(methods.REGISTRY)}")
-  train_utils.check_common_config(config, "image_size")
+  config_checks.check_common_config(config, "image_size")
 
 
 def uses_contrastive_crop(config):
@@ -108,12 +109,12 @@ def train_and_evaluate(config, workdir):
                                    config.batch_size)
 
   with jax.set_mesh(mesh):
-    graphdef, abstract, init_fn = train_utils.init_state(
+    graphdef, abstract, init_fn = loop.init_state(
         method.make_model, tx, mesh, config.seed, method.init_aux)
     checkpointer = checkpointing.Checkpointer(
         workdir, save_every=config.checkpoint_every,
         keep=config.keep_checkpoints, async_save=config.async_checkpoints)
-    state, start = train_utils.restore_or_init(checkpointer, abstract, init_fn,
+    state, start = loop.restore_or_init(checkpointer, abstract, init_fn,
                                                data_iter)
     step_fn = steps.make_pretrain_step(graphdef, tx, lr_fn, method,
                                        config.seed)
@@ -136,7 +137,7 @@ def train_and_evaluate(config, workdir):
       hooks.update(before_step=controller.before_step,
                    extras_fn=lambda: {"ccrop": table.to_json()})
     try:
-      state, last = train_utils.run_loop(
+      state, last = loop.run_loop(
           config=config, workdir=workdir, state=state, start_step=start or 0,
           p_step=p_step, data_iter=data_iter, mesh=mesh,
           checkpointer=checkpointer, writer=writer, config_dict=config_dict,

@@ -19,11 +19,13 @@ import pytest
 from configs import finetune_unet
 from conftest import assert_trees_close, saved_subtrees, smoke_config
 from medclr import checkpointing
+from medclr import crop_presets
 from medclr import errors
 from medclr import finetune
 from medclr import pretrain
 from medclr import steps
 from medclr.methods import dino
+from medclr.models import dino_head
 
 BATCH = 4
 
@@ -67,7 +69,7 @@ def test_config_loads_and_locks(arg):
   with pytest.raises(AttributeError):
     config.crops.global_scal = (0.5, 1.0)  # a typo must not create a field
   preset = dino.resolve_crops(config.crops)
-  assert preset == dino.CROP_PRESETS[config.crops.preset]
+  assert preset == crop_presets.CROP_PRESETS[config.crops.preset]
   method = dino.make(config)  # validates the whole config
   assert method.local_size % 2 ** (len(config.model.widths) - 1) == 0
   if "quick" in arg:  # the fine-tune quick profile expects these
@@ -120,8 +122,8 @@ def test_center_is_ema_of_global_batch_mean():
 
 @pytest.mark.parametrize("learn_scale", [False, True])
 def test_last_layer_is_weight_normalised(learn_scale):
-  layer = dino.WeightNormLinear(6, 10, learn_scale=learn_scale,
-                                rngs=nnx.Rngs(0))
+  layer = dino_head.WeightNormLinear(6, 10, learn_scale=learn_scale,
+                                     rngs=nnx.Rngs(0))
   params = nnx.to_pure_dict(nnx.state(layer, nnx.Param))
   assert sorted(params) == (["direction", "scale"] if learn_scale else
                             ["direction"])
@@ -135,7 +137,7 @@ def test_last_layer_is_weight_normalised(learn_scale):
 
 def test_crop_presets_and_custom_fields():
   crops = _config().crops
-  assert dino.resolve_crops(crops) == dino.CROP_PRESETS["dino_default"]
+  assert dino.resolve_crops(crops) == crop_presets.CROP_PRESETS["dino_default"]
   crops.global_scale = (0.5, 1.0)
   with pytest.raises(errors.ConfigError, match="config.crops.global_scale"):
     dino.resolve_crops(crops)
@@ -144,8 +146,8 @@ def test_crop_presets_and_custom_fields():
   crops.preset = "weakest"
   with pytest.raises(errors.ConfigError, match="config.crops.preset"):
     dino.resolve_crops(crops)
-  weak = dino.CROP_PRESETS["weak"]
-  default = dino.CROP_PRESETS["dino_default"]
+  weak = crop_presets.CROP_PRESETS["weak"]
+  default = crop_presets.CROP_PRESETS["dino_default"]
   assert weak.global_scale[0] > default.global_scale[0]
   assert weak.local_scale[0] > default.local_scale[0]
   assert all(w < d for w, d in zip(weak.jitter, default.jitter))
@@ -174,7 +176,7 @@ def test_view_specs_follow_dino_per_crop():
     assert spec.jitter == (0.4, 0.4, 0.2, 0.1)
     assert (spec.jitter_p, spec.gray_p, spec.hflip_p) == (0.8, 0.2, 0.5)
     assert spec.brightness_mode == "multiply"
-  weak = dino.view_specs(config.augment, dino.CROP_PRESETS["weak"])
+  weak = dino.view_specs(config.augment, crop_presets.CROP_PRESETS["weak"])
   assert weak[0].jitter == (0.2, 0.2, 0.1, 0.05)
 
 

@@ -15,10 +15,10 @@ from conftest import smoke_config
 from medclr import checkpointing
 from medclr import evaluate
 from medclr import finetune
+from medclr import loop
 from medclr import models
 from medclr import optim
 from medclr import sharding
-from medclr import train_utils
 
 
 def _read_jsonl(path):
@@ -45,7 +45,7 @@ def _fresh_unet_state(config):
   tx, _ = optim.make_optimizer(config.optim, config.num_steps,
                                config.batch_size)
   with jax.set_mesh(mesh):
-    _, abstract, init_fn = train_utils.init_state(
+    _, abstract, init_fn = loop.init_state(
         lambda rngs: models.make_unet(config.model, rngs), tx, mesh,
         config.seed)
     return abstract, init_fn()

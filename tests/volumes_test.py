@@ -18,8 +18,8 @@ import pytest
 from medclr.data import readers
 from medclr.data import sources
 from medclr.data import volume_builder
+from medclr.data import volume_pipeline
 from medclr.data import volumes
-from medclr.methods import volume_supcon
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -308,7 +308,7 @@ def synthetic_dir(tmp_path_factory):
 
 def _dataset(data_dir, sampling, sources_str="synthetic_volumes:train",
              local_batch=8, partitions=4):
-  return volume_supcon.volume_pretrain_dataset(
+  return volume_pipeline.volume_pretrain_dataset(
       data_dir, sources_str, image_size=8, in_channels=1, area=(0.5, 0.5),
       aspect=(1.0, 1.0), partitions=partitions, sampling=sampling,
       local_batch=local_batch, seed=3)
@@ -336,7 +336,7 @@ def test_partition_sampling_takes_one_slice_per_part(synthetic_dir):
 
 
 def test_pipeline_resumes_from_iterator_state(synthetic_dir):
-  for sampling in volume_supcon.SAMPLINGS:
+  for sampling in volume_pipeline.SAMPLINGS:
     iterator = iter(_dataset(synthetic_dir, sampling))
     next(iterator)
     state = iterator.get_state()

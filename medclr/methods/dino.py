@@ -3,7 +3,7 @@
 A student (encoder -> DINO head) matches the sharpened, centred softmax of a
 teacher that is an EMA of the student. Values follow facebookresearch/dino
 main_dino.py (`DINOLoss`, `DataAugmentationDINO`, `train_one_epoch`) and
-vision_transformer.py (`DINOHead`):
+vision_transformer.py (`DINOHead`, here medclr/models/dino_head.py):
 
 * head: MLP in -> 2048 -> 2048 -> 256 (Linear weights N(0, 0.02), biases 0,
   exact GELU, no BatchNorm: `use_bn_in_head` False), L2 normalisation, then a
@@ -33,7 +33,6 @@ vision_transformer.py (`DINOHead`):
 Every reduction is a plain global mean over the batch axis, so BatchNorm, the
 loss and the centre see the global batch on any number of devices.
 """
-import dataclasses
 import math
 
 from absl import logging
@@ -42,46 +41,18 @@ import jax
 import jax.numpy as jnp
 
 from medclr import augment
+from medclr import crop_presets
 from medclr import ema
 from medclr import errors
 from medclr import losses
 from medclr import methods
 from medclr import models
 from medclr.data import multicrop
-from medclr.models import encoder as encoder_lib
+from medclr.models import dino_head
 
 # DINO's local crops are 96 px for 224 px global crops (main_dino.py).
 LOCAL_TO_GLOBAL = 96 / 224
-# Guards the L2 normalisations (torch F.normalize's eps).
-_NORM_EPS = 1e-12
 
-
-@dataclasses.dataclass(frozen=True)
-class CropPreset:
-  """Crop scales and colour-jitter strengths of a multi-crop preset."""
-
-  global_scale: tuple[float, float]
-  local_scale: tuple[float, float]
-  jitter: tuple[float, float, float, float]
-
-
-# `config.crops.preset` values ('custom' reads the config fields instead).
-CROP_PRESETS = {
-    # facebookresearch/dino main_dino.py defaults: --global_crops_scale
-    # (0.4, 1), --local_crops_scale (0.05, 0.4), ColorJitter(0.4, 0.4, 0.2,
-    # 0.1).
-    "dino_default": CropPreset((0.4, 1.0), (0.05, 0.4), (0.4, 0.4, 0.2, 0.1)),
-    # Cheng et al. 2025 (MIDL; ziijiecheng/Enhance-contrastive-SSL-for-
-    # Retinal-Imaging) "strong" and "weak": the repository ships checkpoints
-    # and fine-tuning code only, and neither its README, DINO.md nor the
-    # paper pages we could read give the numbers (UNVERIFIED; see
-    # docs/methods/dino.md). "strong" is read as DINO's defaults.
-    "strong": CropPreset((0.4, 1.0), (0.05, 0.4), (0.4, 0.4, 0.2, 0.1)),
-    # "weak" is OUR definition, not theirs: narrowed crop scales (global
-    # (0.7, 1), local (0.3, 0.6)) and colour jitter at half DINO's strength;
-    # probabilities, blur and solarisation as DINO.
-    "weak": CropPreset((0.7, 1.0), (0.3, 0.6), (0.2, 0.2, 0.1, 0.05)),
-}
 
 # DataAugmentationDINO per-view probabilities (jitter, grayscale, blur,
 # solarize); brightness is torchvision's multiplicative one.
@@ -118,16 +89,16 @@ def resolve_crops(crops_cfg):
     errors.ConfigError: unknown preset, or fields that contradict it.
   """
   name = crops_cfg.preset
-  fields = CropPreset(_as_tuple(crops_cfg.global_scale),
-                      _as_tuple(crops_cfg.local_scale),
-                      _as_tuple(crops_cfg.jitter))
+  fields = crop_presets.CropPreset(_as_tuple(crops_cfg.global_scale),
+                                   _as_tuple(crops_cfg.local_scale),
+                                   _as_tuple(crops_cfg.jitter))
   if name == "custom":
     return fields
-  if name not in CROP_PRESETS:
+  if name not in crop_presets.CROP_PRESETS:
     raise errors.ConfigError(
         f"config.crops.preset={name!r}: expected one of "
-        f"{sorted(CROP_PRESETS) + ['custom']}")
-  preset = CROP_PRESETS[name]
+        f"{sorted(crop_presets.CROP_PRESETS) + ['custom']}")
+  preset = crop_presets.CROP_PRESETS[name]
   for field in ("global_scale", "local_scale", "jitter"):
     want, got = getattr(preset, field), getattr(fields, field)
     if not all(math.isclose(a, b) for a, b in zip(want, got)) or len(
@@ -191,84 +162,6 @@ def updated_center(center, teacher, momentum):
   """m c + (1 - m) mean over the global batch and both global crops."""
   batch_center = jnp.mean(teacher, axis=(0, 1))[None, :]
   return center * momentum + batch_center * (1.0 - momentum)
-
-
-class WeightNormLinear(nnx.Module):
-  """torch weight_norm(Linear(in, out, bias=False)): w = g v / |v|.
-
-  The norm runs over the input dimension, one per output unit (torch's
-  dim=0 of its (out, in) weight). Without `learn_scale`, g is the constant 1
-  (DINO's `norm_last_layer`, where weight_g has requires_grad False).
-  """
-
-  def __init__(self, in_dim, out_dim, *, learn_scale, dtype=None, rngs):
-    self.direction = nnx.Param(nnx.initializers.lecun_normal()(
-        rngs.params(), (in_dim, out_dim), jnp.float32))
-    self.scale = (nnx.Param(jnp.ones((out_dim,), jnp.float32))
-                  if learn_scale else None)
-    self.dtype = dtype
-
-  def __call__(self, x, frozen=None):
-    """x @ w; `frozen` (traced bool) blocks the gradient to v and g."""
-    v = self.direction[...]
-    g = None if self.scale is None else self.scale[...]
-    if frozen is not None:
-      v = jnp.where(frozen, jax.lax.stop_gradient(v), v)
-      if g is not None:
-        g = jnp.where(frozen, jax.lax.stop_gradient(g), g)
-    w = v / jnp.maximum(jnp.linalg.norm(v, axis=0, keepdims=True), _NORM_EPS)
-    if g is not None:
-      w = w * g
-    dtype = self.dtype or x.dtype
-    return x.astype(dtype) @ w.astype(dtype)
-
-
-class DINOHead(nnx.Module):
-  """MLP -> L2 normalise -> weight-normalised last layer (DINO's head)."""
-
-  def __init__(self, in_dim, out_dim, *, hidden_dim, bottleneck_dim,
-               num_layers, norm_last_layer, dtype=None, rngs):
-    if num_layers < 1:
-      raise errors.ConfigError(
-          f"config.head.num_layers={num_layers}: must be >= 1")
-    dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [bottleneck_dim]
-    self.num_layers = num_layers
-    # DINOHead._init_weights: trunc_normal_(std=.02) cuts at +-2 in absolute
-    # value, i.e. at 100 std, so it is a plain N(0, 0.02); biases 0.
-    for index in range(num_layers):
-      # Named attributes, not a list: Orbax stores list indices as strings.
-      setattr(self, f"layer{index}", nnx.Linear(
-          dims[index], dims[index + 1], dtype=dtype, rngs=rngs,
-          kernel_init=nnx.initializers.normal(0.02)))
-    self.last_layer = WeightNormLinear(
-        bottleneck_dim, out_dim, learn_scale=not norm_last_layer, dtype=dtype,
-        rngs=rngs)
-
-  def __call__(self, h, freeze_last_layer=None):
-    x = h
-    for index in range(self.num_layers):
-      x = getattr(self, f"layer{index}")(x)
-      if index < self.num_layers - 1:
-        # torch nn.GELU() is the exact (erf) GELU.
-        x = nnx.gelu(x, approximate=False)
-    x = x.astype(jnp.float32)
-    x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), _NORM_EPS)
-    return self.last_layer(x, frozen=freeze_last_layer)
-
-
-class DINOModel(nnx.Module):
-  """Encoder -> global average pool -> `DINOHead` (student and teacher)."""
-
-  def __init__(self, model_kwargs, head_kwargs, *, rngs):
-    self.encoder = encoder_lib.Encoder(**model_kwargs, rngs=rngs)
-    self.head = DINOHead(self.encoder.widths[-1], **head_kwargs,
-                         dtype=model_kwargs.get("dtype"), rngs=rngs)
-
-  def __call__(self, x, *, train, freeze_last_layer=None):
-    """(logits (batch, out_dim), pooled features (batch, widths[-1])), f32."""
-    deepest = self.encoder(x, train=train)[-1]
-    h = jnp.mean(deepest.astype(jnp.float32), axis=(1, 2))
-    return self.head(h, freeze_last_layer).astype(jnp.float32), h
 
 
 def _group(x, batch):
@@ -352,7 +245,7 @@ class DINO(methods.Method):
         preprocess=methods.pretrain_preprocess(config))
 
   def make_model(self, rngs):
-    return DINOModel(self.model_kwargs, self.head_kwargs, rngs=rngs)
+    return dino_head.DINOModel(self.model_kwargs, self.head_kwargs, rngs=rngs)
 
   def init_aux(self, params, batch_stats):
     # Teacher = student at the start (main_dino.py load_state_dict).

@@ -1,6 +1,9 @@
-"""Pieces shared by the pretraining and fine-tuning loops.
+"""The training loop the pretraining and fine-tuning phases share.
 
-Kept out of steps.py because they touch the host (data, checkpoints, logging).
+State init on the devices, resume-or-init, and the step / log / checkpoint /
+preempt loop. Sits above steps.py because it touches the host (data,
+checkpoints, logging); phase-specific wiring lives in pretrain.py and
+finetune.py.
 """
 import time
 
@@ -10,36 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from medclr import augment
-from medclr import checkpointing
 from medclr import errors
 from medclr import sharding
 from medclr import steps
-
-
-def check_common_config(config, size_key):
-  """Config checks both phases share; `size_key` names the input size field.
-
-  Raises:
-    errors.ConfigError naming the offending key.
-  """
-  try:
-    augment.get_spec(config.augment.preset, config.augment.strength)
-  except ValueError as e:
-    raise errors.ConfigError(f"config.augment: {e}") from e
-  if config.model.in_channels != config.data.in_channels:
-    raise errors.ConfigError(
-        f"config.model.in_channels={config.model.in_channels} differs from "
-        f"config.data.in_channels={config.data.in_channels}")
-  levels = len(config.model.widths)
-  size = config.data[size_key]
-  if size % 2 ** (levels - 1):
-    raise errors.ConfigError(
-        f"config.data.{size_key}={size} must be divisible by "
-        f"2**{levels - 1} for a {levels}-level encoder")
-  if config.num_steps < 1:
-    raise errors.ConfigError(
-        f"config.num_steps={config.num_steps}: must be >= 1")
 
 
 def init_state(make_model, tx, mesh, seed, make_aux=None):
