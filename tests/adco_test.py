@@ -18,12 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import saved_subtrees, smoke_config
+from conftest import finetune_from, saved_subtrees, smoke_config
 from medclr import errors
-from medclr import finetune
 from medclr import methods
 from medclr import pretrain
-from medclr import sharding
 from medclr import steps
 from medclr.methods import adco
 from medclr.methods import moco
@@ -292,7 +290,4 @@ def test_pretrain_resume_and_finetune_end_to_end(tmp_path, phantom_data_dir):
   # The adversarial step ran: the velocity is no longer zero.
   assert np.abs(want["aux"]["bank_velocity"]).max() > 0
 
-  ft_config = smoke_config("finetune_unet", phantom_data_dir,
-                           **{"init.pretrain_dir": str(full)})
-  ft_last = finetune.train_and_evaluate(ft_config, str(tmp_path / "ft"))
-  assert np.isfinite(ft_last["loss"])
+  finetune_from(full, phantom_data_dir, tmp_path / "ft")

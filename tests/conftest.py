@@ -108,6 +108,29 @@ def saved_state(workdir, step):
   return jax.device_get(state), iterator
 
 
+def finetune_from(pretrain_dir, data_dir, workdir):
+  """One real fine-tuning step at learning rate 0 from `pretrain_dir`.
+
+  Asserts a finite loss and that the U-Net's saved encoder is, bit for bit,
+  the encoder the pretraining run saved (each read from its own checkpoint),
+  so a method whose checkpoint layout broke the hand-over fails here.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from medclr import checkpointing  # pylint: disable=g-import-not-at-top
+  from medclr import finetune  # pylint: disable=g-import-not-at-top
+  config = smoke_config("finetune_unet", data_dir, num_steps=1,
+                        **{"init.pretrain_dir": str(pretrain_dir),
+                           "optim.learning_rate": 0.0})
+  last = finetune.train_and_evaluate(config, str(workdir))
+  assert np.isfinite(last["loss"])
+  _, pretrained_step = checkpointing.saved_tree_shapes(pretrain_dir)
+  pretrained, _ = saved_state(pretrain_dir, pretrained_step)
+  tuned, _ = saved_state(workdir, 1)
+  assert_trees_equal(tuned["params"]["encoder"],
+                     pretrained["params"]["encoder"])
+  return last
+
+
 def assert_trees_equal(got, want):
   """Same tree structure, dtypes and bits in every leaf."""
   import jax  # pylint: disable=g-import-not-at-top,redefined-outer-name

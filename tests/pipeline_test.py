@@ -6,10 +6,8 @@ Each stage runs the real `train_and_evaluate` on 8 fake CPU devices with the
 import json
 import os
 
-from flax import nnx
 import jax
 import numpy as np
-import pytest
 
 from conftest import smoke_config
 from medclr import checkpointing

@@ -6,7 +6,6 @@ similarity above 0.99 / 0.95, U-Net logits with correlation above 0.99.
 """
 from flax import nnx
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 

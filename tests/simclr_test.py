@@ -3,7 +3,6 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from conftest import smoke_config
 from medclr import losses

@@ -21,9 +21,7 @@ import numpy as np
 import pytest
 
 from configs import finetune_unet
-from conftest import saved_subtrees, smoke_config
-from medclr import checkpointing
-from medclr import finetune
+from conftest import finetune_from, saved_subtrees, smoke_config
 from medclr import losses
 from medclr import pretrain
 from medclr.data import volumes
@@ -336,10 +334,7 @@ def test_chaitanya_smoke_pretrains_resumes_and_finetunes(tmp_path,
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
   assert any(not np.allclose(a, b) for a, b in zip(_params(full, 2), want))
 
-  ft_config = smoke_config("finetune_unet", phantom_data_dir,
-                           **{"init.pretrain_dir": str(full)})
-  ft_last = finetune.train_and_evaluate(ft_config, str(tmp_path / "ft"))
-  assert ft_last
+  finetune_from(full, phantom_data_dir, tmp_path / "ft")
 
 
 @pytest.mark.slow
