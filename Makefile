@@ -27,8 +27,10 @@ quickstart: install
 	    --config.init.pretrain_dir=$(WORK)/pretrain
 	$(PY) -m launch.evaluate --workdir=$(WORK)/finetune
 
+# One pytest worker per core (whole files per worker): most tests are
+# XLA compiles and small steps, which run on one thread.
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist loadfile
 
 clean-quickstart:
 	rm -rf $(WORK)
