@@ -26,6 +26,8 @@ setuptools.setup(
         "pillow>=10.0",
         # FOV estimation (medclr.data.fov): morphology and labelling.
         "scipy>=1.11",
+        # config.data.contrast='clahe' (medclr.data.preprocess).
+        "scikit-image>=0.22",
         # TensorBoard event files without TensorFlow.
         "tensorboardX>=2.6",
         # 3D volumes (NIfTI, DICOM series) for the volume-aware methods.

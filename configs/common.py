@@ -63,6 +63,8 @@ def preprocess_fields():
       # Resample so the field of view is this many pixels across (0: the
       # dataset's own resolution). DRIVE's FOV is about 540 px.
       "fov_diameter": 0,
+      # none | clahe (adaptive histogram equalisation of the brightness).
+      "contrast": "none",
   }
 
 

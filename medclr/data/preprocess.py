@@ -24,6 +24,7 @@ from medclr.data import fov as fov_lib
 from medclr.data import readers
 
 FILENAME = "preprocess.json"
+CONTRAST = ("none", "clahe")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,14 +38,21 @@ class Preprocess:
       the native resolution.
     in_channels: channels the model takes (1 or 3).
     dataset_stats: (2, C) nested lists, mean and std, for 'dataset'.
+    contrast: 'none' or 'clahe' (contrast-limited adaptive histogram
+      equalisation of the brightness, before normalisation).
   """
   normalize: str = "none"
   fov_diameter: int = 0
   in_channels: int = 3
   dataset_stats: Any = None
+  contrast: str = "none"
 
   def __post_init__(self):
     normalize.check_mode(self.normalize)
+    if self.contrast not in CONTRAST:
+      raise errors.ConfigError(
+          f"config.data.contrast={self.contrast!r}: expected one of "
+          f"{CONTRAST}")
     if self.fov_diameter < 0:
       raise errors.ConfigError(
           f"config.data.fov_diameter must be >= 0 (0: native "
@@ -65,6 +73,7 @@ class Preprocess:
     out = dict(record)
     out["image"], out["fov"], size_hw = self._resample(record["image"],
                                                        record["fov"])
+    out["image"] = self.enhance(out["image"])
     if size_hw != np.shape(record["mask"]):
       out["mask"] = resize_nearest(np.asarray(record["mask"]), size_hw)
     image = crops.to_float(np.asarray(out["image"]), self.in_channels)
@@ -79,8 +88,14 @@ class Preprocess:
     if fov is None:
       fov = fov_lib.estimate_fov(image)
     image, fov, _ = self._resample(image, fov)
-    image = crops.to_float(np.asarray(image), self.in_channels)
+    image = crops.to_float(self.enhance(image), self.in_channels)
     return image, self.stats(image, fov)
+
+  def enhance(self, image: np.ndarray) -> np.ndarray:
+    """The `contrast` step on a uint8 (H, W, C) image (same dtype)."""
+    if self.contrast == "none":
+      return image
+    return clahe(np.asarray(image))
 
   def _resample(self, image, fov):
     """(image, fov, size_hw) at the model's scale (unchanged at scale 1)."""
@@ -115,7 +130,8 @@ def from_config(data_cfg, dataset_stats=None) -> Preprocess:
   return Preprocess(
       normalize=data_cfg.get("normalize", "none"),
       fov_diameter=int(data_cfg.get("fov_diameter", 0)),
-      in_channels=data_cfg.in_channels, dataset_stats=dataset_stats)
+      in_channels=data_cfg.in_channels, dataset_stats=dataset_stats,
+      contrast=data_cfg.get("contrast", "none"))
 
 
 def build(data_cfg, sources: Sequence) -> Preprocess | None:
@@ -124,7 +140,8 @@ def build(data_cfg, sources: Sequence) -> Preprocess | None:
   'dataset' statistics are computed over every image of `sources`.
   """
   spec = from_config(data_cfg)
-  if spec.normalize == "none" and not spec.fov_diameter:
+  if (spec.normalize == "none" and not spec.fov_diameter
+      and spec.contrast == "none"):
     return None
   if spec.normalize == "dataset":
     stats = dataset_stats(sources, spec)
@@ -163,6 +180,23 @@ def dataset_stats(sources: Sequence, preprocess: Preprocess) -> np.ndarray:
                               preprocess.in_channels), record["fov"])
 
   return normalize.dataset_stats(pairs())
+
+
+def clahe(image: np.ndarray) -> np.ndarray:
+  """CLAHE of a uint8 (H, W[, C]) image's brightness, as uint8.
+
+  Colour images are equalised in their HSV value channel (hue and
+  saturation kept); tiles are 1/8 of the image side, clip limit 0.01
+  (scikit-image's defaults).
+  """
+  from skimage import exposure  # pylint: disable=g-import-not-at-top
+  if image.dtype != np.uint8:
+    raise readers.DataError(f"CLAHE expects a uint8 image, got {image.dtype}")
+  gray = image.ndim == 3 and image.shape[-1] == 1
+  out = exposure.equalize_adapthist(image[..., 0] if gray else image,
+                                    clip_limit=0.01)
+  out = np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
+  return out[..., None] if gray else out
 
 
 def _scaled_size(shape_hw, scale: float) -> tuple[int, int]:
