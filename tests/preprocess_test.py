@@ -1,4 +1,5 @@
 """Input normalisation and FOV-scale resampling, in training and inference."""
+import dataclasses
 import json
 import os
 
@@ -64,15 +65,18 @@ def test_unknown_mode_names_the_key():
     preprocess.Preprocess(normalize="zscore")
 
 
-@pytest.mark.parametrize("mode", ["image", "dataset", "none"])
+@pytest.mark.parametrize("mode,contrast", [
+    ("image", "none"), ("dataset", "none"), ("none", "none"),
+    ("image", "clahe")])
 def test_training_and_inference_normalise_an_image_identically(
-    phantom_data_dir, mode):
+    phantom_data_dir, mode, contrast):
   """One phantom image through the training pipeline + step inputs and
   through the inference preprocessing gives the same model input."""
   source = sources.open_split(phantom_data_dir, "phantom", "train")
   size = np.asarray(source[0]["image"]).shape[0]
   data_cfg = smoke_config("finetune_unet", phantom_data_dir).data
   data_cfg.normalize = mode
+  data_cfg.contrast = contrast
   spec = preprocess.build(data_cfg, [source]) or preprocess.from_config(
       data_cfg)
   # A crop the size of the image is the image itself.
@@ -88,6 +92,21 @@ def test_training_and_inference_normalise_an_image_identically(
   if mode != "none":
     raw = np.asarray(source[0]["image"]) / 255.0
     assert np.abs(want - raw).max() > 0.5  # normalisation did something
+  if contrast != "none":  # and CLAHE did something too
+    plain = dataclasses.replace(spec, contrast="none").model_input(
+        np.asarray(source[0]["image"]), np.asarray(source[0]["fov"]))
+    assert np.abs(want - plain).max() > 0.5
+
+
+def test_clahe_raises_local_contrast_and_keeps_the_size():
+  # A dim, low-contrast stripe pattern: CLAHE stretches it.
+  stripes = (100 + 10 * (np.arange(64) % 8 < 4))[None, :].repeat(64, 0)
+  image = np.repeat(stripes[..., None], 3, axis=-1).astype(np.uint8)
+  out = preprocess.clahe(image)
+  assert out.shape == image.shape and out.dtype == np.uint8
+  assert np.ptp(out.astype(int)) > 3 * np.ptp(image.astype(int))
+  with pytest.raises(ValueError, match="config.data.contrast"):
+    preprocess.Preprocess(contrast="gamma")
 
 
 def test_fov_resampling_maps_predictions_back_to_the_original_grid():
