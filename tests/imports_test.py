@@ -213,3 +213,24 @@ def test_the_graph_sees_function_level_imports():
   graph, _ = import_graph()
   assert "medclr.models.unet" in graph["medclr.models"]
   assert "medclr.loop" in graph["medclr.pretrain"]
+
+
+def test_functions_are_short_and_launchers_tiny():
+  """No function over 60 lines in medclr/ or configs/; launchers (modules
+  of launch/ run as `python -m`) under 60 lines."""
+  long_functions = []
+  for package in ("medclr", "configs"):
+    for path in sorted((REPO_ROOT / package).rglob("*.py")):
+      for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+          length = node.end_lineno - node.lineno + 1
+          if length > 60:
+            long_functions.append(f"{path.relative_to(REPO_ROOT)}:"
+                                  f"{node.name} ({length} lines)")
+  assert not long_functions, long_functions
+  long_launchers = [
+      f"{path.name} ({len(path.read_text().splitlines())} lines)"
+      for path in sorted((REPO_ROOT / "launch").glob("*.py"))
+      if "__main__" in path.read_text()
+      and len(path.read_text().splitlines()) >= 60]
+  assert not long_launchers, long_launchers
