@@ -52,6 +52,8 @@ class AugmentSpec:
       (0 = none). Pixels rotated in from outside the image are 0.
     rot90: whether to rotate by a uniform random multiple of 90 degrees
       (needs square images).
+    zoom: (lo, hi) range of a log-uniform random zoom about the centre,
+      applied with the free rotation ((1, 1) = none; > 1 magnifies).
     jitter: brightness, contrast, saturation, hue strengths. Brightness and
       contrast factors are drawn from [max(0, 1 - s), 1 + s] (or brightness
       deltas from [-s, s] when `brightness_mode='add'`), saturation factors
@@ -77,6 +79,7 @@ class AugmentSpec:
   vflip_p: float = 0.0
   rotate_deg: float = 0.0
   rot90: bool = False
+  zoom: tuple[float, float] = (1.0, 1.0)
   jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
   jitter_p: float = 0.0
   gray_p: float = 0.0
@@ -89,7 +92,7 @@ class AugmentSpec:
 
   def __post_init__(self):
     # Configs hand over lists; tuples keep the spec hashable for jit.
-    for field in ("crop_area", "crop_aspect", "jitter", "blur_sigma"):
+    for field in ("crop_area", "crop_aspect", "jitter", "blur_sigma", "zoom"):
       object.__setattr__(self, field,
                          tuple(float(v) for v in getattr(self, field)))
     _validate_spec(self)
@@ -107,6 +110,7 @@ def _validate_spec(spec: AugmentSpec) -> None:
   _check_range(where, "crop_area", spec.crop_area, low=0.0, high=1.0)
   _check_range(where, "crop_aspect", spec.crop_aspect, low=0.0)
   _check_range(where, "blur_sigma", spec.blur_sigma, low=0.0)
+  _check_range(where, "zoom", spec.zoom, low=0.0)
   if len(spec.jitter) != 4 or min(spec.jitter) < 0:
     raise ValueError(f"{where}: jitter must be 4 non-negative strengths "
                      f"(brightness, contrast, saturation, hue), got "
@@ -222,6 +226,14 @@ _PRESET_LIST = (
         vflip_p=0.5,
         rot90=True,
         rotate_deg=15.0,
+    ),
+    # basic_medical plus a random zoom in [0.8, 1.25] (log-uniform): vessel
+    # widths then vary the way they do between cameras and patients.
+    AugmentSpec(
+        name="basic_medical_zoom",
+        hflip_p=0.5,
+        rotate_deg=15.0,
+        zoom=(0.8, 1.25),
     ),
     # krishnabits001/domain_specific_cl global stage
     # (docs/methods/volume_supcon.md, docs/methods/README.md): a
@@ -380,25 +392,42 @@ def _random_geometry(key: jax.Array, arrays: Sequence[jax.Array],
     # dm_pix.rot90 needs a static k: switch over the four possibilities.
     branches = [functools.partial(dm_pix.rot90, k=k) for k in range(4)]
     arrays = [jax.lax.switch(turns, branches, a) for a in arrays]
-  if spec.rotate_deg > 0:
+  if spec.rotate_deg > 0 or spec.zoom != (1.0, 1.0):
+    # The angle keeps its key (runs without zoom draw the same angles).
+    k_zoom = jax.random.fold_in(k_rotate, 1)
     max_angle = math.radians(spec.rotate_deg)
     angle = jax.random.uniform(k_rotate, minval=-max_angle, maxval=max_angle)
+    zoom = jnp.exp(jax.random.uniform(k_zoom, minval=math.log(spec.zoom[0]),
+                                      maxval=math.log(spec.zoom[1])))
     # Constant 0 outside the image: black background for images, and
     # weight 0 so rotated-in corners are ignored by the loss.
-    arrays = [
-        dm_pix.rotate(a, angle, order=order, mode="constant", cval=0.0)
-        for a, order in zip(arrays, orders)
-    ]
+    arrays = [_rotate_zoom(a, angle, zoom, order)
+              for a, order in zip(arrays, orders)]
     if 0 in orders:
       # Bilinear 'constant' in dm-pix treats source coordinates outside
       # [0, size - 1] as outside, nearest (map_coordinates) only beyond
       # [-0.5, size - 0.5]; zero the nearest-rotated arrays on that
       # half-pixel band so weight 1 never marks a black padded image pixel.
       ones = jnp.ones(arrays[0].shape[:2] + (1,), jnp.float32)
-      inside = dm_pix.rotate(ones, angle, order=1, mode="constant") > 0.5
+      inside = _rotate_zoom(ones, angle, zoom, 1) > 0.5
       arrays = [a if order else jnp.where(inside, a, 0.0)
                 for a, order in zip(arrays, orders)]
   return arrays
+
+
+def _rotate_zoom(image: jax.Array, angle: jax.Array, zoom: jax.Array,
+                 order: int) -> jax.Array:
+  """dm_pix.rotate's centred rotation, magnified `zoom` times; 0 outside.
+
+  The matrix maps output to input coordinates (dm_pix.affine_transform), so
+  magnifying divides the spatial rows by `zoom`; channels map to themselves.
+  """
+  c, s = jnp.cos(angle), jnp.sin(angle)
+  matrix = jnp.array([[c / zoom, s / zoom, 0.0], [-s / zoom, c / zoom, 0.0],
+                      [0.0, 0.0, 1.0]])
+  centre = (jnp.asarray(image.shape, jnp.float32) - 1.0) / 2.0
+  return dm_pix.affine_transform(image, matrix, offset=centre - matrix @ centre,
+                                 order=order, mode="constant", cval=0.0)
 
 
 def _multiply_brightness(image: jax.Array, factor: jax.Array) -> jax.Array:

@@ -389,3 +389,25 @@ def test_sharded_segmentation_on_8_devices_equals_per_shard():
         offset=d)
     for got, want in zip(out, expected):
       np.testing.assert_allclose(np.asarray(got)[local], want, atol=1e-5)
+
+
+def test_zoom_magnifies_about_the_centre_and_keeps_labels_aligned():
+  # A centred 8x8 square in a 32x32 image: zoom z makes it about 8z wide.
+  image = np.zeros((32, 32, 1), np.float32)
+  image[12:20, 12:20] = 1.0
+  mask = image[..., 0].astype(np.int32)
+  weight = np.ones((32, 32), np.float32)
+  widths = {}
+  for zoom in (0.8, 1.25):
+    spec = augment.AugmentSpec(name="zoom", zoom=(zoom, zoom))
+    out_image, out_mask, out_weight = augment.augment_segmentation(
+        jax.random.key(0), jnp.asarray(image), jnp.asarray(mask),
+        jnp.asarray(weight), spec)
+    widths[zoom] = int(np.asarray(out_mask)[16].sum())
+    np.testing.assert_array_equal(np.asarray(out_image[..., 0]) > 0.5,
+                                  np.asarray(out_mask) == 1)
+    # Zooming out brings padding in at the borders, with weight 0.
+    assert (float(np.asarray(out_weight).min()) == 0.0) == (zoom < 1)
+  assert widths[0.8] in (6, 7) and widths[1.25] == 10
+  with pytest.raises(ValueError, match="zoom"):
+    augment.AugmentSpec(name="bad", zoom=(1.2, 0.9))
