@@ -37,6 +37,8 @@ LOG_EVERY = 10
 TABLE_STEPS = (0, 100, 200, 300)
 # loss / chance above this at the end counts as "near chance".
 NEAR_CHANCE = 0.85
+# logged steps averaged for the end-of-run loss of the verdict.
+TAIL = 5
 
 
 def parse_args(argv=None):
@@ -226,26 +228,30 @@ def over_chance(row, step, framework):
   return "-"
 
 
+def tail_mean(row, framework):
+  """Mean loss / chance over the last TAIL logged steps (one batch is noisy)."""
+  tail = row["curve"][-TAIL:]
+  return sum(p[f"loss_{framework}"] / p["chance"] for p in tail) / len(tail)
+
+
 def verdict(rows, tolerance=0.05):
   """Plain reading of the numbers: do the frameworks end alike per preset?"""
-  sentences = []
+  sentences, differing, near = [], [], []
   for row in rows:
-    last = row["last_over_chance"]
-    gap = abs(last["jax"] - last["torch"])
+    jax_end, torch_end = tail_mean(row, "jax"), tail_mean(row, "torch")
+    gap = abs(jax_end - torch_end)
     alike = "the same way" if gap <= tolerance else "differently"
     sentences.append(
-        f"{row['preset']}: medclr ends at {last['jax']:.3f} x chance, the "
-        f"peer at {last['torch']:.3f} (gap {gap:.3f}; they train {alike})")
-  differing = [r["preset"] for r in rows
-               if abs(r["last_over_chance"]["jax"] -
-                      r["last_over_chance"]["torch"]) > tolerance]
+        f"{row['preset']}: medclr ends at {jax_end:.3f} x chance, the "
+        f"peer at {torch_end:.3f} (mean of the last {TAIL} logged steps; "
+        f"gap {gap:.3f}: they train {alike})")
+    differing += [row["preset"]] if gap > tolerance else []
+    near += [row["preset"]] if min(jax_end, torch_end) > NEAR_CHANCE else []
   if differing:
     conclusion = (f"The frameworks part ways on {', '.join(differing)}: "
                   "with identical weights and views that points at a "
                   "framework difference (a bug), not the recipe.")
   else:
-    near = [r["preset"] for r in rows
-            if min(r["last_over_chance"].values()) > NEAR_CHANCE]
     conclusion = ("On identical weights and views the PyTorch peer follows "
                   "medclr under every preset" + (
                       f", so {', '.join(near)} staying near chance is the "
