@@ -359,3 +359,28 @@ def test_drive_study_refuses_an_existing_finetune_workdir(tmp_path):
     drive_study.check_fresh(str(old), resume=False)
   drive_study.check_fresh(str(old), resume=True)
   assert drive_study.parse_args(["--work=w", "--resume"]).resume
+
+
+@pytest.mark.slow
+@NEEDS_TORCH
+def test_simclr_ab_frameworks_agree_on_identical_views(phantom_data_dir,
+                                                       tmp_path):
+  """Same weights, views and optimiser: medclr and the peer stay together."""
+  from benchmarks import simclr_ab  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "simclr_ab.jsonl"
+  with contextlib.redirect_stdout(io.StringIO()):
+    simclr_ab.main([f"--data_dir={phantom_data_dir}", "--sources=phantom:train",
+                    "--config_arg=smoke", "--presets=basic_medical",
+                    "--steps=3", f"--results={path}"])
+  row = _only_record(path)
+  assert {"time", "git", "preset", "steps", "batch", "step0_abs_diff",
+          "curve", "first_over_chance", "last_over_chance", "seconds",
+          "command"} <= set(row)
+  assert "$DATA" in row["command"] and phantom_data_dir not in row["command"]
+  first, last = row["curve"][0], row["curve"][-1]
+  assert (first["step"], last["step"]) == (0, 2)
+  np.testing.assert_allclose(first["loss_torch"], first["loss_jax"],
+                             rtol=1e-4)
+  np.testing.assert_allclose(last["loss_torch"], last["loss_jax"], rtol=1e-3)
+  assert "| basic_medical | PyTorch peer |" in path.with_suffix(
+      ".md").read_text()
