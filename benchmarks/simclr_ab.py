@@ -265,7 +265,9 @@ def markdown(rows):
   lines = ["# SimCLR A/B: medclr vs the PyTorch peer on identical views", "",
            "Same initial weights, same normalised views every step, Adam with "
            "medclr's schedule. NT-Xent loss / ln(2B-1) at step index N (the "
-           "loss after N updates). Rows: benchmarks/results/simclr_ab.jsonl.",
+           "loss after N updates). Rows: benchmarks/results/simclr_ab.jsonl. "
+           "Wall seconds are for orientation only: the runs shared a busy "
+           "machine (speed: benchmarks/results/pretrain_step.jsonl).",
            "", "| preset | framework | " +
            " | ".join(f"step {s}" for s in cols) + " | wall s |",
            "|---" * (len(cols) + 3) + "|"]
