@@ -30,7 +30,7 @@ quickstart: install
 # One pytest worker per core (whole files per worker): most tests are
 # XLA compiles and small steps, which run on one thread.
 test: install
-	$(PY) -m pytest -n auto --dist loadfile
+	$(PY) -m pytest -n auto --dist loadfile --durations=25
 
 clean-quickstart:
 	rm -rf $(WORK)
