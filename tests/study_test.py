@@ -88,6 +88,10 @@ def test_report_is_built_from_rows_alone(tmp_path):
                "arm": "dino_weak@large", "pool": "large", "status": "stopped",
                "message": "step 90: teacher entropy at ln K",
                "seconds": None, "diagnostics": {}})
+  # A finished pretraining, then the near-instant re-run of a resumed study.
+  rows += [{"kind": "pretrain", "profile": "quick", "arm": "mocov2@large",
+            "pool": "large", "status": "done", "seconds": s,
+            "diagnostics": {}} for s in (400.0, 6.2)]
   jsonl = tmp_path / "study_quick.jsonl"
   jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
   md = tmp_path / "study_quick.md"
@@ -102,6 +106,7 @@ def test_report_is_built_from_rows_alone(tmp_path):
   assert ("basic_medical vs simclr_strong, k=2: simclr_basic_medical@large "
           "0.8100 vs simclr_simclr_strong@large 0.7500") in text
   assert "stopped: step 90: teacher entropy at ln K" in text
+  assert "| mocov2@large | large | done | 406.2 |" in text
   assert (tmp_path / "study_quick_dice_vs_k.png").stat().st_size > 0
 
 

@@ -48,6 +48,17 @@ def latest_pretrain(rows):
   return {row["arm"]: row for row in rows if row.get("kind") == "pretrain"}
 
 
+def pretrain_seconds(rows):
+  """Seconds each arm's pretraining took over all its attempts: a resumed
+  study re-runs a finished pretraining, which only takes a few seconds."""
+  total = {}
+  for row in rows:
+    if row.get("kind") == "pretrain" and row.get("seconds") is not None:
+      total[row["arm"]] = round(total.get(row["arm"], 0.0) + row["seconds"],
+                                1)
+  return total
+
+
 def mean_std(values):
   """Mean and population std of a non-empty list."""
   n = len(values)
@@ -214,17 +225,19 @@ def answers(stats):
 
 def pretrain_lines(rows):
   """One line per pretrained arm: status and collapse diagnostics."""
-  lines = ["| arm | pool | status | seconds | loss / chance (first -> last) "
+  lines = ["| arm | pool | status | seconds (all attempts) | loss / chance "
+           "(first -> last) "
            "| embedding std rel | teacher entropy rel | probe acc (first -> "
            "last) |", "|---|---|---|---|---|---|---|---|"]
   fmt = lambda v: "--" if v is None else f"{v:.3f}"
+  seconds = pretrain_seconds(rows)
   for arm, row in latest_pretrain(rows).items():
     diag = row.get("diagnostics") or {}
     first, last = diag.get("first", {}), diag.get("last", {})
     status = row["status"] + (f": {row['message']}" if row.get("message")
                               else "")
     lines.append(
-        f"| {arm} | {row.get('pool')} | {status} | {row.get('seconds')} | "
+        f"| {arm} | {row.get('pool')} | {status} | {seconds.get(arm, '--')} | "
         f"{fmt(first.get('loss_over_chance'))} -> "
         f"{fmt(last.get('loss_over_chance'))} | "
         f"{fmt(last.get('embedding_std_rel'))} | "
