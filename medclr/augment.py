@@ -235,6 +235,18 @@ _PRESET_LIST = (
         rotate_deg=15.0,
         zoom=(0.8, 1.25),
     ),
+    # basic_medical's geometry on host crops of 2-6% of a ~570 px fundus
+    # image (80-140 px resized to 96): pretraining views at about the vessel
+    # scale of native-resolution fine-tuning patches, where the whole-image
+    # views of basic_medical shrink vessels ~6x. An experiment
+    # (benchmarks/results/pretrain_recipes.jsonl).
+    AugmentSpec(
+        name="basic_medical_native",
+        crop_area=(0.02, 0.06),
+        crop_aspect=(3 / 4, 4 / 3),
+        hflip_p=0.5,
+        rotate_deg=15.0,
+    ),
     # krishnabits001/domain_specific_cl global stage
     # (docs/methods/volume_supcon.md, docs/methods/README.md): a
     # 100x100 crop of a 192x192 slice resized back, i.e. (100/192)^2 = 0.27 of
