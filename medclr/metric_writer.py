@@ -72,7 +72,7 @@ def _drop_rows_after(path, name, step):
       except json.JSONDecodeError:
         continue
       if row.get("name") != name or row.get("step", 0) <= step:
-        kept.append(json.dumps(row) + "\n")
+        kept.append(line if line.endswith("\n") else line + "\n")
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     f.writelines(kept)
