@@ -165,7 +165,7 @@ def train_and_evaluate(config, workdir):
         workdir, save_every=config.checkpoint_every,
         keep=config.keep_checkpoints, async_save=config.async_checkpoints)
     state, start = loop.restore_or_init(checkpointer, abstract, init_fn,
-                                               data_iter)
+                                        data_iter)
     if start is None and config.init.pretrain_dir:
       state, _ = init_from_pretrained(state, abstract, config.init)
     p_step = jax.jit(

@@ -115,7 +115,7 @@ def train_and_evaluate(config, workdir):
         workdir, save_every=config.checkpoint_every,
         keep=config.keep_checkpoints, async_save=config.async_checkpoints)
     state, start = loop.restore_or_init(checkpointer, abstract, init_fn,
-                                               data_iter)
+                                        data_iter)
     step_fn = steps.make_pretrain_step(graphdef, tx, lr_fn, method,
                                        config.seed)
     # Donate the state: its buffers become the next state's (no second copy).
