@@ -63,10 +63,19 @@ def to_host_scalars(metrics):
   return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
 
 
+@jax.jit
+def _all_finite(params):
+  return jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
+
+
 def params_finite(state):
-  """True when every parameter is finite (one host sync)."""
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state["params"])]
-  return bool(jnp.all(jnp.stack(leaves)))
+  """True when every parameter is finite (one host sync).
+
+  One jitted program per parameter tree: op by op, it compiled two small
+  programs per distinct leaf shape at a run's first checkpoint.
+  """
+  return bool(_all_finite(state["params"]))
 
 
 def diverged(message, checkpointer):

@@ -1,8 +1,21 @@
 """Test setup: eight fake CPU devices, created before JAX touches a backend."""
 import os
 import pathlib
+import shutil
+import tempfile
 
-import jax
+# Tests compile hundreds of small programs and run each for a few steps:
+# XLA:CPU's backend (LLVM) optimisation level 1 compiles about a third faster
+# than the default (a DINO end-to-end test: 87 -> 61 CPU seconds). Level 0
+# is not used: it miscompiled a SimCLR step into NaN gradients (jaxlib 0.10).
+# Set before JAX creates its backend, inherited by the launchers tests start;
+# a user's own level wins.
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = " ".join(
+      [os.environ.get("XLA_FLAGS", ""),
+       "--xla_backend_optimization_level=1"]).strip()
+
+import jax  # noqa: E402
 
 # Must run before any device use: every test sees an 8-device mesh on CPU.
 jax.config.update("jax_num_cpu_devices", 8)
@@ -10,6 +23,38 @@ jax.config.update("jax_num_cpu_devices", 8)
 import pytest  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _share_compilations():
+  """One XLA compilation cache for the whole test run.
+
+  Many tests compile the same smoke steps (in both pytest-xdist workers and
+  in the launcher subprocesses they start); compiling dominates their time.
+  The directory is per run: the first process to load this file (pytest's
+  controller) names it and every xdist worker and launcher subprocess
+  inherits it through the environment, so a run never reuses programs
+  compiled by another version of the code. A user's own setting wins.
+  """
+  cache = os.environ.setdefault(
+      "JAX_COMPILATION_CACHE_DIR",
+      os.path.join(tempfile.gettempdir(), f"medclr-test-xla-{os.getpid()}"))
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+  jax.config.update("jax_compilation_cache_dir", cache)
+  jax.config.update(
+      "jax_persistent_cache_min_compile_time_secs",
+      float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+  return cache
+
+
+_XLA_CACHE = _share_compilations()
+
+
+def pytest_unconfigure(config):  # pylint: disable=unused-argument
+  """The process that named this run's cache removes it."""
+  if _XLA_CACHE.endswith(f"medclr-test-xla-{os.getpid()}"):
+    shutil.rmtree(_XLA_CACHE, ignore_errors=True)
+
+
 SHARED_DATA = pathlib.Path(
     os.environ.get("MEDCLR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
