@@ -50,7 +50,10 @@ def get_config(arg=None):
   config.optim = ml_collections.ConfigDict({
       "name": "adam", "learning_rate": 1e-3, "lr_scaling": "none",
       "schedule": "cosine", "warmup_steps": 50, "weight_decay": 0.0,
-      "grad_clip_norm": 0.0})
+      "grad_clip_norm": 0.0,
+      # > 0: evaluate an exponential moving average of the weights (decay
+      # per step) instead of the last weights.
+      "ema_decay": 0.0})
   config.batch_size = 8
   common.run_block(config, num_steps=1000, log_every=20, checkpoint_every=250)
   # window: sliding-window side (0: the crop size; -1: the whole image at

@@ -90,11 +90,15 @@ def load_for_inference(workdir, step=None):
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
       abstract)
-  wanted = {"params": abstract[0]}
+  # A run with a weight average is evaluated with the average.
+  averaged = config.optim.get("ema_decay", 0.0) > 0
+  wanted = ({"aux": {"ema_params": abstract[0]}} if averaged else
+            {"params": abstract[0]})
   if abstract[1]:
     wanted["batch_stats"] = abstract[1]
   restored, step = checkpointing.restore_subtrees(workdir, wanted, step)
-  return Predictor(config, restored["params"], restored.get("batch_stats", {}),
+  params = restored["aux"]["ema_params"] if averaged else restored["params"]
+  return Predictor(config, params, restored.get("batch_stats", {}),
                    graphdef, step, preprocess.load(workdir, config.data))
 
 

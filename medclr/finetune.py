@@ -39,6 +39,11 @@ def validate_config(config):
     raise errors.ConfigError(
         f"config.loss.dice_weight={dice_weight}: must be a finite number "
         ">= 0")
+  ema_decay = config.optim.get("ema_decay", 0.0)
+  if not 0.0 <= ema_decay < 1.0:
+    raise errors.ConfigError(
+        f"config.optim.ema_decay={ema_decay}: must be in [0, 1) (0: "
+        "evaluate the trained weights themselves)")
   if config.data.patch_sampling not in pipeline.PATCH_SAMPLING:
     raise errors.ConfigError(
         f"config.data.patch_sampling={config.data.patch_sampling!r}: must be "
@@ -158,9 +163,12 @@ def train_and_evaluate(config, workdir):
   def make_model(rngs):
     return models.make_unet(config.model, rngs)
 
+  ema_decay = config.optim.get("ema_decay", 0.0)
+  make_aux = (lambda params, _: {"ema_params": params}) if ema_decay else None
+
   with jax.set_mesh(mesh):
     graphdef, abstract, init_fn = loop.init_state(
-        make_model, tx, mesh, config.seed)
+        make_model, tx, mesh, config.seed, make_aux)
     checkpointer = checkpointing.Checkpointer(
         workdir, save_every=config.checkpoint_every,
         keep=config.keep_checkpoints, async_save=config.async_checkpoints)
@@ -170,7 +178,7 @@ def train_and_evaluate(config, workdir):
       state, _ = init_from_pretrained(state, abstract, config.init)
     p_step = jax.jit(
         steps.make_finetune_step(graphdef, tx, lr_fn, spec, config.seed,
-                                 config.loss.dice_weight),
+                                 config.loss.dice_weight, ema_decay),
         donate_argnums=0)
     writer = metric_writer.MetricWriter(
         workdir, enabled=jax.process_index() == 0,

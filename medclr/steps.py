@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from medclr import augment
+from medclr import ema
 from medclr import losses
 from medclr import normalize
 
@@ -108,9 +109,24 @@ def finetune_inputs(key, batch, spec):
   return image, mask, weight
 
 
-def make_finetune_step(graphdef, tx, lr_fn, spec, seed, dice_weight=1.0):
+def weight_average_momentum(step, decay):
+  """EMA momentum of the evaluation weights after update `step` (0-based).
+
+  min(decay, (1 + t) / (10 + t)): early on the average follows the weights
+  closely instead of remembering the random initialisation (the warm-up of
+  TensorFlow's `ExponentialMovingAverage(num_updates=...)`).
+  """
+  t = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+
+
+def make_finetune_step(graphdef, tx, lr_fn, spec, seed, dice_weight=1.0,
+                       ema_decay=0.0):
   """Supervised U-Net step: joint image/mask augmentation, seg loss
   (BCE + `dice_weight` x soft Dice).
+
+  With `ema_decay` > 0 the state's `aux['ema_params']` holds an exponential
+  moving average of the parameters, the weights evaluation uses.
 
   Returns step(state, batch) -> (state, metrics); jit with donate_argnums=0.
   """
@@ -130,7 +146,12 @@ def make_finetune_step(graphdef, tx, lr_fn, spec, seed, dice_weight=1.0):
         loss_fn, has_aux=True)(state["params"], state["batch_stats"])
     metrics = {"loss": loss, "lr": lr_fn(state["step"]),
                "grad_norm": optax.tree.norm(grads)}
-    return _apply_update(state, grads, batch_stats, tx), metrics
+    new_state = _apply_update(state, grads, batch_stats, tx)
+    if ema_decay > 0:
+      momentum = weight_average_momentum(state["step"], ema_decay)
+      new_state["aux"] = {"ema_params": ema.ema_update(
+          state["aux"]["ema_params"], new_state["params"], momentum)}
+    return new_state, metrics
 
   return step
 
