@@ -19,7 +19,7 @@ import pytest
 from conftest import REPO_ROOT, assert_trees_equal, saved_state
 from medclr import checkpointing
 
-STEPS = 30
+STEPS = 12
 ENV = dict(os.environ, JAX_PLATFORMS="cpu")
 
 

@@ -48,12 +48,15 @@ def test_two_processes_match_one(tmp_path, phantom_data_dir):
   one = str(tmp_path / "one")
   pretrain.train_and_evaluate(
       smoke_config("pretrain_simclr", phantom_data_dir, num_steps=STEPS,
-                   keep_checkpoints=STEPS, **{"optim.name": "sgd", "optim.learning_rate": 0.01}), one)
+                   keep_checkpoints=STEPS,
+                   **{"optim.name": "sgd", "optim.learning_rate": 0.01}), one)
 
   two = str(tmp_path / "two")
   port = _free_port()
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  # 4 devices a process; the other flags (conftest's) stay.
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(
+      [os.environ.get("XLA_FLAGS", ""),
+       "--xla_force_host_platform_device_count=4"]).strip())
   procs = [subprocess.Popen(
       [sys.executable, "-m", "launch.pretrain",
        "--config=configs/pretrain_simclr.py:smoke", f"--workdir={two}",
