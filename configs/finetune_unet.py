@@ -40,6 +40,11 @@ def get_config(arg=None):
       "pretrain_dir": "",
       "pretrain_step": -1,  # -1: latest
       "load": "encoder",  # comma list of U-Net parts: encoder[,decoder]
+      # U-Net parts (encoder, decoder, head) that get no update for the
+      # first freeze_steps steps, e.g. to fit a new decoder to a pretrained
+      # encoder first. BatchNorm statistics still adapt.
+      "freeze": "",
+      "freeze_steps": 0,
   })
   # Joint image/mask augmentation on device.
   config.augment = ml_collections.ConfigDict(

@@ -53,6 +53,14 @@ def validate_config(config):
       raise errors.ConfigError(
           f"config.init.load={config.init.load!r}: parts must be among "
           f"{LOADABLE_PARTS}")
+  for part in frozen_parts(config.init):
+    if part not in LOADABLE_PARTS + ("head",):
+      raise errors.ConfigError(
+          f"config.init.freeze={config.init.freeze!r}: parts must be among "
+          f"{LOADABLE_PARTS + ('head',)}")
+  if config.init.get("freeze_steps", 0) < 0:
+    raise errors.ConfigError(
+        f"config.init.freeze_steps={config.init.freeze_steps}: must be >= 0")
   if config.init.pretrain_dir:
     # Fails now, naming the directory, rather than after data loading.
     checkpointing.saved_tree_shapes(config.init.pretrain_dir,
@@ -61,6 +69,11 @@ def validate_config(config):
 
 def load_parts(init_cfg):
   return [p.strip() for p in init_cfg.load.split(",") if p.strip()]
+
+
+def frozen_parts(init_cfg):
+  return tuple(p.strip() for p in init_cfg.get("freeze", "").split(",")
+               if p.strip())
 
 
 def pretrain_step(init_cfg):
@@ -145,6 +158,16 @@ def make_data_iter(config, workdir, local_batch):
   return iter(dataset)
 
 
+def make_step(config, graphdef, tx, lr_fn, spec):
+  """The run's fine-tuning step (loss weights, weight average, freezing)."""
+  return steps.make_finetune_step(
+      graphdef, tx, lr_fn, spec, config.seed,
+      dice_weight=config.loss.dice_weight,
+      ema_decay=config.optim.get("ema_decay", 0.0),
+      frozen=frozen_parts(config.init),
+      freeze_steps=config.init.get("freeze_steps", 0))
+
+
 def train_and_evaluate(config, workdir):
   """Fine-tunes the U-Net into `workdir`. Returns the last logged metrics."""
   validate_config(config)
@@ -176,10 +199,8 @@ def train_and_evaluate(config, workdir):
                                         data_iter)
     if start is None and config.init.pretrain_dir:
       state, _ = init_from_pretrained(state, abstract, config.init)
-    p_step = jax.jit(
-        steps.make_finetune_step(graphdef, tx, lr_fn, spec, config.seed,
-                                 config.loss.dice_weight, ema_decay),
-        donate_argnums=0)
+    p_step = jax.jit(make_step(config, graphdef, tx, lr_fn, spec),
+                     donate_argnums=0)
     writer = metric_writer.MetricWriter(
         workdir, enabled=jax.process_index() == 0,
         total_steps=config.num_steps, name="finetune",

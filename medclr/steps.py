@@ -120,13 +120,28 @@ def weight_average_momentum(step, decay):
   return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
 
 
-def make_finetune_step(graphdef, tx, lr_fn, spec, seed, dice_weight=1.0,
-                       ema_decay=0.0):
+def freeze_gradients(grads, parts, step, freeze_steps):
+  """`grads` with the top-level `parts` zeroed while step < freeze_steps.
+
+  Zero gradients leave Adam's moments at zero, so a frozen part does not
+  move (without decoupled weight decay) and starts with fresh moments.
+  """
+  if not parts or freeze_steps <= 0:
+    return grads
+  frozen = jnp.asarray(step) < freeze_steps
+  return {name: jax.tree.map(lambda g: jnp.where(frozen, 0.0, g).astype(
+              g.dtype), tree) if name in parts else tree
+          for name, tree in grads.items()}
+
+
+def make_finetune_step(graphdef, tx, lr_fn, spec, seed, *, dice_weight=1.0,
+                       ema_decay=0.0, frozen=(), freeze_steps=0):
   """Supervised U-Net step: joint image/mask augmentation, seg loss
   (BCE + `dice_weight` x soft Dice).
 
   With `ema_decay` > 0 the state's `aux['ema_params']` holds an exponential
-  moving average of the parameters, the weights evaluation uses.
+  moving average of the parameters, the weights evaluation uses. The U-Net
+  parts named in `frozen` get no update for the first `freeze_steps` steps.
 
   Returns step(state, batch) -> (state, metrics); jit with donate_argnums=0.
   """
@@ -146,6 +161,7 @@ def make_finetune_step(graphdef, tx, lr_fn, spec, seed, dice_weight=1.0,
         loss_fn, has_aux=True)(state["params"], state["batch_stats"])
     metrics = {"loss": loss, "lr": lr_fn(state["step"]),
                "grad_norm": optax.tree.norm(grads)}
+    grads = freeze_gradients(grads, frozen, state["step"], freeze_steps)
     new_state = _apply_update(state, grads, batch_stats, tx)
     if ema_decay > 0:
       momentum = weight_average_momentum(state["step"], ema_decay)

@@ -108,6 +108,19 @@ def test_bad_config_value_names_key(tmp_path, phantom_data_dir):
     pretrain.train_and_evaluate(config, str(tmp_path / "work2"))
 
 
+@pytest.mark.parametrize("override,message", [
+    ({"init.freeze": "encoder,neck"}, r"config.init.freeze='encoder,neck'"),
+    ({"init.freeze_steps": -1}, r"config.init.freeze_steps=-1"),
+    ({"optim.ema_decay": 1.0}, r"config.optim.ema_decay=1.0"),
+])
+def test_bad_finetuning_values_name_their_key(override, message, tmp_path,
+                                              phantom_data_dir):
+  config = smoke_config("finetune_unet", phantom_data_dir, **override)
+  with pytest.raises(errors.ConfigError, match=message):
+    finetune.train_and_evaluate(config, str(tmp_path / "work"))
+  assert not (tmp_path / "work").exists()
+
+
 def test_unknown_config_key_on_command_line(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "launch.pretrain",

@@ -61,7 +61,7 @@ def _kill(workdir, data_dir, during_save):
     if len(saved) >= 2 and max(saved) > start + 1 and (
         not during_save or _in_flight_saves(ckpt_dir)):
       break
-    time.sleep(0.001)
+    time.sleep(0.005)  # often enough to land inside a save
   assert proc.poll() is None, "run finished before it could be killed"
   proc.send_signal(signal.SIGKILL)
   proc.wait()

@@ -73,3 +73,21 @@ def test_weight_average_follows_its_update_rule_and_is_what_evaluation_uses(
                           (saved[3]["params"], False)):
     want = np.asarray(predict(params, saved[3]["batch_stats"], window))
     assert np.allclose(got, want, atol=1e-5) == matches
+
+
+def test_frozen_encoder_waits_its_steps_while_the_decoder_trains(
+    tmp_path, pretrained_dir, phantom_data_dir):
+  config = smoke_config(
+      "finetune_unet", phantom_data_dir, num_steps=3, keep_checkpoints=3,
+      async_checkpoints=False,
+      **{"init.pretrain_dir": pretrained_dir, "init.freeze": "encoder",
+         "init.freeze_steps": 2})
+  finetune.train_and_evaluate(config, str(tmp_path))
+  pretrained = saved_subtrees(pretrained_dir, 2)["params"]["encoder"]
+  saved = {k: saved_subtrees(str(tmp_path), k)["params"] for k in (1, 2, 3)}
+  for k in (1, 2):
+    assert_trees_close(saved[k]["encoder"], pretrained, 0, 0)
+  decoder_moved = _changed_leaves(saved[1]["decoder"], saved[2]["decoder"])
+  assert all(v for k, v in decoder_moved.items() if "kernel" in k)
+  encoder_moved = _changed_leaves(saved[2]["encoder"], saved[3]["encoder"])
+  assert all(v for k, v in encoder_moved.items() if "kernel" in k)
