@@ -10,12 +10,10 @@ WORK ?= workdirs/quickstart
 
 .PHONY: install quickstart test clean-quickstart
 
-# --no-compile: byte-compiling every file of torch and jax took most of the
-# install (73 s -> 26 s without); imports compile what they use.
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-compile -e '.[test,bench]'
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	touch $@
 
 install: $(VENV)/.installed
