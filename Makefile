@@ -28,9 +28,11 @@ quickstart: install
 	$(PY) -m launch.evaluate --workdir=$(WORK)/finetune
 
 # One pytest worker per core (whole files per worker): most tests are
-# XLA compiles and small steps, which run on one thread.
+# XLA compiles and small steps, which run on one thread. Files go out in
+# collection order, longest first (tests/conftest.py LONGEST_FIRST), not
+# xdist's default of most tests first, so no long file starts last.
 test: install
-	$(PY) -m pytest -n auto --dist loadfile --durations=25
+	$(PY) -m pytest -n auto --dist loadfile --no-loadscope-reorder --durations=25
 
 clean-quickstart:
 	rm -rf $(WORK)

@@ -50,15 +50,17 @@ _XLA_CACHE = _share_compilations()
 
 
 # Test files by measured run time, longest first (pytest --durations on 2
-# cores). pytest-xdist's --dist loadfile hands out whole files in collection
-# order, so starting with the long ones leaves short files for the end and
-# both workers finish together. A stale order only costs balance.
+# cores). With `--dist loadfile --no-loadscope-reorder` (make test)
+# pytest-xdist hands out whole files in collection order, so the long ones
+# start first, short files fill the end and both workers finish together.
+# A stale order only costs balance.
 LONGEST_FIRST = (
-    "study_test", "adco_test", "devices_test", "volume_supcon_test",
-    "moco_test", "dino_test", "benchmarks_test", "kill_test",
-    "multihost_test", "augment_test", "byol_test", "errors_test",
-    "guard_test", "models_test", "precision_test", "updates_test",
-    "preprocess_test", "pipeline_test", "simclr_test", "evaluate_test")
+    "study_test", "augment_test", "volume_supcon_test", "devices_test",
+    "benchmarks_test", "dino_test", "models_test", "moco_test", "adco_test",
+    "kill_test", "byol_test", "errors_test", "multihost_test", "updates_test",
+    "guard_test", "precision_test", "losses_test", "preprocess_test",
+    "simclr_test", "pipeline_test", "contrastive_crop_test", "data_test",
+    "augment_preview_test", "fov_test", "evaluate_test", "notebook_test")
 
 
 def pytest_collection_modifyitems(items):
