@@ -10,10 +10,15 @@ WORK ?= workdirs/quickstart
 
 .PHONY: install quickstart test clean-quickstart
 
+# Byte-compiled on both cores after pip (whose own compile is serial): the
+# .pyc files must exist, since PYTHONDONTWRITEBYTECODE=1 machines never
+# write them at import. A few files written for newer Pythons do not
+# compile (pip skips those silently), hence the `|| true`.
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m pip install --quiet --no-compile -e '.[test,bench]'
+	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 	touch $@
 
 install: $(VENV)/.installed
