@@ -8,6 +8,7 @@ import os
 
 import ml_collections
 
+from medclr import errors
 from medclr import models
 
 # Named model sizes live with the models (unet2d-32 is the canonical model
@@ -21,8 +22,9 @@ def parse_arg(arg, **defaults):
   for item in filter(None, (arg or "").split(",")):
     key, eq, value = item.partition("=")
     if key not in defaults:
-      raise ValueError(f"unknown config argument {key!r} in {arg!r}; known: "
-                       f"{sorted(defaults)}")
+      raise errors.ConfigError(
+          f"unknown config argument {key!r} in {arg!r}; known: "
+          f"{sorted(defaults)}")
     if not eq:
       result[key] = True
     elif isinstance(defaults[key], bool):
@@ -40,8 +42,8 @@ def default_data_dir():
 def model_config(preset="unet2d-32", in_channels=3, num_classes=1):
   """The `config.model` block; `preset` fills widths and norm."""
   if preset not in MODEL_PRESETS:
-    raise ValueError(f"unknown model preset {preset!r}; known: "
-                     f"{sorted(MODEL_PRESETS)}")
+    raise errors.ConfigError(f"unknown model preset {preset!r}; known: "
+                             f"{sorted(MODEL_PRESETS)}")
   cfg = ml_collections.ConfigDict(dict(MODEL_PRESETS[preset]))
   cfg.preset = preset
   cfg.in_channels = in_channels

@@ -19,6 +19,7 @@ import ml_collections
 
 from configs import common
 from medclr import crop_presets
+from medclr import errors
 
 
 def get_config(arg=None):
@@ -26,8 +27,9 @@ def get_config(arg=None):
   args = common.parse_arg(arg, smoke=False, quick=False, preset="",
                           crops="dino_default")
   if args.crops not in crop_presets.CROP_PRESETS:
-    raise ValueError(f"unknown crops preset {args.crops!r} in {arg!r}; known: "
-                     f"{sorted(crop_presets.CROP_PRESETS)}")
+    raise errors.ConfigError(
+        f"unknown crops preset {args.crops!r} in {arg!r}; known: "
+        f"{sorted(crop_presets.CROP_PRESETS)}")
   # The base preset gives flips (simclr_strong: hflip 0.5, as DINO's
   # RandomHorizontalFlip) and the crop aspect range (3/4, 4/3), torchvision's
   # RandomResizedCrop default that DINO uses. Its crop area is not used:

@@ -18,6 +18,7 @@ never recomputed.
 import ml_collections
 
 from configs import common
+from medclr import errors
 
 # The 65-image pool of the first study (DRIVE training + HRF) and the
 # 1,600-image pool: the fundus pool (1,548) + DRIVE, HRF and STARE training
@@ -45,8 +46,9 @@ def get_config(arg="quick"):
   """Study config; see the module docstring for `arg`."""
   args = common.parse_arg(arg, smoke=False, quick=False, full=False)
   if sum((args.smoke, args.quick, args.full)) != 1:
-    raise ValueError(f"configs/study_drive.py: pass exactly one of smoke, "
-                     f"quick, full after the colon, got {arg!r}")
+    raise errors.ConfigError(
+        f"configs/study_drive.py: pass exactly one of smoke, quick, full "
+        f"after the colon, got {arg!r}")
   config = ml_collections.ConfigDict()
   config.profile = ("smoke" if args.smoke else "quick" if args.quick else
                     "full")

@@ -5,6 +5,8 @@ printed as one line naming the file or key, without a Python traceback.
 Library INFO logs (Orbax's per-save lines, XLA start-up) stay behind
 `--verbosity=0`; the console shows progress lines, warnings and results.
 """
+import importlib.util
+import os
 import sys
 
 from absl import app
@@ -73,8 +75,31 @@ def train_main(train_and_evaluate, what):
   return main
 
 
+def check_config_argument(argv):
+  """Exits 1 with one line when `--config=FILE:ARG` is refused by the file.
+
+  absl would report the config file's ConfigError inside a flag-parsing
+  traceback; a missing file is left to absl's own message.
+  """
+  for arg in argv[1:]:
+    if not arg.startswith("--config="):
+      continue
+    path, _, config_arg = arg[len("--config="):].partition(":")
+    if not os.path.isfile(path):
+      return
+    spec = importlib.util.spec_from_file_location("_checked_config", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+      spec.loader.exec_module(module)
+      module.get_config(*([config_arg] if config_arg else []))
+    except errors.ConfigError as e:
+      print(f"error: --config={path}:{config_arg}: {e}", file=sys.stderr)
+      sys.exit(1)
+
+
 def run(main):
   """app.run with JAX's flags and library INFO logs behind --verbosity."""
+  check_config_argument(sys.argv)
   jax.config.config_with_absl()
 
   def quiet_main(argv):

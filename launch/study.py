@@ -10,6 +10,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from launch import runner as launch_runner
 from medclr.study import cells
 from medclr.study import runner
 
@@ -41,4 +42,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  launch_runner.check_config_argument(sys.argv)
   app.run(main)

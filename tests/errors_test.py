@@ -131,3 +131,17 @@ def test_unknown_config_key_on_command_line(tmp_path):
   assert result.returncode != 0
   assert "learning_rat" in result.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_unknown_config_argument_is_one_line_without_traceback(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "launch.finetune",
+       "--config=configs/finetune_unet.py:quick,bogus",
+       f"--workdir={tmp_path / 'w'}"],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode == 1
+  assert result.stderr.strip() == (
+      "error: --config=configs/finetune_unet.py:quick,bogus: unknown config "
+      "argument 'bogus' in 'quick,bogus'; known: ['demo', 'quick', 'smoke']")
+  assert not (tmp_path / "w").exists()
