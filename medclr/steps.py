@@ -109,17 +109,6 @@ def finetune_inputs(key, batch, spec):
   return image, mask, weight
 
 
-def weight_average_momentum(step, decay):
-  """EMA momentum of the evaluation weights after update `step` (0-based).
-
-  min(decay, (1 + t) / (10 + t)): early on the average follows the weights
-  closely instead of remembering the random initialisation (the warm-up of
-  TensorFlow's `ExponentialMovingAverage(num_updates=...)`).
-  """
-  t = jnp.asarray(step, jnp.float32)
-  return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
-
-
 def freeze_gradients(grads, parts, step, freeze_steps):
   """`grads` with the top-level `parts` zeroed while step < freeze_steps.
 
@@ -164,7 +153,7 @@ def make_finetune_step(graphdef, tx, lr_fn, spec, seed, *, dice_weight=1.0,
     grads = freeze_gradients(grads, frozen, state["step"], freeze_steps)
     new_state = _apply_update(state, grads, batch_stats, tx)
     if ema_decay > 0:
-      momentum = weight_average_momentum(state["step"], ema_decay)
+      momentum = ema.warmup_momentum(state["step"], ema_decay)
       new_state["aux"] = {"ema_params": ema.ema_update(
           state["aux"]["ema_params"], new_state["params"], momentum)}
     return new_state, metrics
