@@ -59,6 +59,26 @@ def get_config(arg=None):
       # > 0: evaluate an exponential moving average of the weights (decay
       # per step) instead of the last weights.
       "ema_decay": 0.0})
+  # Semi-supervised training (docs/methods/arco.md): mode 'arco' adds, to
+  # every labelled batch, as many patches of the split's unlabelled images,
+  # an EMA teacher, pseudo-labels and a pixel contrastive loss.
+  config.semi = ml_collections.ConfigDict({
+      "mode": "",  # '' (supervised only) or 'arco'
+      "teacher_decay": 0.99,
+      # Teacher pixels with max(p, 1 - p) below this get no pseudo-label.
+      "confidence": 0.9,
+      "unsup_weight": 1.0,
+      "contrast_weight": 0.01,
+      "temperature": 0.5,
+      "num_queries": 256,
+      "num_negatives": 512,
+      "sampler": "sg",  # naive | sg | sag (medclr/pixel_sampling.py)
+      "grid": 4,
+      "representation_dim": 32,
+      "rampup_steps": 0,
+      # Intensity-only views keep the student's pixels on the teacher's.
+      "strong_preset": "chaitanya_local",
+  })
   config.batch_size = 8
   common.run_block(config, num_steps=1000, log_every=20, checkpoint_every=250)
   # window: sliding-window side (0: the crop size; -1: the whole image at
@@ -84,6 +104,7 @@ def apply_profiles(config, args):
     config.optim.learning_rate = 2e-3
     config.optim.warmup_steps = 30
     config.eval.window = -1
+    config.semi.rampup_steps = 200
   if args.demo:  # make quickstart: a few minutes on 2 CPU cores
     config.data.dataset = "phantom"
     config.data.crop_size = 64

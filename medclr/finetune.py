@@ -21,6 +21,8 @@ from medclr import loop
 from medclr import metric_writer
 from medclr import models
 from medclr import optim
+from medclr import pixel_sampling
+from medclr import semi_steps
 from medclr import sharding
 from medclr import steps
 from medclr.data import pipeline
@@ -61,10 +63,69 @@ def validate_config(config):
   if config.init.get("freeze_steps", 0) < 0:
     raise errors.ConfigError(
         f"config.init.freeze_steps={config.init.freeze_steps}: must be >= 0")
+  validate_semi(config)
   if config.init.pretrain_dir:
     # Fails now, naming the directory, rather than after data loading.
     checkpointing.saved_tree_shapes(config.init.pretrain_dir,
                                     pretrain_step(config.init))
+
+
+SEMI_MODES = ("", "arco")
+
+
+def semi_enabled(config):
+  return bool(config.get("semi") and config.semi.mode)
+
+
+def validate_semi(config):
+  """Checks of `config.semi` (see configs/finetune_unet.py)."""
+  if "semi" not in config:
+    return
+  semi = config.semi
+  if semi.mode not in SEMI_MODES:
+    raise errors.ConfigError(
+        f"config.semi.mode={semi.mode!r}: expected one of {SEMI_MODES}")
+  if not semi.mode:
+    return
+  checks = [
+      ("teacher_decay", 0.0 <= semi.teacher_decay < 1.0, "in [0, 1)"),
+      ("confidence", 0.5 <= semi.confidence <= 1.0, "in [0.5, 1]"),
+      ("temperature", semi.temperature > 0, "> 0"),
+      ("sampler", semi.sampler in pixel_sampling.SAMPLERS,
+       f"one of {pixel_sampling.SAMPLERS}"),
+      ("num_queries", semi.num_queries >= 2 and semi.num_queries % 2 == 0,
+       "an even number >= 2"),
+      ("num_negatives", semi.num_negatives >= 2 and
+       semi.num_negatives % 2 == 0, "an even number >= 2"),
+      ("representation_dim", semi.representation_dim >= 1, ">= 1"),
+      ("grid", semi.grid >= 1, ">= 1"),
+      ("rampup_steps", semi.rampup_steps >= 0, ">= 0"),
+  ]
+  for key, ok, expected in checks:
+    if not ok:
+      raise errors.ConfigError(
+          f"config.semi.{key}={semi[key]!r}: must be {expected}")
+  if config.model.get("num_classes", 1) != 1:
+    raise errors.ConfigError(
+        "config.semi.mode='arco' supports binary segmentation only "
+        f"(config.model.num_classes=1), got {config.model.num_classes}")
+  if config.optim.get("ema_decay", 0.0):
+    raise errors.ConfigError(
+        "config.optim.ema_decay and config.semi.mode are exclusive: the "
+        "semi-supervised run keeps its own EMA teacher")
+  try:
+    augment.get_spec(semi.strong_preset)
+  except ValueError as e:
+    raise errors.ConfigError(f"config.semi.strong_preset: {e}") from e
+
+
+def model_config(config):
+  """`config.model`, with the pixel embedding head semi-supervised
+  training needs."""
+  model_cfg = config.model.to_dict()
+  if semi_enabled(config):
+    model_cfg["representation_dim"] = config.semi.representation_dim
+  return model_cfg
 
 
 def load_parts(init_cfg):
@@ -146,8 +207,7 @@ def make_data_iter(config, workdir, local_batch):
   source = data_sources.open_split(config.data.data_dir, config.data.dataset,
                                    config.data.train_split)
   indices = labeled_subset(config, workdir, source)
-  dataset = pipeline.finetune_dataset(
-      config.data.data_dir, config.data.dataset, config.data.train_split,
+  kwargs = dict(
       indices=indices, crop_size=config.data.crop_size,
       in_channels=config.data.in_channels, local_batch=local_batch,
       seed=config.seed, process_index=jax.process_index(),
@@ -155,11 +215,26 @@ def make_data_iter(config, workdir, local_batch):
       worker_count=config.data.worker_count,
       preprocess=make_preprocess(config, workdir, source),
       patch_sampling=config.data.patch_sampling)
-  return iter(dataset)
+  where = (config.data.data_dir, config.data.dataset, config.data.train_split)
+  if not semi_enabled(config):
+    return iter(pipeline.finetune_dataset(*where, **kwargs))
+  unlabeled = [i for i in range(len(source)) if i not in set(indices)]
+  if jax.process_index() == 0:
+    print(f"semi-supervised: {len(unlabeled)} unlabelled "
+          f"{config.data.dataset}:{config.data.train_split} images",
+          flush=True)
+  return iter(pipeline.semi_supervised_dataset(
+      *where, unlabeled_indices=unlabeled, **kwargs))
 
 
 def make_step(config, graphdef, tx, lr_fn, spec):
   """The run's fine-tuning step (loss weights, weight average, freezing)."""
+  if semi_enabled(config):
+    return semi_steps.make_semi_step(
+        graphdef, tx, lr_fn, spec, config.seed,
+        semi_steps.spec_from_config(config.semi),
+        dice_weight=config.loss.dice_weight, frozen=frozen_parts(config.init),
+        freeze_steps=config.init.get("freeze_steps", 0))
   return steps.make_finetune_step(
       graphdef, tx, lr_fn, spec, config.seed,
       dice_weight=config.loss.dice_weight,
@@ -183,11 +258,16 @@ def train_and_evaluate(config, workdir):
   tx, lr_fn = optim.make_optimizer(config.optim, config.num_steps,
                                    config.batch_size)
 
-  def make_model(rngs):
-    return models.make_unet(config.model, rngs)
+  model_cfg = model_config(config)
 
-  ema_decay = config.optim.get("ema_decay", 0.0)
-  make_aux = (lambda params, _: {"ema_params": params}) if ema_decay else None
+  def make_model(rngs):
+    return models.make_unet(model_cfg, rngs)
+
+  make_aux = None
+  if config.optim.get("ema_decay", 0.0):
+    make_aux = lambda params, _: {"ema_params": params}
+  elif semi_enabled(config):
+    make_aux = lambda params, _: {"teacher": params}
 
   with jax.set_mesh(mesh):
     graphdef, abstract, init_fn = loop.init_state(

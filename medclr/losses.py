@@ -32,8 +32,10 @@ _COUNT_EPS = 1e-6
 def l2_normalize(z: jax.Array) -> jax.Array:
   """Rows of `z` scaled to unit L2 norm, computed in float32."""
   z = z.astype(jnp.float32)
-  norm = jnp.linalg.norm(z, axis=-1, keepdims=True)
-  return z / jnp.maximum(norm, _NORM_EPS)
+  # max(|z|^2, eps^2) rather than max(|z|, eps): the gradient of the norm
+  # at an all-zero row is 0/0 = NaN, which max() would still multiply by 0.
+  squared = jnp.sum(z * z, axis=-1, keepdims=True)
+  return z / jnp.sqrt(jnp.maximum(squared, _NORM_EPS ** 2))
 
 
 def _check_pair(z1: jax.Array, z2: jax.Array) -> None:

@@ -93,3 +93,27 @@ def to_global(local_batch, mesh):
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
       local_batch)
+
+
+def gather_to_replicated(x: jax.Array, axis_name: str = "data") -> jax.Array:
+  """The full global array on every device (an all-gather of the batch).
+
+  Under an Explicit mesh a batch-sharded array must be resharded explicitly
+  before it meets a replicated one in a slice update, or is contracted with
+  another batch-sharded array; without a mesh (or under Auto) the array is
+  already usable as is.
+
+  Args:
+    x: a global array, possibly sharded over `axis_name` on its first axis.
+    axis_name: mesh axis the batch is sharded over.
+
+  Returns:
+    `x`, replicated on all devices of the ambient mesh.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or axis_name not in mesh.axis_names:
+    return x
+  axis_type = mesh.axis_types[mesh.axis_names.index(axis_name)]
+  if axis_type != jax.sharding.AxisType.Explicit:
+    return x
+  return jax.sharding.reshard(x, jax.P())

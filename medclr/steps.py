@@ -35,7 +35,8 @@ def init_state(params, batch_stats, tx, aux=None):
   return state
 
 
-def _apply_update(state, grads, batch_stats, tx):
+def apply_update(state, grads, batch_stats, tx):
+  """The optimizer step: new params, optimizer state and BatchNorm stats."""
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   return dict(state, step=state["step"] + 1,
               params=optax.apply_updates(state["params"], updates),
@@ -91,7 +92,7 @@ def make_pretrain_step(graphdef, tx, lr_fn, method, seed):
         loss_fn, has_aux=True)(state["params"], state["batch_stats"])
     metrics = dict(metrics, loss=loss, lr=lr_fn(state["step"]),
                    grad_norm=optax.tree.norm(grads))
-    new_state = _apply_update(state, grads, batch_stats, tx)
+    new_state = apply_update(state, grads, batch_stats, tx)
     new_state["aux"] = method.update_aux(aux, new_state["params"],
                                          new_state["batch_stats"],
                                          state["step"])
@@ -151,7 +152,7 @@ def make_finetune_step(graphdef, tx, lr_fn, spec, seed, *, dice_weight=1.0,
     metrics = {"loss": loss, "lr": lr_fn(state["step"]),
                "grad_norm": optax.tree.norm(grads)}
     grads = freeze_gradients(grads, frozen, state["step"], freeze_steps)
-    new_state = _apply_update(state, grads, batch_stats, tx)
+    new_state = apply_update(state, grads, batch_stats, tx)
     if ema_decay > 0:
       momentum = ema.warmup_momentum(state["step"], ema_decay)
       new_state["aux"] = {"ema_params": ema.ema_update(

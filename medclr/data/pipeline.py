@@ -348,22 +348,33 @@ def finetune_dataset(data_dir: pathlib.Path | str, name: str, split: str, *,
     weight float32 (b,P,P) = field of view[, norm float32 (b,2,C)]).
   """
   source = sources_lib.open_split(data_dir, name, split)
+  dataset = _labeled_patches(source, f"{name}:{split}", indices, crop_size,
+                             in_channels, seed, preprocess, patch_sampling)
+  return batch_for_process(dataset, local_batch, process_index,
+                           process_count, worker_count)
+
+
+def _records(source, where: str, indices: Sequence[int], preprocess):
+  """MapDataset of the (preprocessed, cached) records `indices`."""
   indices = list(indices)
   if not indices:
-    raise readers.DataError(f"no record indices given for {name}:{split}")
+    raise readers.DataError(f"no record indices given for {where}")
   bad = [i for i in indices if not 0 <= i < len(source)]
   if bad:
     raise readers.DataError(
-        f"record indices {bad[:5]} out of range for {name}:{split} "
+        f"record indices {bad[:5]} out of range for {where} "
         f"({len(source)} records)")
   transform = preprocess.record if preprocess is not None else None
-  dataset = grain.MapDataset.source(
+  return grain.MapDataset.source(
       CachedRecords(source, indices, transform=transform))
-  dataset = (
-      shuffled(dataset, seed=seed)
-      .random_map(_LabeledPatch(crop_size, in_channels, patch_sampling)))
-  return batch_for_process(dataset, local_batch, process_index,
-                           process_count, worker_count)
+
+
+def _labeled_patches(source, where, indices, crop_size, in_channels, seed,
+                     preprocess, patch_sampling):
+  """Endless random labelled patches (not batched)."""
+  return shuffled(_records(source, where, indices, preprocess),
+                  seed=seed).random_map(
+                      _LabeledPatch(crop_size, in_channels, patch_sampling))
 
 
 def choose_labeled(source: Sequence[dict[str, Any]], num_labeled: int,
@@ -426,3 +437,67 @@ def labeled_by_name(source: Sequence[dict[str, Any]],
         f"config.data.labeled: {unlabeled[:5]} have no mask; fine-tune on a "
         "labelled split")
   return sorted(by_stem[n][0] for n in names)
+
+
+class _UnlabeledPatch(grain.transforms.RandomMap):
+  """A random patch of an unlabelled image with its FOV weight, its keys
+  prefixed 'unlabeled_' so it can sit beside a labelled patch."""
+
+  def __init__(self, crop_size: int, in_channels: int):
+    self.crop_size = crop_size
+    self.in_channels = in_channels
+
+  def random_map(self, element: dict[str, Any],
+                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+    patch = crops.random_crop(
+        {"image": element["image"], "fov": element["fov"]}, rng,
+        self.crop_size)
+    out = {"unlabeled_image": crops.to_float(patch["image"],
+                                             self.in_channels),
+           "unlabeled_weight": patch["fov"].astype(np.float32)}
+    if "norm" in element:
+      out["unlabeled_norm"] = element["norm"]
+    return out
+
+
+class _Merged(grain.MapDataset):
+  """Element i is the union of element i of two endless datasets."""
+
+  def __init__(self, first: grain.MapDataset, second: grain.MapDataset):
+    super().__init__([first, second])
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return {**self._parents[0][index], **self._parents[1][index]}
+
+
+def semi_supervised_dataset(data_dir: pathlib.Path | str, name: str,
+                            split: str, *, indices: Sequence[int],
+                            unlabeled_indices: Sequence[int], crop_size: int,
+                            in_channels: int, local_batch: int, seed: int,
+                            process_index: int = 0, process_count: int = 1,
+                            worker_count: int = 0, preprocess=None,
+                            patch_sampling: str = "uniform"
+                            ) -> grain.IterDataset:
+  """`finetune_dataset`'s labelled batches, each with as many unlabelled
+  patches ('unlabeled_image', 'unlabeled_weight'[, 'unlabeled_norm']) cut
+  from the records `unlabeled_indices` of the same split."""
+  source = sources_lib.open_split(data_dir, name, split)
+  where = f"{name}:{split}"
+  if not list(unlabeled_indices):
+    raise readers.DataError(
+        f"{where} has no images left to use as unlabelled data: all "
+        f"{len(source)} are labelled. Lower config.data.num_labeled or turn "
+        "semi-supervised training off (config.semi.mode='').")
+  unlabeled = _records(source, where, unlabeled_indices, preprocess)
+  dataset = _Merged(
+      _labeled_patches(source, where, indices, crop_size, in_channels, seed,
+                       preprocess, patch_sampling),
+      shuffled(unlabeled, seed=seed + 1).random_map(
+          _UnlabeledPatch(crop_size, in_channels)))
+  return batch_for_process(dataset, local_batch, process_index,
+                           process_count, worker_count)

@@ -73,7 +73,8 @@ def make_unet(model_cfg: Any, rngs: Any):
   """Builds `unet.UNet` from `config.model` (adds `num_classes`, default 1).
 
   Args:
-    model_cfg: see `model_kwargs`; may also hold `num_classes`.
+    model_cfg: see `model_kwargs`; may also hold `num_classes` and
+      `representation_dim` (semi-supervised training's pixel embeddings).
     rngs: an `nnx.Rngs`.
 
   Returns:
@@ -82,8 +83,10 @@ def make_unet(model_cfg: Any, rngs: Any):
   from medclr.models import unet  # pylint: disable=g-import-not-at-top
 
   num_classes = int(_read(model_cfg, 'num_classes', 1, section='model'))
+  representation_dim = int(
+      _read(model_cfg, 'representation_dim', 0, section='model'))
   return unet.UNet(**model_kwargs(model_cfg), num_classes=num_classes,
-                   rngs=rngs)
+                   representation_dim=representation_dim, rngs=rngs)
 
 
 def make_contrastive(model_cfg: Any, head_cfg: Any, rngs: Any):

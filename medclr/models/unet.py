@@ -136,6 +136,7 @@ class UNet(nnx.Module):
       norm: str = 'batch',
       num_classes: int = 1,
       *,
+      representation_dim: int = 0,
       dtype: jnp.dtype | None = None,
       rngs: nnx.Rngs,
   ):
@@ -146,6 +147,9 @@ class UNet(nnx.Module):
       widths: channels per level, shallow to deep, e.g. (32, 64, 128, 256, 512).
       norm: 'batch' or 'group'.
       num_classes: output channels; 1 means binary (sigmoid) segmentation.
+      representation_dim: > 0 adds `representation`, two 1x1 convolutions
+        from the decoder's features to per-pixel embeddings of this size,
+        for pixel contrastive losses in training (unused at inference).
       dtype: computation dtype (None keeps the input's); params stay float32.
       rngs: NNX random streams.
     """
@@ -159,23 +163,48 @@ class UNet(nnx.Module):
     self.head = nnx.Conv(
         self.encoder.widths[0], num_classes, (1, 1), dtype=dtype, rngs=rngs)
     self.num_classes = num_classes
+    if representation_dim > 0:
+      self.representation = RepresentationHead(
+          self.encoder.widths[0], representation_dim, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool,
+               with_representation: bool = False):
     """Segments a batch of images.
 
     Args:
       x: images, (batch, height, width, in_channels); height and width must be
         multiples of 2**(len(widths) - 1).
       train: True uses and updates BatchNorm batch statistics.
+      with_representation: also return the `representation` embeddings.
 
     Returns:
-      Logits, (batch, height, width, num_classes), float32.
+      Logits, (batch, height, width, num_classes), float32; with
+      `with_representation`, (logits, (batch, height, width,
+      representation_dim) float32 embeddings).
     """
     multiple = encoder_lib.min_input_multiple(self.encoder.widths)
     if x.ndim != 4 or x.shape[1] % multiple or x.shape[2] % multiple:
       raise ValueError(
           f'UNet with {len(self.encoder.widths)} levels needs NHWC input with '
           f'height and width divisible by {multiple}, got shape {x.shape}')
-    features = self.encoder(x, train=train)
+    features = self.decoder(self.encoder(x, train=train), train=train)
     # Logits in float32 so losses stay accurate under a bfloat16 compute dtype.
-    return self.head(self.decoder(features, train=train)).astype(jnp.float32)
+    logits = self.head(features).astype(jnp.float32)
+    if not with_representation:
+      return logits
+    if not hasattr(self, 'representation'):
+      raise ValueError('this U-Net has no representation head (set '
+                       'config.model.representation_dim > 0)')
+    return logits, self.representation(features).astype(jnp.float32)
+
+
+class RepresentationHead(nnx.Module):
+  """Per-pixel embedding head: 1x1 conv, ReLU, 1x1 conv (ARCO's psi_r)."""
+
+  def __init__(self, in_features: int, dim: int, *,
+               dtype: jnp.dtype | None = None, rngs: nnx.Rngs):
+    self.hidden = nnx.Conv(in_features, dim, (1, 1), dtype=dtype, rngs=rngs)
+    self.out = nnx.Conv(dim, dim, (1, 1), dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.out(jax.nn.relu(self.hidden(x)))
