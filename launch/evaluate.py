@@ -28,6 +28,9 @@ _DATA_DIR = flags.DEFINE_string(
 _TTA = flags.DEFINE_enum(
     "tta", None, ["none", "flips", "d4"],
     "test-time augmentation (default: the run's config.eval.tta)")
+_SCALES = flags.DEFINE_string(
+    "scales", None, "comma list of input scales whose logits are averaged, "
+    "e.g. '1,1.25' (default: the run's config.eval.scales)")
 flags.mark_flags_as_required(["workdir"])
 SHOWN = ("dice", "iou", "auc_roc", "sensitivity", "specificity", "accuracy",
          "mean_dice", "mean_iou")
@@ -40,7 +43,8 @@ def main(argv):
       lambda: evaluate.evaluate(_WORKDIR.value, split=_SPLIT.value,
                                 out_dir=_OUT.value, step=_STEP.value,
                                 dataset=_DATASET.value,
-                                data_dir=_DATA_DIR.value, tta=_TTA.value))
+                                data_dir=_DATA_DIR.value, tta=_TTA.value,
+                                scales=_SCALES.value))
   print(f"{result['dataset']}/{result['split']}: {result['num_images']} images,"
         f" checkpoint step {result['step']} (trained on "
         f"{result['trained_on']})")

@@ -51,10 +51,21 @@ class Predictor:
         not self.preprocess.fov_diameter):
       fov = np.ones(np.shape(image)[:2], np.uint8)
     model_image = self.preprocess.model_input(image, fov)
+    scales = inference.parse_scales(self.config.eval.get("scales", "1"))
+    logits = sum(self._scaled_logits(model_image, s) for s in scales)
+    return self.preprocess.restore(logits / len(scales), np.shape(image)[:2])
 
-    logits = inference.tta_predict(self._predict_image, model_image,
-                                   self.config.eval.get("tta", "none"))
-    return self.preprocess.restore(logits, np.shape(image)[:2])
+  def _scaled_logits(self, model_image, scale):
+    """TTA logits of the image resampled by `scale`, on its own grid."""
+    mode = self.config.eval.get("tta", "none")
+    if scale == 1.0:
+      return inference.tta_predict(self._predict_image, model_image, mode)
+    size_hw = model_image.shape[:2]
+    scaled = preprocess.resize_image(
+        model_image.astype(np.float32),
+        tuple(max(1, round(n * scale)) for n in size_hw))
+    logits = inference.tta_predict(self._predict_image, scaled, mode)
+    return preprocess.resize_image(logits, size_hw)
 
   def _predict_image(self, image):
     """Logits of one model-scale image: whole (window < 0) or by windows."""
@@ -152,7 +163,7 @@ def _predict_all(predictor, source, pred_dir, save_predictions):
 
 
 def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
-             step=None, dataset=None, data_dir=None, tta=None):
+             step=None, dataset=None, data_dir=None, tta=None, scales=None):
   """Evaluates `workdir`'s U-Net on every image of a split.
 
   Args:
@@ -165,6 +176,7 @@ def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
     dataset: another prepared dataset to evaluate on (cross-dataset).
     data_dir: where `dataset` is prepared (default the run's data_dir).
     tta: test-time augmentation instead of the config's `eval.tta`.
+    scales: input scales instead of the config's `eval.scales` ('1,1.25').
 
   Returns:
     dict with 'per_image' (list), 'summary' (mean/std over images), 'pooled'
@@ -174,6 +186,9 @@ def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
   config = predictor.config
   if tta is not None:
     config.eval.tta = tta
+  if scales is not None:
+    config.eval.scales = scales
+  inference.parse_scales(config.eval.get("scales", "1"))  # fails before any work
   name = dataset or config.data.dataset
   split = split or config.data.test_split
   default_out = "eval" if name == config.data.dataset else f"eval_{name}"
@@ -189,6 +204,7 @@ def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
       save_predictions=save_predictions and binary)
   result = {"step": predictor.step, "dataset": name, "split": split,
             "tta": config.eval.get("tta", "none"),
+            "scales": str(config.eval.get("scales", "1")),
             "trained_on": config.data.dataset,
             "num_images": len(per_image),
             "seconds": round(time.time() - t0, 2),

@@ -17,6 +17,7 @@ from medclr import augment
 from medclr import checkpointing
 from medclr import config_checks
 from medclr import errors
+from medclr import inference
 from medclr import loop
 from medclr import metric_writer
 from medclr import models
@@ -64,6 +65,7 @@ def validate_config(config):
     raise errors.ConfigError(
         f"config.init.freeze_steps={config.init.freeze_steps}: must be >= 0")
   validate_semi(config)
+  inference.parse_scales(config.eval.get("scales", "1"))
   if config.init.pretrain_dir:
     # Fails now, naming the directory, rather than after data loading.
     checkpointing.saved_tree_shapes(config.init.pretrain_dir,

@@ -264,3 +264,17 @@ def tta_predict(predict_image: Callable[[np.ndarray], np.ndarray],
     logits = inverse(predict_image(np.ascontiguousarray(forward(image))))
     total = logits if total is None else total + logits
   return (total / len(TTA_MODES[mode])).astype(np.float32)
+
+
+def parse_scales(text) -> tuple[float, ...]:
+  """`config.eval.scales`: comma list of input scales whose logits are
+  averaged (multi-scale test-time augmentation), e.g. '1,1.25'."""
+  try:
+    scales = tuple(float(s) for s in str(text).split(",") if s.strip())
+  except ValueError:
+    scales = ()
+  if not scales or not all(0.25 <= s <= 4 for s in scales):
+    raise errors.ConfigError(
+        f"config.eval.scales={text!r}: expected a comma list of scales in "
+        "[0.25, 4], e.g. '1' or '1,1.25'")
+  return scales

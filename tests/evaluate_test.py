@@ -64,3 +64,29 @@ def test_metrics_match_the_saved_predictions(trained_dir):
                                                      abs=0.01)
   sensitivity = np.sum(predicted & truth) / truth.sum()
   assert sensitivity == pytest.approx(row["sensitivity"], abs=0.01)
+
+
+def test_multiscale_logits_average_each_scale_on_the_image_grid(trained_dir):
+  predictor = evaluate.load_for_inference(trained_dir)
+  record = sources.open_split(predictor.config.data.data_dir,
+                              predictor.config.data.dataset, "test")[0]
+  image, fov = np.asarray(record["image"]), np.asarray(record["fov"])
+
+  def logits(scales):
+    predictor.config.eval.scales = scales
+    return predictor.logits(image, fov)
+
+  native, larger, both = logits("1"), logits("1.5"), logits("1,1.5")
+  assert both.shape == native.shape == larger.shape
+  assert both.shape[:2] == image.shape[:2]
+  assert not np.allclose(native, larger, atol=1e-3)
+  np.testing.assert_allclose(both, (native + larger) / 2, rtol=1e-5,
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize("text", ["", "0", "1,x", "8"])
+def test_bad_scales_name_the_key(text):
+  from medclr import errors  # pylint: disable=g-import-not-at-top
+  from medclr import inference  # pylint: disable=g-import-not-at-top
+  with pytest.raises(errors.ConfigError, match="config.eval.scales"):
+    inference.parse_scales(text)
