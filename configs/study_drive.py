@@ -62,10 +62,11 @@ def get_config(arg="quick"):
   config.pretrain_overrides = ""
   # 8 arms x 8 cells must fit 4 hours of 2-core compute: the quick recipe
   # (finetune_unet:quick, under 5 minutes a run) at half its steps and
-  # without test-time flips, about 3 minutes a cell with evaluation. Every
-  # arm gets the same fine-tuning, so arms compare; the recipe's own rows are
-  # benchmarks/results/drive_study.md.
+  # without test-time flips or scales, about 3 minutes a cell with
+  # evaluation. Every arm gets the same fine-tuning and evaluation, so arms
+  # compare; the recipe's own rows are benchmarks/results/drive_study.md.
   config.finetune_overrides = ("--config.num_steps=300 --config.eval.tta=none"
+                               " --config.eval.scales=1"
                                if args.quick else "")
   if args.smoke:
     config.pools = ml_collections.ConfigDict({"small": "phantom:train"})
