@@ -59,10 +59,25 @@ def get_config(arg=None):
       # > 0: evaluate an exponential moving average of the weights (decay
       # per step) instead of the last weights.
       "ema_decay": 0.0})
-  # Semi-supervised training (docs/methods/arco.md): mode 'arco' adds, to
-  # every labelled batch, as many patches of the split's unlabelled images,
-  # an EMA teacher, pseudo-labels and a pixel contrastive loss.
-  config.semi = ml_collections.ConfigDict({
+  config.semi = semi_block()
+  config.batch_size = 8
+  common.run_block(config, num_steps=1000, log_every=20, checkpoint_every=250)
+  # window: sliding-window side (0: the crop size; -1: the whole image at
+  # once, padded to the U-Net's multiple). tta: test-time augmentation,
+  # mean logits over 'none', 'flips' (4 passes) or 'd4' (8) symmetries.
+  # scales: comma list of input scales whose (tta) logits are averaged.
+  config.eval = ml_collections.ConfigDict(
+      {"window": 0, "overlap": 0.5, "batch_size": 4, "save_predictions": True,
+       "tta": "flips", "scales": "1"})
+  apply_profiles(config, args)
+  return config
+
+
+def semi_block():
+  """`config.semi`: mode 'arco' adds, to every labelled batch, as many
+  patches of the split's unlabelled images, an EMA teacher, pseudo-labels
+  and a pixel contrastive loss (docs/methods/arco.md)."""
+  return ml_collections.ConfigDict({
       "mode": "",  # '' (supervised only) or 'arco'
       "teacher_decay": 0.99,
       # Teacher pixels with max(p, 1 - p) below this get no pseudo-label.
@@ -79,17 +94,6 @@ def get_config(arg=None):
       # Intensity-only views keep the student's pixels on the teacher's.
       "strong_preset": "chaitanya_local",
   })
-  config.batch_size = 8
-  common.run_block(config, num_steps=1000, log_every=20, checkpoint_every=250)
-  # window: sliding-window side (0: the crop size; -1: the whole image at
-  # once, padded to the U-Net's multiple). tta: test-time augmentation,
-  # mean logits over 'none', 'flips' (4 passes) or 'd4' (8) symmetries.
-  # scales: comma list of input scales whose (tta) logits are averaged.
-  config.eval = ml_collections.ConfigDict(
-      {"window": 0, "overlap": 0.5, "batch_size": 4, "save_predictions": True,
-       "tta": "flips", "scales": "1"})
-  apply_profiles(config, args)
-  return config
 
 
 def apply_profiles(config, args):

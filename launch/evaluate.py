@@ -12,7 +12,6 @@ from absl import flags
 
 from launch import runner
 from medclr import evaluate
-from medclr import metrics
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a fine-tuning workdir")
 _SPLIT = flags.DEFINE_string("split", None, "split to evaluate (config's "
@@ -28,9 +27,9 @@ _DATA_DIR = flags.DEFINE_string(
 _TTA = flags.DEFINE_enum(
     "tta", None, ["none", "flips", "d4"],
     "test-time augmentation (default: the run's config.eval.tta)")
-_SCALES = flags.DEFINE_string(
-    "scales", None, "comma list of input scales whose logits are averaged, "
-    "e.g. '1,1.25' (default: the run's config.eval.scales)")
+_SCALES = flags.DEFINE_string("scales", None, "input scales whose logits "
+                              "are averaged, e.g. '1,1.25' (default: the run's"
+                              " config.eval.scales)")
 flags.mark_flags_as_required(["workdir"])
 SHOWN = ("dice", "iou", "auc_roc", "sensitivity", "specificity", "accuracy",
          "mean_dice", "mean_iou")
@@ -45,15 +44,7 @@ def main(argv):
                                 dataset=_DATASET.value,
                                 data_dir=_DATA_DIR.value, tta=_TTA.value,
                                 scales=_SCALES.value))
-  print(f"{result['dataset']}/{result['split']}: {result['num_images']} images,"
-        f" checkpoint step {result['step']} (trained on "
-        f"{result['trained_on']})")
-  shown = {k: v for k, v in result["summary"].items() if k in SHOWN}
-  print(metrics.format_table({result["split"]: shown}))
-  if "pooled" in result:
-    pooled = ", ".join(f"{k} {v:.4f}" for k, v in result["pooled"].items()
-                       if k in SHOWN)
-    print(f"pooled over all FOV pixels: {pooled}")
+  print(evaluate.format_result(result, SHOWN))
 
 
 if __name__ == "__main__":

@@ -217,3 +217,18 @@ def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
     json.dump(result, f, indent=2, default=float)
   os.replace(tmp, os.path.join(out_dir, "metrics.json"))
   return result
+
+
+def format_result(result, shown):
+  """`evaluate`'s result as console text: the header line, the `shown`
+  metrics (mean +/- std over images) and the pooled ones."""
+  lines = [f"{result['dataset']}/{result['split']}: {result['num_images']} "
+           f"images, checkpoint step {result['step']} (trained on "
+           f"{result['trained_on']})",
+           seg_metrics.format_table({result["split"]: {
+               k: v for k, v in result["summary"].items() if k in shown}})]
+  if "pooled" in result:
+    pooled = ", ".join(f"{k} {v:.4f}" for k, v in result["pooled"].items()
+                       if k in shown)
+    lines.append(f"pooled over all FOV pixels: {pooled}")
+  return "\n".join(lines)

@@ -10,7 +10,6 @@ import json
 import math
 import os
 
-from absl import logging
 import jax
 
 from medclr import augment
@@ -26,6 +25,7 @@ from medclr import pixel_sampling
 from medclr import semi_steps
 from medclr import sharding
 from medclr import steps
+from medclr import warm_start
 from medclr.data import pipeline
 from medclr.data import prepare as data_prepare
 from medclr.data import preprocess
@@ -51,25 +51,26 @@ def validate_config(config):
     raise errors.ConfigError(
         f"config.data.patch_sampling={config.data.patch_sampling!r}: must be "
         f"one of {pipeline.PATCH_SAMPLING}")
-  for part in load_parts(config.init):
+  for part in warm_start.load_parts(config.init):
     if part not in LOADABLE_PARTS:
       raise errors.ConfigError(
           f"config.init.load={config.init.load!r}: parts must be among "
           f"{LOADABLE_PARTS}")
-  for part in frozen_parts(config.init):
+  for part in warm_start.frozen_parts(config.init):
     if part not in LOADABLE_PARTS + ("head",):
       raise errors.ConfigError(
           f"config.init.freeze={config.init.freeze!r}: parts must be among "
           f"{LOADABLE_PARTS + ('head',)}")
-  if config.init.get("freeze_steps", 0) < 0:
+  if config.init.get("freeze_steps", 0) < -1:
     raise errors.ConfigError(
-        f"config.init.freeze_steps={config.init.freeze_steps}: must be >= 0")
+        f"config.init.freeze_steps={config.init.freeze_steps}: must be >= 0, "
+        "or -1 for the whole run")
   validate_semi(config)
   inference.parse_scales(config.eval.get("scales", "1"))
   if config.init.pretrain_dir:
     # Fails now, naming the directory, rather than after data loading.
     checkpointing.saved_tree_shapes(config.init.pretrain_dir,
-                                    pretrain_step(config.init))
+                                    warm_start.pretrain_step(config.init))
 
 
 SEMI_MODES = ("", "arco")
@@ -128,46 +129,6 @@ def model_config(config):
   if semi_enabled(config):
     model_cfg["representation_dim"] = config.semi.representation_dim
   return model_cfg
-
-
-def load_parts(init_cfg):
-  return [p.strip() for p in init_cfg.load.split(",") if p.strip()]
-
-
-def frozen_parts(init_cfg):
-  return tuple(p.strip() for p in init_cfg.get("freeze", "").split(",")
-               if p.strip())
-
-
-def pretrain_step(init_cfg):
-  return None if init_cfg.pretrain_step < 0 else init_cfg.pretrain_step
-
-
-def init_from_pretrained(state, abstract, init_cfg):
-  """Replaces the listed U-Net parts of `state` with pretrained weights.
-
-  Args:
-    state: freshly initialised U-Net train state.
-    abstract: its abstract state (shapes and shardings).
-    init_cfg: `config.init` (pretrain_dir, pretrain_step, load).
-
-  Returns:
-    (state, step of the pretraining checkpoint used).
-  """
-  wanted = {}
-  for collection in ("params", "batch_stats"):
-    parts = {p: abstract[collection][p] for p in load_parts(init_cfg)
-             if abstract[collection].get(p)}
-    if parts:
-      wanted[collection] = parts
-  restored, step = checkpointing.restore_subtrees(
-      init_cfg.pretrain_dir, wanted, pretrain_step(init_cfg))
-  for collection, parts in restored.items():
-    for part, tree in parts.items():
-      state[collection][part] = tree
-  logging.info("loaded %s from %s (step %d)", init_cfg.load,
-               init_cfg.pretrain_dir, step)
-  return state, step
 
 
 def labeled_subset(config, workdir, source):
@@ -235,13 +196,14 @@ def make_step(config, graphdef, tx, lr_fn, spec):
     return semi_steps.make_semi_step(
         graphdef, tx, lr_fn, spec, config.seed,
         semi_steps.spec_from_config(config.semi),
-        dice_weight=config.loss.dice_weight, frozen=frozen_parts(config.init),
+        dice_weight=config.loss.dice_weight,
+        frozen=warm_start.frozen_parts(config.init),
         freeze_steps=config.init.get("freeze_steps", 0))
   return steps.make_finetune_step(
       graphdef, tx, lr_fn, spec, config.seed,
       dice_weight=config.loss.dice_weight,
       ema_decay=config.optim.get("ema_decay", 0.0),
-      frozen=frozen_parts(config.init),
+      frozen=warm_start.frozen_parts(config.init),
       freeze_steps=config.init.get("freeze_steps", 0))
 
 
@@ -280,7 +242,8 @@ def train_and_evaluate(config, workdir):
     state, start = loop.restore_or_init(checkpointer, abstract, init_fn,
                                         data_iter)
     if start is None and config.init.pretrain_dir:
-      state, _ = init_from_pretrained(state, abstract, config.init)
+      state, _ = warm_start.init_from_pretrained(state, abstract,
+                                                 config.init)
     p_step = jax.jit(make_step(config, graphdef, tx, lr_fn, spec),
                      donate_argnums=0)
     writer = metric_writer.MetricWriter(

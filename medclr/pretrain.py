@@ -18,6 +18,7 @@ from medclr import optim
 from medclr import probe
 from medclr import sharding
 from medclr import steps
+from medclr import warm_start
 from medclr.data import preprocess
 from medclr.data import sources as data_sources
 
@@ -88,6 +89,23 @@ def make_probe(config, graphdef):
       config.probe.every)
 
 
+def warm_started(state, abstract, config):
+  """A fresh state with `config.init`'s parts loaded (a second stage)."""
+  init_cfg = config.get("init")
+  if init_cfg and init_cfg.pretrain_dir:
+    state, _ = warm_start.init_from_pretrained(state, abstract, init_cfg)
+  return state
+
+
+def make_step(config, graphdef, tx, lr_fn, method):
+  """The pretraining step, with `config.init`'s frozen parts."""
+  init_cfg = config.get("init")
+  return steps.make_pretrain_step(
+      graphdef, tx, lr_fn, method, config.seed,
+      frozen=warm_start.frozen_parts(init_cfg) if init_cfg else (),
+      freeze_steps=init_cfg.get("freeze_steps", 0) if init_cfg else 0)
+
+
 def train_and_evaluate(config, workdir):
   """Pretrains `config.method` into `workdir`; resumes if it has checkpoints.
 
@@ -116,10 +134,11 @@ def train_and_evaluate(config, workdir):
         keep=config.keep_checkpoints, async_save=config.async_checkpoints)
     state, start = loop.restore_or_init(checkpointer, abstract, init_fn,
                                         data_iter)
-    step_fn = steps.make_pretrain_step(graphdef, tx, lr_fn, method,
-                                       config.seed)
+    if start is None:
+      state = warm_started(state, abstract, config)
     # Donate the state: its buffers become the next state's (no second copy).
-    p_step = jax.jit(step_fn, donate_argnums=0)
+    p_step = jax.jit(make_step(config, graphdef, tx, lr_fn, method),
+                     donate_argnums=0)
     writer = metric_writer.MetricWriter(
         workdir, enabled=jax.process_index() == 0,
         total_steps=config.num_steps, name="pretrain",

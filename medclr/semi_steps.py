@@ -80,6 +80,19 @@ def pseudo_labels(logits, weight, confidence):
   return labels, confident
 
 
+def teach(graphdef, state, image, weak, u_weight, confidence):
+  """The EMA teacher on labelled and weak unlabelled patches: (pixel
+  embeddings of both, pseudo-labels and confident pixels of the latter)."""
+  teacher = nnx.merge(graphdef, state["aux"]["teacher"], state["batch_stats"])
+  # Batch statistics, as the reference runs its teacher in train mode; the
+  # teacher's BatchNorm updates are discarded.
+  logits, rep = teacher(jnp.concatenate([image, weak]), train=True,
+                        with_representation=True)
+  labels, confident = pseudo_labels(logits[image.shape[0]:], u_weight,
+                                    confidence)
+  return rep, labels, confident
+
+
 def make_semi_step(graphdef, tx, lr_fn, spec, seed, semi, *, dice_weight=1.0,
                    frozen=(), freeze_steps=0):
   """The semi-supervised step; state['aux']['teacher'] holds the teacher.
@@ -96,14 +109,8 @@ def make_semi_step(graphdef, tx, lr_fn, spec, seed, semi, *, dice_weight=1.0,
     weak, student_view, u_weight = _unlabeled_views(k_unlabeled, batch,
                                                     spec, strong)
     num = image.shape[0]
-    teacher = nnx.merge(graphdef, state["aux"]["teacher"],
-                        state["batch_stats"])
-    # Batch statistics, as the reference runs its teacher in train mode;
-    # the teacher's BatchNorm updates are discarded.
-    t_logits, t_rep = teacher(jnp.concatenate([image, weak]), train=True,
-                              with_representation=True)
-    labels_u, confident = pseudo_labels(t_logits[num:], u_weight,
-                                        semi.confidence)
+    t_rep, labels_u, confident = teach(graphdef, state, image, weak, u_weight,
+                                       semi.confidence)
     labels = jnp.concatenate([mask, labels_u])
     valid = jnp.concatenate([weight > 0, confident])
     ramp = rampup(state["step"], semi.rampup_steps)

@@ -61,7 +61,8 @@ def normalize_views(views, norm):
   return jax.tree.map(one, views)
 
 
-def make_pretrain_step(graphdef, tx, lr_fn, method, seed):
+def make_pretrain_step(graphdef, tx, lr_fn, method, seed, *, frozen=(),
+                       freeze_steps=0):
   """One pretraining step for any `methods.Method`.
 
   Args:
@@ -70,6 +71,8 @@ def make_pretrain_step(graphdef, tx, lr_fn, method, seed):
     lr_fn: schedule, logged as `lr`.
     method: the `methods.Method` (views, loss, auxiliary state updates).
     seed: base seed of the augmentation randomness.
+    frozen, freeze_steps: parts that get no update (`freeze_gradients`),
+      e.g. the encoder in Chaitanya et al.'s decoder stage.
 
   Returns:
     step(state, batch) -> (state, metrics); jit it with `donate_argnums=0`:
@@ -92,6 +95,7 @@ def make_pretrain_step(graphdef, tx, lr_fn, method, seed):
         loss_fn, has_aux=True)(state["params"], state["batch_stats"])
     metrics = dict(metrics, loss=loss, lr=lr_fn(state["step"]),
                    grad_norm=optax.tree.norm(grads))
+    grads = freeze_gradients(grads, frozen, state["step"], freeze_steps)
     new_state = apply_update(state, grads, batch_stats, tx)
     new_state["aux"] = method.update_aux(aux, new_state["params"],
                                          new_state["batch_stats"],
@@ -111,14 +115,16 @@ def finetune_inputs(key, batch, spec):
 
 
 def freeze_gradients(grads, parts, step, freeze_steps):
-  """`grads` with the top-level `parts` zeroed while step < freeze_steps.
+  """`grads` with the top-level `parts` zeroed while step < freeze_steps
+  (freeze_steps -1: the whole run).
 
   Zero gradients leave Adam's moments at zero, so a frozen part does not
   move (without decoupled weight decay) and starts with fresh moments.
   """
-  if not parts or freeze_steps <= 0:
+  if not parts or freeze_steps == 0:
     return grads
-  frozen = jnp.asarray(step) < freeze_steps
+  frozen = (jnp.asarray(True) if freeze_steps < 0 else
+            jnp.asarray(step) < freeze_steps)
   return {name: jax.tree.map(lambda g: jnp.where(frozen, 0.0, g).astype(
               g.dtype), tree) if name in parts else tree
           for name, tree in grads.items()}

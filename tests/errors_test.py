@@ -110,7 +110,7 @@ def test_bad_config_value_names_key(tmp_path, phantom_data_dir):
 
 @pytest.mark.parametrize("override,message", [
     ({"init.freeze": "encoder,neck"}, r"config.init.freeze='encoder,neck'"),
-    ({"init.freeze_steps": -1}, r"config.init.freeze_steps=-1"),
+    ({"init.freeze_steps": -2}, r"config.init.freeze_steps=-2"),
     ({"optim.ema_decay": 1.0}, r"config.optim.ema_decay=1.0"),
 ])
 def test_bad_finetuning_values_name_their_key(override, message, tmp_path,

@@ -17,6 +17,7 @@ from medclr import loop
 from medclr import models
 from medclr import optim
 from medclr import sharding
+from medclr import warm_start
 
 
 def _read_jsonl(path):
@@ -55,7 +56,7 @@ def test_pretrained_encoder_arrives_unchanged_in_unet(phantom_data_dir,
                         **{"init.pretrain_dir": pretrained_dir})
   abstract, state = _fresh_unet_state(config)
   before_decoder = jax.device_get(state["params"]["decoder"])
-  state, step = finetune.init_from_pretrained(state, abstract, config.init)
+  state, step = warm_start.init_from_pretrained(state, abstract, config.init)
   assert step == 2
   saved, _ = checkpointing.restore_subtrees(
       pretrained_dir,

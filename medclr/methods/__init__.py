@@ -40,6 +40,7 @@ REGISTRY = {
     "byol": "medclr.methods.byol",
     "dino": "medclr.methods.dino",
     "volume_supcon": "medclr.methods.volume_supcon",
+    "chaitanya_local": "medclr.methods.chaitanya_local",
 }
 
 

@@ -86,6 +86,7 @@ class Decoder(nnx.Module):
       widths: Sequence[int],
       norm: str = 'batch',
       *,
+      blocks: int | None = None,
       dtype: jnp.dtype | None = None,
       rngs: nnx.Rngs,
   ):
@@ -94,12 +95,20 @@ class Decoder(nnx.Module):
     Args:
       widths: the encoder widths, shallow to deep.
       norm: 'batch' or 'group'.
+      blocks: build only the `blocks` deepest levels (a decoder pretrained
+        in part, as Chaitanya et al.'s local stage); None builds all.
       dtype: computation dtype (None keeps the input's); params stay float32.
       rngs: NNX random streams.
     """
     encoder_lib.check_norm(norm)
     self.widths = tuple(int(w) for w in widths)
-    for index in range(len(self.widths) - 1):
+    total = len(self.widths) - 1
+    blocks = total if blocks is None else int(blocks)
+    if not 1 <= blocks <= total:
+      raise ValueError(f'decoder blocks must be in [1, {total}] for '
+                       f'{len(self.widths)} levels, got {blocks}')
+    self.first = total - blocks  # the shallowest level built
+    for index in range(self.first, total):
       setattr(self, f'level{index}', DecoderLevel(
           self.widths[index + 1], self.widths[index], norm, dtype=dtype,
           rngs=rngs))
@@ -114,14 +123,15 @@ class Decoder(nnx.Module):
       train: True uses and updates BatchNorm batch statistics.
 
     Returns:
-      Full-resolution features with `widths[0]` channels.
+      Features of the shallowest level built, with its encoder width: full
+      resolution and `widths[0]` channels for a whole decoder.
     """
     if len(features) != len(self.widths):
       raise ValueError(
           f'Decoder built for {len(self.widths)} levels got {len(features)} '
           'feature maps')
     x = features[-1]
-    for index in reversed(range(len(self.widths) - 1)):
+    for index in reversed(range(self.first, len(self.widths) - 1)):
       x = getattr(self, f'level{index}')(x, features[index], train=train)
     return x
 
