@@ -59,6 +59,7 @@ LAYERS = {
     "medclr.models.encoder": BUILDING_BLOCKS,
     "medclr.models.heads": BUILDING_BLOCKS,
     "medclr.models.local_head": BUILDING_BLOCKS,
+    "medclr.models.macl_head": BUILDING_BLOCKS,
     "medclr.models.unet": BUILDING_BLOCKS,
     # Train steps, methods, the online probe and the shared config checks.
     "medclr.config_checks": METHODS,
@@ -67,6 +68,7 @@ LAYERS = {
     "medclr.methods.byol": METHODS,
     "medclr.methods.chaitanya_local": METHODS,
     "medclr.methods.dino": METHODS,
+    "medclr.methods.macl": METHODS,
     "medclr.methods.moco": METHODS,
     "medclr.methods.simclr": METHODS,
     "medclr.methods.volume_supcon": METHODS,
@@ -91,6 +93,7 @@ LAYERS = {
     "configs.pretrain_chaitanya": LOOPS,
     "configs.pretrain_chaitanya_local": LOOPS,
     "configs.pretrain_dino": LOOPS,
+    "configs.pretrain_macl": LOOPS,
     "configs.pretrain_mocov2": LOOPS,
     "configs.pretrain_pcl": LOOPS,
     "configs.pretrain_simclr": LOOPS,

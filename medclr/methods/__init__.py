@@ -41,6 +41,7 @@ REGISTRY = {
     "dino": "medclr.methods.dino",
     "volume_supcon": "medclr.methods.volume_supcon",
     "chaitanya_local": "medclr.methods.chaitanya_local",
+    "macl": "medclr.methods.macl",
 }
 
 
