@@ -649,7 +649,7 @@ def augment_segmentation_batch(
       keys, images, masks, weights)
 
 
-def _per_device(batch_fn: Callable[..., jax.Array | tuple[jax.Array, ...]],
+def per_device(batch_fn: Callable[..., jax.Array | tuple[jax.Array, ...]],
                 key: jax.Array, arrays: Sequence[jax.Array],
                 axis_name: str):
   """Runs batch_fn(key, *local_arrays, offset=...) on each shard.
@@ -706,7 +706,7 @@ def sharded_augment(key: jax.Array, images: jax.Array, spec: AugmentSpec,
   Returns:
     Augmented images, sharded like P(axis_name).
   """
-  return _per_device(functools.partial(augment_batch, spec=spec), key,
+  return per_device(functools.partial(augment_batch, spec=spec), key,
                      [images], axis_name)
 
 
@@ -724,6 +724,6 @@ def sharded_augment_segmentation(
     spec: AugmentSpec,
     axis_name: str = "data") -> tuple[jax.Array, jax.Array, jax.Array]:
   """`augment_segmentation` over a batch sharded like `sharded_augment`."""
-  return _per_device(
+  return per_device(
       functools.partial(augment_segmentation_batch, spec=spec), key,
       [images, masks, weights], axis_name)

@@ -56,8 +56,8 @@ _XLA_CACHE = _share_compilations()
 # A stale order only costs balance.
 LONGEST_FIRST = (
     "study_test", "augment_test", "volume_supcon_test", "devices_test",
-    "benchmarks_test", "dino_test", "chaitanya_local_test", "macl_test",
-    "models_test", "moco_test", "adco_test", "kill_test", "semi_test",
+    "benchmarks_test", "dino_test", "dira_test", "chaitanya_local_test",
+    "macl_test", "models_test", "moco_test", "adco_test", "kill_test", "semi_test",
     "byol_test", "errors_test", "multihost_test", "updates_test",
     "guard_test", "precision_test", "losses_test", "preprocess_test",
     "simclr_test", "pipeline_test", "contrastive_crop_test", "data_test",

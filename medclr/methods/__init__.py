@@ -42,6 +42,7 @@ REGISTRY = {
     "volume_supcon": "medclr.methods.volume_supcon",
     "chaitanya_local": "medclr.methods.chaitanya_local",
     "macl": "medclr.methods.macl",
+    "dira": "medclr.methods.dira",
 }
 
 

@@ -1,0 +1,123 @@
+"""DiRA (Haghighi et al. 2022): discriminative, restorative, adversarial.
+
+MoCo v2 on the U-Net's encoder (queue, EMA key encoder of the whole model)
+plus restoration: the U-Net decoder rebuilds the undistorted first view
+from its distorted copy (`medclr.distortions`), judged by mean squared error
+and, from `dira.adversarial_start` on, by a PatchGAN critic trained with
+the least-squares loss and its own Adam. Generator loss:
+
+  1 x InfoNCE + 10 x MSE(restored, view) + 0.001 x MSE(D(restored), 1),
+
+critic loss 0.5 [MSE(D(view), 1) + MSE(D(restored), 0)]. The critic's
+parameters and optimiser state live in the method's auxiliary state, so
+they are checkpointed and restored with everything else. Method page:
+docs/methods/dira.md.
+"""
+import dataclasses
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import optax
+
+from medclr import augment
+from medclr import distortions
+from medclr import models
+from medclr.methods import moco
+from medclr.models import dira_head
+
+
+def _flip_rows(key, images):
+  """Each image mirrored left-right with probability 1/2 (per example)."""
+  flips = jax.random.bernoulli(key, 0.5, images.shape[:1])
+  return jnp.where(flips[:, None, None, None], images[:, :, ::-1], images)
+
+
+def critic_loss(critic, real, fake):
+  """Least-squares critic loss on real images and (fixed) restorations."""
+  return 0.5 * (jnp.mean((critic(real) - 1.0) ** 2) +
+                jnp.mean(critic(jax.lax.stop_gradient(fake)) ** 2))
+
+
+class DiRA(moco.MoCoV2):
+  """MoCo v2 + restoration + adversarial restoration (module docstring)."""
+
+  name = "dira"
+
+  def __init__(self, config):
+    super().__init__(config)
+    cfg = config.dira
+    self.weights = (float(cfg.contrast_weight), float(cfg.restore_weight),
+                    float(cfg.adversarial_weight))
+    self.adversarial_start = int(cfg.adversarial_start)
+    # The reference flips after colour jitter and blur, and restores the
+    # crop before them; here the flip comes first so the target is flipped
+    # with its input (docs/methods/dira.md).
+    self.intensity = dataclasses.replace(self.spec, hflip_p=0.0)
+    self.critic_tx = optax.adam(float(cfg.critic_lr), b1=0.5, b2=0.999)
+    self.critic_graphdef = nnx.graphdef(self._critic())
+
+  def _critic(self):
+    return dira_head.PatchCritic(int(self.config.model.in_channels),
+                                 rngs=nnx.Rngs(self.config.seed + 7))
+
+  def make_model(self, rngs):
+    return dira_head.DiRAModel(
+        **models.model_kwargs(self.config.model),
+        hidden_dim=int(self.config.head.hidden_dim),
+        out_dim=int(self.config.head.out_dim),
+        # The target is normalised with the inputs (steps.normalize_views).
+        bounded=self.config.data.get("normalize", "none") == "none",
+        rngs=rngs)
+
+  def init_aux(self, params, batch_stats):
+    critic = nnx.to_pure_dict(nnx.state(self._critic(), nnx.Param))
+    return dict(super().init_aux(params, batch_stats), critic=critic,
+                critic_opt=self.critic_tx.init(critic))
+
+  def device_views(self, key, batch):
+    k_flip, k_views, k_distort1, k_distort2 = jax.random.split(key, 4)
+    flipped = [_flip_rows(k, batch[name]) for k, name in zip(
+        jax.random.split(k_flip), ("view1", "view2"))]
+    view1, view2 = augment.two_views(k_views, *flipped, self.intensity)
+    return (distortions.sharded_distort(k_distort1, view1),
+            distortions.sharded_distort(k_distort2, view2), flipped[0])
+
+  def loss(self, model, aux, views, step):
+    input1, input2, target = views
+    adversarial = step >= self.adversarial_start
+    q1, restored = model(input1, train=True)
+    (k2,), target_stats = self.encode_keys(aux, [input2])
+    contrast = moco.queue_loss(moco.l2_normalize(q1), k2, aux["queue"],
+                               self.temperature)
+    restore = jnp.mean((restored - target) ** 2)
+    critic = nnx.merge(self.critic_graphdef,
+                       jax.lax.stop_gradient(aux["critic"]))
+    fool = jnp.mean((critic(restored) - 1.0) ** 2)
+    w_c, w_r, w_a = self.weights
+    loss = w_c * contrast + w_r * restore + jnp.where(adversarial, w_a, 0.0
+                                                       ) * fool
+    critic_params, critic_opt, d_loss = self._critic_step(aux, target,
+                                                          restored)
+    queue, pointer = moco.enqueue(aux["queue"], aux["queue_ptr"], k2)
+    keep = lambda new, old: jax.tree.map(
+        lambda n, o: jnp.where(adversarial, n, o), new, old)
+    aux = dict(aux, target_stats=target_stats, queue=queue, queue_ptr=pointer,
+               critic=keep(critic_params, aux["critic"]),
+               critic_opt=keep(critic_opt, aux["critic_opt"]))
+    metrics = {"contrast_loss": contrast, "restore_loss": restore,
+               "adversarial_loss": fool, "critic_loss": d_loss}
+    return loss, (aux, metrics)
+
+  def _critic_step(self, aux, real, fake):
+    """One Adam step of the critic on this batch (used once adversarial)."""
+    def objective(params):
+      return critic_loss(nnx.merge(self.critic_graphdef, params), real, fake)
+    d_loss, grads = jax.value_and_grad(objective)(aux["critic"])
+    updates, opt = self.critic_tx.update(grads, aux["critic_opt"],
+                                         aux["critic"])
+    return optax.apply_updates(aux["critic"], updates), opt, d_loss
+
+
+def make(config):
+  return DiRA(config)

@@ -1,0 +1,127 @@
+"""DiRA: the distortions, the critic's shape, the critic's optimiser in
+checkpoints (bit-for-bit resume), the two-stage switch, and the U-Net body
+handed to a real fine-tuning run. The 1-vs-8-device step is in
+devices_test."""
+import shutil
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import assert_trees_equal, saved_state, saved_subtrees
+from conftest import smoke_config
+from medclr import distortions
+from medclr import finetune
+from medclr import pretrain
+from medclr.models import dira_head
+
+DRAWS = 2000
+
+
+def _image(size=96):
+  rng = np.random.default_rng(0)
+  return jnp.asarray(0.1 + 0.9 * rng.uniform(size=(size, size, 3)),
+                     jnp.float32)
+
+
+def test_modes_follow_the_reference_probabilities():
+  image = _image(32)
+  modes = jax.vmap(lambda k: distortions.distort(k, image)[1])(
+      jax.random.split(jax.random.key(0), DRAWS))
+  freq = np.bincount(np.asarray(modes), minlength=4) / DRAWS
+  np.testing.assert_allclose(freq, [0.30, 0.05, 0.30, 0.35], atol=0.03)
+
+
+def test_painting_zeroes_pixels_and_shuffling_moves_them():
+  image = _image()
+  seen = set()
+  for i in range(40):
+    out, mode = distortions.distort(jax.random.key(i), image)
+    out, mode = np.asarray(out), int(mode)
+    seen.add(mode)
+    changed = np.any(out != np.asarray(image), axis=-1)
+    if mode in (0, 1):  # in- and out-painting only zero pixels
+      assert np.all(out[changed] == 0) and changed.any()
+      # Out-painting keeps large windows; in-painting holes are smaller.
+      kept = 1 - changed.mean()
+      assert kept < 0.9 if mode == 1 else kept > 0.3
+    elif mode == 2:  # shuffled pixels come from the image, never zero
+      assert changed.any() and np.all(out > 0)
+    else:
+      assert not changed.any()
+  assert seen == {0, 1, 2, 3}
+
+
+def test_distortions_are_the_same_on_1_and_8_devices():
+  images = jax.random.uniform(jax.random.key(1), (8, 32, 32, 3))
+  outs = []
+  for n in (1, 8):
+    mesh = jax.make_mesh((n,), ("data",),
+                         axis_types=(jax.sharding.AxisType.Explicit,))
+    with jax.set_mesh(mesh):
+      x = jax.device_put(images, jax.P("data"))
+      outs.append(np.asarray(jax.jit(distortions.sharded_distort)(
+          jax.random.key(2), x)))
+  np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_critic_scores_28x28_patches_of_a_224_image():
+  critic = dira_head.PatchCritic(1, rngs=nnx.Rngs(0))
+  assert critic(jnp.zeros((2, 224, 224, 1))).shape == (2, 28, 28, 1)
+
+
+STEPS, KILLED_AFTER = 4, 2
+
+
+def _config(data_dir):
+  # The critic switches on after step 2: the resume crosses the switch.
+  return smoke_config("pretrain_dira", data_dir, num_steps=STEPS,
+                      checkpoint_every=1, keep_checkpoints=10,
+                      async_checkpoints=False,
+                      **{"dira.adversarial_start": 2})
+
+
+@pytest.fixture(scope="module")
+def dira_run(tmp_path_factory, phantom_data_dir):
+  workdir = tmp_path_factory.mktemp("dira") / "full"
+  pretrain.train_and_evaluate(_config(phantom_data_dir), str(workdir))
+  return workdir
+
+
+def test_critic_waits_for_stage_two_then_trains(dira_run):
+  states = [saved_state(dira_run, step)[0]["aux"]["critic"]
+            for step in (1, 2, 3)]
+  assert_trees_equal(states[1], states[0])  # stage 1: untouched
+  assert any(not np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(states[1]), jax.tree.leaves(states[2])))
+
+
+def test_resume_restores_critic_and_its_optimiser(dira_run, tmp_path,
+                                                  phantom_data_dir):
+  killed = tmp_path / "killed"
+  shutil.copytree(dira_run, killed)
+  for step in range(KILLED_AFTER + 1, STEPS + 1):
+    shutil.rmtree(killed / "checkpoints" / str(step))
+  pretrain.train_and_evaluate(_config(phantom_data_dir), str(killed))
+  want, want_iter = saved_state(dira_run, STEPS)
+  got, got_iter = saved_state(killed, STEPS)
+  assert {"critic", "critic_opt", "queue", "target_params"} <= set(
+      want["aux"])
+  assert_trees_equal(got, want)
+  assert got_iter == want_iter and got_iter
+
+
+def test_finetuning_starts_from_the_whole_unet_body(dira_run, tmp_path,
+                                                    phantom_data_dir):
+  workdir = tmp_path / "ft"
+  finetune.train_and_evaluate(smoke_config(
+      "finetune_unet", phantom_data_dir, **{
+          "init.pretrain_dir": str(dira_run), "init.load": "encoder,decoder",
+          "init.freeze": "encoder,decoder", "init.freeze_steps": -1}),
+      str(workdir))
+  pretrained = saved_subtrees(dira_run, STEPS)["params"]
+  tuned = saved_subtrees(workdir, 2)["params"]
+  assert_trees_equal(tuned["encoder"], pretrained["encoder"])
+  assert_trees_equal(tuned["decoder"], pretrained["decoder"])
