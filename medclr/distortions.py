@@ -45,28 +45,30 @@ def _box_mask(height, width, top, left, box_h, box_w):
 def _painting_mask(key, height, width, low, high, from_size):
   """Union of up to NUM_BLOCKS boxes (the reference's stopping rule);
   `from_size`: box sides are size - randint(low, high) (out-painting)."""
-  keys = jax.random.split(key, NUM_BLOCKS + 1)
-  stop = jax.random.uniform(keys[0], (NUM_BLOCKS,)) < 0.1
+  k_stop, k_boxes = jax.random.split(key)
+  stop = jax.random.uniform(k_stop, (NUM_BLOCKS,)) < 0.1
   # Box k is drawn when no stop came after boxes 0..k-1.
   active = jnp.cumsum(jnp.concatenate([jnp.zeros(1, bool), stop[:-1]])) == 0
-  mask = jnp.zeros((height, width), bool)
-  for k in range(NUM_BLOCKS):
-    kh, kw, kp = jax.random.split(keys[k + 1], 3)
+
+  def box(k):  # one candidate box, vmapped (a small graph compiles fast)
+    kh, kw, kp = jax.random.split(k, 3)
     box_h, box_w = _scaled(kh, low, high, height), _scaled(kw, low, high,
                                                            width)
     if from_size:
       box_h, box_w = height - box_h, width - box_w
     top, left = _box(kp, height, width, box_h, box_w)
-    mask |= active[k] & _box_mask(height, width, top, left, box_h, box_w)
-  return mask
+    return _box_mask(height, width, top, left, box_h, box_w)
+
+  masks = jax.vmap(box)(jax.random.split(k_boxes, NUM_BLOCKS))
+  return jnp.any(masks & active[:, None, None], axis=0)
 
 
 def _shuffle(key, image):
   """NUM_BLOCKS swaps of two small blocks, each read from `image`."""
   height, width = image.shape[:2]
-  out = image
-  for k in jax.random.split(key, NUM_BLOCKS):
-    kh, kw, k1, k2 = jax.random.split(k, 4)
+
+  def swap(k, out):
+    kh, kw, k1, k2 = jax.random.split(jax.random.fold_in(key, k), 4)
     box_h, box_w = _scaled(kh, 10, 15, height), _scaled(kw, 10, 15, width)
     (t1, l1), (t2, l2) = (_box(k1, height, width, box_h, box_w),
                           _box(k2, height, width, box_h, box_w))
@@ -74,9 +76,10 @@ def _shuffle(key, image):
     from_1 = jnp.roll(image, (t2 - t1, l2 - l1), axis=(0, 1))
     out = jnp.where(_box_mask(height, width, t1, l1, box_h, box_w)[..., None],
                     from_2, out)
-    out = jnp.where(_box_mask(height, width, t2, l2, box_h, box_w)[..., None],
-                    from_1, out)
-  return out
+    return jnp.where(_box_mask(height, width, t2, l2, box_h, box_w)[..., None],
+                     from_1, out)
+
+  return jax.lax.fori_loop(0, NUM_BLOCKS, swap, image)
 
 
 def distort(key, image):
