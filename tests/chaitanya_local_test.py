@@ -5,17 +5,15 @@ on 1 and 8 devices; real runs: stage 2 reads stage 1's encoder and never
 moves it, resumes bit for bit, and hands encoder and trained decoder levels
 unchanged to a real fine-tuning run.
 """
-import shutil
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_trees_equal, saved_state, saved_subtrees
+from conftest import assert_trees_equal, finetune_from_frozen
+from conftest import resume_after_kill, saved_state, saved_subtrees
 from conftest import smoke_config
 from medclr import errors
-from medclr import finetune
 from medclr import pretrain
 from medclr.methods import chaitanya_local
 
@@ -136,30 +134,17 @@ def test_stage_two_keeps_stage_one_encoder_and_trains_the_decoder(
 def test_stage_two_resumes_bit_for_bit(two_stages, tmp_path,
                                        phantom_data_dir):
   stage1, stage2 = two_stages
-  killed = tmp_path / "killed"
-  shutil.copytree(stage2, killed)
-  for step in range(KILLED_AFTER + 1, STEPS + 1):
-    shutil.rmtree(killed / "checkpoints" / str(step))
-  pretrain.train_and_evaluate(_local_config(phantom_data_dir, stage1),
-                              str(killed))
-  want, want_iter = saved_state(stage2, STEPS)
-  got, got_iter = saved_state(killed, STEPS)
-  assert_trees_equal(got, want)
-  assert got_iter == want_iter and got_iter
+  resume_after_kill(
+      stage2, tmp_path / "killed", KILLED_AFTER,
+      lambda w: pretrain.train_and_evaluate(
+          _local_config(phantom_data_dir, stage1), w))
 
 
 def test_finetuning_starts_from_encoder_and_trained_decoder_levels(
     two_stages, tmp_path, phantom_data_dir):
   _, stage2 = two_stages
-  workdir = tmp_path / "ft"
-  # Frozen for the whole run, so what training ends with is what it loaded.
-  finetune.train_and_evaluate(smoke_config(
-      "finetune_unet", phantom_data_dir, **{
-          "init.pretrain_dir": str(stage2), "init.load": "encoder,decoder",
-          "init.freeze": "encoder,decoder", "init.freeze_steps": -1}),
-      str(workdir))
-  pretrained = saved_subtrees(stage2, STEPS)["params"]
-  tuned = saved_subtrees(workdir, 2)["params"]
+  pretrained, tuned = finetune_from_frozen(
+      phantom_data_dir, stage2, tmp_path / "ft", "encoder,decoder")
   assert_trees_equal(tuned["encoder"], pretrained["encoder"])
   assert_trees_equal(tuned["decoder"]["level1"],
                      pretrained["decoder"]["level1"])

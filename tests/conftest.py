@@ -241,3 +241,38 @@ def assert_trees_close(got, want, rtol, atol):
       lambda path, a, b: np.testing.assert_allclose(
           a, b, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path)),
       got, want)
+
+
+def resume_after_kill(full, dest, killed_after, train):
+  """Copies finished run `full` to `dest` as a run killed after saving step
+  `killed_after` (later checkpoints removed), resumes it with
+  `train(workdir)` and asserts the final state and data-iterator position
+  equal the uninterrupted run's bit for bit. Returns the final state."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(full, dest)
+  steps = sorted(int(p.name) for p in (pathlib.Path(full) / "checkpoints"
+                                       ).iterdir() if p.name.isdigit())
+  for step in steps:
+    if step > killed_after:
+      shutil.rmtree(pathlib.Path(dest) / "checkpoints" / str(step))
+  train(str(dest))
+  want, want_iter = saved_state(full, steps[-1])
+  got, got_iter = saved_state(dest, steps[-1])
+  assert_trees_equal(got, want)
+  assert got_iter == want_iter and got_iter
+  return want
+
+
+def finetune_from_frozen(data_dir, pretrain_dir, workdir, parts):
+  """A real smoke fine-tuning run from `pretrain_dir` with `parts` loaded
+  and frozen for the whole run: returns (pretrained params, fine-tuned
+  params), both as saved, so what it loaded is what it ends with."""
+  from medclr import checkpointing  # pylint: disable=g-import-not-at-top
+  from medclr import finetune  # pylint: disable=g-import-not-at-top
+  finetune.train_and_evaluate(smoke_config(
+      "finetune_unet", data_dir, **{
+          "init.pretrain_dir": str(pretrain_dir), "init.load": parts,
+          "init.freeze": parts, "init.freeze_steps": -1}), str(workdir))
+  _, pretrained_step = checkpointing.saved_tree_shapes(str(pretrain_dir))
+  return (saved_subtrees(pretrain_dir, pretrained_step)["params"],
+          saved_subtrees(workdir, 2)["params"])

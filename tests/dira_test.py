@@ -2,18 +2,15 @@
 checkpoints (bit-for-bit resume), the two-stage switch, and the U-Net body
 handed to a real fine-tuning run. The 1-vs-8-device step is in
 devices_test."""
-import shutil
-
 from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_trees_equal, saved_state, saved_subtrees
-from conftest import smoke_config
+from conftest import assert_trees_equal, finetune_from_frozen
+from conftest import resume_after_kill, saved_state, smoke_config
 from medclr import distortions
-from medclr import finetune
 from medclr import pretrain
 from medclr.models import dira_head
 
@@ -101,28 +98,16 @@ def test_critic_waits_for_stage_two_then_trains(dira_run):
 
 def test_resume_restores_critic_and_its_optimiser(dira_run, tmp_path,
                                                   phantom_data_dir):
-  killed = tmp_path / "killed"
-  shutil.copytree(dira_run, killed)
-  for step in range(KILLED_AFTER + 1, STEPS + 1):
-    shutil.rmtree(killed / "checkpoints" / str(step))
-  pretrain.train_and_evaluate(_config(phantom_data_dir), str(killed))
-  want, want_iter = saved_state(dira_run, STEPS)
-  got, got_iter = saved_state(killed, STEPS)
+  want = resume_after_kill(
+      dira_run, tmp_path / "killed", KILLED_AFTER,
+      lambda w: pretrain.train_and_evaluate(_config(phantom_data_dir), w))
   assert {"critic", "critic_opt", "queue", "target_params"} <= set(
       want["aux"])
-  assert_trees_equal(got, want)
-  assert got_iter == want_iter and got_iter
 
 
 def test_finetuning_starts_from_the_whole_unet_body(dira_run, tmp_path,
                                                     phantom_data_dir):
-  workdir = tmp_path / "ft"
-  finetune.train_and_evaluate(smoke_config(
-      "finetune_unet", phantom_data_dir, **{
-          "init.pretrain_dir": str(dira_run), "init.load": "encoder,decoder",
-          "init.freeze": "encoder,decoder", "init.freeze_steps": -1}),
-      str(workdir))
-  pretrained = saved_subtrees(dira_run, STEPS)["params"]
-  tuned = saved_subtrees(workdir, 2)["params"]
+  pretrained, tuned = finetune_from_frozen(
+      phantom_data_dir, dira_run, tmp_path / "ft", "encoder,decoder")
   assert_trees_equal(tuned["encoder"], pretrained["encoder"])
   assert_trees_equal(tuned["decoder"], pretrained["decoder"])

@@ -1,16 +1,13 @@
 """MACL: the pixel-level SupCon against a NumPy loop, 1 vs 8 devices, and
 real runs that resume bit for bit and hand encoder and decoder levels to a
 real fine-tuning run."""
-import shutil
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_trees_equal, saved_state, saved_subtrees
-from conftest import smoke_config
-from medclr import finetune
+from conftest import assert_trees_equal, finetune_from_frozen
+from conftest import resume_after_kill, smoke_config
 from medclr import pretrain
 from medclr.methods import macl
 from medclr.methods import volume_supcon
@@ -103,15 +100,9 @@ def macl_run(tmp_path_factory, phantom_data_dir):
 
 def test_resumes_bit_for_bit_and_logs_each_term(macl_run, tmp_path,
                                                 phantom_data_dir):
-  killed = tmp_path / "killed"
-  shutil.copytree(macl_run, killed)
-  for step in range(KILLED_AFTER + 1, STEPS + 1):
-    shutil.rmtree(killed / "checkpoints" / str(step))
-  pretrain.train_and_evaluate(_config(phantom_data_dir), str(killed))
-  want, want_iter = saved_state(macl_run, STEPS)
-  got, got_iter = saved_state(killed, STEPS)
-  assert_trees_equal(got, want)
-  assert got_iter == want_iter and got_iter
+  resume_after_kill(
+      macl_run, tmp_path / "killed", KILLED_AFTER,
+      lambda w: pretrain.train_and_evaluate(_config(phantom_data_dir), w))
   text = (macl_run / "metrics.jsonl").read_text()
   for key in ("global_loss", "pixel_loss", "er_loss"):
     assert f'"{key}"' in text
@@ -119,13 +110,8 @@ def test_resumes_bit_for_bit_and_logs_each_term(macl_run, tmp_path,
 
 def test_finetuning_starts_from_encoder_and_decoder_levels(
     macl_run, tmp_path, phantom_data_dir):
-  workdir = tmp_path / "ft"
-  config = smoke_config("finetune_unet", phantom_data_dir, **{
-      "init.pretrain_dir": str(macl_run), "init.load": "encoder,decoder",
-      "init.freeze": "encoder,decoder", "init.freeze_steps": -1})
-  finetune.train_and_evaluate(config, str(workdir))
-  pretrained = saved_subtrees(macl_run, STEPS)["params"]
-  tuned = saved_subtrees(workdir, 2)["params"]
+  pretrained, tuned = finetune_from_frozen(
+      phantom_data_dir, macl_run, tmp_path / "ft", "encoder,decoder")
   assert_trees_equal(tuned["encoder"], pretrained["encoder"])
   assert set(pretrained["decoder"]) == {"level0", "level1"}
   assert_trees_equal(tuned["decoder"], pretrained["decoder"])

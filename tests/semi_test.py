@@ -5,13 +5,11 @@ the teacher follows its update rule; batches pair labelled patches with
 patches of the split's other images only; bad settings fail by key.
 """
 import json
-import shutil
-
 import jax
 import numpy as np
 import pytest
 
-from conftest import assert_trees_equal, saved_state, smoke_config
+from conftest import resume_after_kill, saved_state, smoke_config
 from medclr import errors
 from medclr import evaluate
 from medclr import finetune
@@ -38,16 +36,10 @@ def semi_run(tmp_path_factory, phantom_data_dir):
 
 def test_resume_restores_teacher_and_matches_uninterrupted_run(
     semi_run, tmp_path, phantom_data_dir):
-  killed = tmp_path / "killed"
-  shutil.copytree(semi_run, killed)
-  for step in range(KILLED_AFTER + 1, STEPS + 1):
-    shutil.rmtree(killed / "checkpoints" / str(step))
-  finetune.train_and_evaluate(_config(phantom_data_dir), str(killed))
-  want, want_iter = saved_state(semi_run, STEPS)
-  got, got_iter = saved_state(killed, STEPS)
+  want = resume_after_kill(
+      semi_run, tmp_path / "killed", KILLED_AFTER,
+      lambda w: finetune.train_and_evaluate(_config(phantom_data_dir), w))
   assert "teacher" in want["aux"] and "representation" in want["params"]
-  assert_trees_equal(got, want)
-  assert got_iter == want_iter and got_iter
 
 
 def test_teacher_is_the_warmed_up_average_of_the_student(semi_run):
