@@ -1,17 +1,19 @@
 """DiRA: the distortions, the critic's shape, the critic's optimiser in
 checkpoints (bit-for-bit resume), the two-stage switch, and the U-Net body
-handed to a real fine-tuning run. The 1-vs-8-device step is in
-devices_test."""
+handed to a real fine-tuning run, and the restoration and critic losses on
+1 and 8 devices."""
 from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_trees_equal, finetune_from_frozen
+from conftest import assert_trees_close_to_scale, assert_trees_equal
+from conftest import finetune_from_frozen
 from conftest import resume_after_kill, saved_state, smoke_config
 from medclr import distortions
 from medclr import pretrain
+from medclr.methods import dira
 from medclr.models import dira_head
 
 DRAWS = 2000
@@ -111,3 +113,45 @@ def test_finetuning_starts_from_the_whole_unet_body(dira_run, tmp_path,
       phantom_data_dir, dira_run, tmp_path / "ft", "encoder,decoder")
   assert_trees_equal(tuned["encoder"], pretrained["encoder"])
   assert_trees_equal(tuned["decoder"], pretrained["decoder"])
+
+
+def _restoration_grads(num_devices, restored, target, critic_params,
+                       graphdef):
+  """Generator (10 MSE + 0.001 LS fooling) and critic losses, with their
+  gradients w.r.t. the restorations and the critic, on a sharded batch."""
+  mesh = jax.make_mesh((num_devices,), ("data",),
+                       axis_types=(jax.sharding.AxisType.Explicit,))
+  with jax.set_mesh(mesh):
+    shard = jax.sharding.NamedSharding(mesh, jax.P("data"))
+    r, t = (jax.device_put(x, shard) for x in (restored, target))
+    params = jax.device_put(critic_params, jax.P())
+
+    @jax.jit
+    def f(r, t, params):
+      def generator(r):
+        critic = nnx.merge(graphdef, jax.lax.stop_gradient(params))
+        return (10 * jnp.mean((r - t) ** 2) +
+                0.001 * jnp.mean((critic(r) - 1.0) ** 2))
+      def critic(params):
+        return dira.critic_loss(nnx.merge(graphdef, params), t, r)
+      return (jax.value_and_grad(generator)(r),
+              jax.value_and_grad(critic)(params))
+
+    return jax.device_get(f(r, t, params))
+
+
+def test_restoration_and_critic_losses_equal_on_1_and_8_devices():
+  critic = dira_head.PatchCritic(3, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(critic, nnx.Param)
+  params = nnx.to_pure_dict(params)
+  keys = jax.random.split(jax.random.key(5))
+  restored = jax.random.uniform(keys[0], (8, 16, 16, 3))
+  target = jax.random.uniform(keys[1], (8, 16, 16, 3))
+  one = _restoration_grads(1, restored, target, params, graphdef)
+  eight = _restoration_grads(8, restored, target, params, graphdef)
+  for (loss1, grad1), (loss8, grad8) in zip(one, eight):
+    assert float(loss8) == pytest.approx(float(loss1), rel=1e-5)
+    # Relative to the largest gradient entry: the bias before an instance
+    # norm has a gradient of pure rounding noise.
+    assert_trees_close_to_scale(grad8, grad1, 1e-4, per_leaf=False)
+  assert max(float(np.abs(g).max()) for g in jax.tree.leaves(one[1][1])) > 0

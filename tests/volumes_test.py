@@ -363,3 +363,33 @@ def test_pipeline_errors(synthetic_dir):
              local_batch=8)
   with pytest.raises(readers.DataError, match="sampling"):
     _dataset(synthetic_dir, "sequential")
+
+
+def _write_stack(folder, sizes):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  folder.mkdir()
+  for index, size in sizes.items():
+    # Each section's brightness is its index, so the order is visible.
+    Image.fromarray(np.full(size, index * 10, np.uint8)).save(
+        folder / f"{index}.png")
+
+
+def test_folder_of_sections_is_one_volume_in_natural_order(tmp_path):
+  stack = tmp_path / "stack"
+  _write_stack(stack, {i: (8, 6) for i in (0, 1, 2, 10, 11)})
+  assert volumes.find_volumes(stack) == [stack]
+  volume = volumes.load_volume(stack)
+  assert volume.shape == (8, 6, 5)
+  # 0, 1, 2, 10, 11: natural order, not the string order 0, 1, 10, 11, 2.
+  np.testing.assert_array_equal(volume[0, 0], [0, 10, 20, 100, 110])
+  slices = volumes.read_volume_folder(
+      stack, volumes.VolumeOptions(axis="axial", size=None))
+  positions = [s["position"] for s in slices]
+  assert positions == sorted(positions) and len(slices) == 5
+
+
+def test_sections_of_different_sizes_are_refused_by_folder(tmp_path):
+  stack = tmp_path / "stack"
+  _write_stack(stack, {0: (8, 6), 1: (8, 6), 2: (6, 8)})
+  with pytest.raises(readers.DataError, match="share one size"):
+    volumes.load_volume(stack)

@@ -29,6 +29,7 @@ changes with the slice position (the smoke and CPU profiles train on them; no
 download needed), and `write_nifti` saves volumes as .nii.gz files.
 """
 import dataclasses
+import re
 import pathlib
 from typing import TypedDict
 
@@ -303,6 +304,36 @@ def is_nifti(path: pathlib.Path) -> bool:
   return path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES)
 
 
+# 2D image files that a folder may stack into one volume (serial sections).
+STACK_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+
+
+def stack_files(folder: pathlib.Path) -> list[pathlib.Path]:
+  """The 2D image files directly in `folder`, in natural order (2 < 10)."""
+  files = [p for p in folder.iterdir()
+           if p.is_file() and p.name.lower().endswith(STACK_SUFFIXES)]
+  return sorted(files, key=lambda p: [
+      (0, int(t), "") if t.isdigit() else (1, 0, t)
+      for t in re.split(r"(\d+)", p.stem)])
+
+
+def read_image_stack(folder: pathlib.Path) -> np.ndarray:
+  """A folder of equally sized 2D images as float32 (H, W, slices); the
+  file order (natural sort of the names) is the slice order."""
+  images = []
+  for path in stack_files(folder):
+    try:
+      with Image.open(path) as image:
+        images.append(np.asarray(image.convert("L"), np.float32))
+    except OSError as e:
+      raise DataError(f"{path}: not a readable image ({e})") from e
+  shapes = sorted({im.shape for im in images})
+  if len(shapes) != 1:
+    raise DataError(f"{folder}: stacked images must share one size, found "
+                    f"{shapes[:3]}")
+  return np.stack(images, axis=-1)
+
+
 def is_dicom_series(path: pathlib.Path) -> bool:
   return path.is_dir() and any(
       p.is_file() and p.name.lower().endswith(DICOM_SUFFIX)
@@ -328,6 +359,9 @@ def load_volume(path: pathlib.Path | str) -> np.ndarray:
   path = pathlib.Path(path)
   if is_nifti(path):
     image = read_nifti(path)
+  elif path.is_dir() and not is_dicom_series(path) and stack_files(path):
+    # Serial sections carry no orientation: (H, W) in plane, then order.
+    return read_image_stack(path)
   elif path.is_dir():
     image = read_dicom_series(path)
   else:
@@ -341,7 +375,9 @@ def find_volumes(manual_dir: pathlib.Path | str) -> list[pathlib.Path]:
   """The volumes directly inside `manual_dir`, sorted by name.
 
   A volume is a .nii / .nii.gz file or a sub-folder holding .dcm files (one
-  DICOM series). Other files are ignored.
+  DICOM series). Other files are ignored. A folder of 2D images and no
+  volumes (serial sections, e.g. the ISBI 2012 EM stack) is one volume,
+  its slices in the natural order of the file names (`read_image_stack`).
 
   Raises:
     DataError: `manual_dir` is not a folder, holds no volume, or two volumes
@@ -352,6 +388,8 @@ def find_volumes(manual_dir: pathlib.Path | str) -> list[pathlib.Path]:
     raise DataError(f"volume folder {manual_dir} is not a directory")
   found = sorted(p for p in manual_dir.iterdir()
                  if is_nifti(p) or is_dicom_series(p))
+  if not found and len(stack_files(manual_dir)) > 1:
+    return [manual_dir]  # the folder itself is one stack of sections
   if not found:
     raise DataError(
         f"no volumes in {manual_dir}: expected .nii/.nii.gz files or "
