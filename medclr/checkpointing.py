@@ -10,6 +10,7 @@ and `latest_step()` never returns a half-written one.
 import json
 import os
 
+from absl import logging
 from etils import epath
 import grain
 import jax
@@ -132,7 +133,8 @@ def check_same_run(workdir, config_dict):
   """Refuses to resume `workdir` under a config it was not made with.
 
   Only checked when the workdir holds checkpoints. Changes to
-  RESUMABLE_CHANGES are allowed (e.g. more steps).
+  RESUMABLE_CHANGES are allowed (e.g. more steps), and so are fields the
+  saved config lacks (added by a later medclr; a warning lists them).
 
   Raises:
     CheckpointError: naming every changed field, old and new value.
@@ -142,9 +144,16 @@ def check_same_run(workdir, config_dict):
     return
   old = _flat_config(json.loads(path.read_text()))
   new = _flat_config(json.loads(json.dumps(config_dict)))
+  # Options added to medclr after the checkpoint was written: their
+  # defaults keep the old behaviour, so an upgrade does not strand a run.
+  added = sorted(set(new) - set(old))
+  if added:
+    logging.warning("%s was written before these config fields existed; "
+                    "resuming with %s", workdir,
+                    ", ".join(f"{key}={new[key]!r}" for key in added))
   changed = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
              for key in sorted(set(old) | set(new))
-             if old.get(key) != new.get(key) and not any(
+             if key not in added and old.get(key) != new.get(key) and not any(
                  key == allowed or (allowed.endswith(".") and
                                     key.startswith(allowed))
                  for allowed in RESUMABLE_CHANGES)]

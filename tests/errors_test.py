@@ -1,4 +1,6 @@
 """Bad input fails before training, with a message naming the file or key."""
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -71,6 +73,28 @@ def test_resume_under_another_config_is_refused(tmp_path, phantom_data_dir):
   # More steps is a resume, not another run.
   longer = smoke_config("finetune_unet", phantom_data_dir, num_steps=3)
   assert finetune.train_and_evaluate(longer, workdir)
+
+
+def test_resume_accepts_fields_added_since_the_checkpoint(
+    tmp_path, phantom_data_dir, caplog):
+  # A run written before `data.patch_sampling` existed: its config.json
+  # lacks the field. Resuming under a newer medclr warns and goes on; a
+  # changed value of an old field is still refused.
+  workdir = tmp_path / "work"
+  config = smoke_config("finetune_unet", phantom_data_dir)
+  finetune.train_and_evaluate(config, str(workdir))
+  saved = json.loads((workdir / "config.json").read_text())
+  del saved["data"]["patch_sampling"]
+  (workdir / "config.json").write_text(json.dumps(saved))
+  longer = smoke_config("finetune_unet", phantom_data_dir, num_steps=3)
+  with caplog.at_level(logging.WARNING):
+    assert finetune.train_and_evaluate(longer, str(workdir))
+  assert "data.patch_sampling='uniform'" in caplog.text
+  changed = smoke_config("finetune_unet", phantom_data_dir, num_steps=4,
+                         **{"data.label_seed": 3})
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"data.label_seed: 0 -> 3\)"):
+    finetune.train_and_evaluate(changed, str(workdir))
 
 
 def test_divergence_stops_before_a_bad_checkpoint(tmp_path, phantom_data_dir):
