@@ -71,7 +71,7 @@ def dino_blocks(config):
   # at batch 16 is 4 steps.
   config.head = ml_collections.ConfigDict({
       "hidden_dim": 2048, "bottleneck_dim": 256, "out_dim": 65536,
-      "num_layers": 3, "norm_last_layer": True,
+      "num_layers": 3, "norm_last_layer": True, "use_bn": False,
       "freeze_last_layer_steps": 4})
   # DINOLoss: student temp 0.1, center momentum 0.9. Teacher temperature:
   # README's improved recipe --teacher_temp 0.07 after a linear warm-up from

@@ -7,6 +7,7 @@ that checks the teacher EMA between checkpoints, resume (teacher and centre
 restored) on 1 device against the 8-device run, and fine-tuning.
 """
 import importlib
+import math
 import shutil
 
 from flax import nnx
@@ -132,6 +133,38 @@ def test_last_layer_is_weight_normalised(learn_scale):
   weight = np.asarray(layer(jnp.eye(6)))
   np.testing.assert_allclose(np.linalg.norm(weight, axis=0),
                              2.0 if learn_scale else 1.0, rtol=1e-5)
+
+
+def test_head_with_batch_norm_matches_numpy():
+  """DINOHead(use_bn=True): Linear -> BatchNorm1d -> GELU per hidden layer."""
+  head = dino_head.DINOHead(6, 10, hidden_dim=8, bottleneck_dim=5,
+                            num_layers=3, norm_last_layer=True, use_bn=True,
+                            rngs=nnx.Rngs(0))
+  params = nnx.to_pure_dict(nnx.state(head, nnx.Param))
+  assert sorted(params) == ["last_layer", "layer0", "layer1", "layer2",
+                            "norm0", "norm1"]
+  # Non-trivial affine parameters so that a skipped scale or bias shows.
+  head.norm1.scale[...] = jnp.linspace(0.5, 2.0, 8)
+  head.norm1.bias[...] = jnp.linspace(-0.3, 0.3, 8)
+  h = jax.random.normal(jax.random.key(1), (7, 6)) * 3.0 + 1.0
+  got = np.asarray(head(h, train=True))
+
+  gelu = lambda x: 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+  x = np.float64(h)
+  for index in range(3):
+    layer = params[f"layer{index}"]
+    x = x @ np.float64(layer["kernel"]) + np.float64(layer["bias"])
+    if index < 2:
+      norm = getattr(head, f"norm{index}")
+      x = (x - x.mean(0)) / np.sqrt(x.var(0) + norm.epsilon)
+      x = x * np.float64(norm.scale[...]) + np.float64(norm.bias[...])
+      x = gelu(x)
+  x = x / np.linalg.norm(x, axis=-1, keepdims=True)
+  v = np.float64(params["last_layer"]["direction"])
+  want = x @ (v / np.linalg.norm(v, axis=0, keepdims=True))
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  # Evaluation uses the running statistics, which one step only nudged.
+  assert not np.allclose(np.asarray(head(h, train=False)), got, atol=1e-3)
 
 
 def test_crop_presets_and_custom_fields():

@@ -204,7 +204,8 @@ class DINO(methods.Method):
         out_dim=int(head.out_dim), hidden_dim=int(head.hidden_dim),
         bottleneck_dim=int(head.bottleneck_dim),
         num_layers=int(head.num_layers),
-        norm_last_layer=bool(head.norm_last_layer))
+        norm_last_layer=bool(head.norm_last_layer),
+        use_bn=bool(head.use_bn))
     self.freeze_last_layer_steps = int(head.freeze_last_layer_steps)
     loss = config.loss
     self.student_temp = float(loss.student_temp)

@@ -49,12 +49,13 @@ class DINOHead(nnx.Module):
   """MLP -> L2 normalise -> weight-normalised last layer (DINO's head)."""
 
   def __init__(self, in_dim, out_dim, *, hidden_dim, bottleneck_dim,
-               num_layers, norm_last_layer, dtype=None, rngs):
+               num_layers, norm_last_layer, use_bn=False, dtype=None, rngs):
     if num_layers < 1:
       raise errors.ConfigError(
           f"config.head.num_layers={num_layers}: must be >= 1")
     dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [bottleneck_dim]
     self.num_layers = num_layers
+    self.use_bn = use_bn
     # DINOHead._init_weights: trunc_normal_(std=.02) cuts at +-2 in absolute
     # value, i.e. at 100 std, so it is a plain N(0, 0.02); biases 0.
     for index in range(num_layers):
@@ -62,15 +63,22 @@ class DINOHead(nnx.Module):
       setattr(self, f"layer{index}", nnx.Linear(
           dims[index], dims[index + 1], dtype=dtype, rngs=rngs,
           kernel_init=nnx.initializers.normal(0.02)))
+      # DINOHead(use_bn=True): BatchNorm1d after every hidden Linear.
+      if use_bn and index < num_layers - 1:
+        setattr(self, f"norm{index}", encoder_lib.make_norm(
+            dims[index + 1], "batch", dtype=dtype, rngs=rngs))
     self.last_layer = WeightNormLinear(
         bottleneck_dim, out_dim, learn_scale=not norm_last_layer, dtype=dtype,
         rngs=rngs)
 
-  def __call__(self, h, freeze_last_layer=None):
+  def __call__(self, h, freeze_last_layer=None, *, train=True):
     x = h
     for index in range(self.num_layers):
       x = getattr(self, f"layer{index}")(x)
       if index < self.num_layers - 1:
+        if self.use_bn:
+          x = encoder_lib.apply_norm(getattr(self, f"norm{index}"), x,
+                                     train=train)
         # torch nn.GELU() is the exact (erf) GELU.
         x = nnx.gelu(x, approximate=False)
     x = x.astype(jnp.float32)
@@ -90,4 +98,5 @@ class DINOModel(nnx.Module):
     """(logits (batch, out_dim), pooled features (batch, widths[-1])), f32."""
     deepest = self.encoder(x, train=train)[-1]
     h = jnp.mean(deepest.astype(jnp.float32), axis=(1, 2))
-    return self.head(h, freeze_last_layer).astype(jnp.float32), h
+    logits = self.head(h, freeze_last_layer, train=train)
+    return logits.astype(jnp.float32), h
