@@ -30,7 +30,7 @@ def test_parse_arm_and_cells():
       ("dino_weak@small", 20, 0)]
   for bad, message in [("simclr_basic_medical@huge", "unknown pool 'huge'"),
                        ("simclr_basic_medical*x@large", "'x' is not a number"),
-                       ("scratch@large", "scratch takes no pool"),
+                       ("scratch@large", "scratch pretrains nothing"),
                        ("simclr@large", "expected scratch, <method>_<preset>"),
                        ("scratch,scratch", "lists an arm twice")]:
     with pytest.raises(ValueError, match=message):
@@ -110,12 +110,51 @@ def test_report_is_built_from_rows_alone(tmp_path):
   assert (tmp_path / "study_quick_dice_vs_k.png").stat().st_size > 0
 
 
-def _run_study(workdir, results):
+def test_decoder_and_semi_supervised_arms_parse():
+  pools = {"large": "x:train"}
+  macl = grid.parse_arm("macl@large", pools)
+  cmd = grid.pretrain_command(macl, "quick", "/w/p", "/d", "x:train")
+  # A 2D pool: the pool's images, not the config's volume set.
+  assert "--config=configs/pretrain_macl.py:quick,volumes=0" in cmd
+  assert "--config.data.sources=x:train" in cmd
+  for name in ("macl", "dira", "chaitanya_local"):
+    assert grid.parse_arm(name).finetune_flags == [
+        "--config.init.load=encoder,decoder"]
+  local = grid.parse_arm("chaitanya_local@large", pools)
+  assert local.stage_one == grid.parse_arm("simclr_simclr_strong*0.25@large")
+  assert grid.parse_arm("dira@large").stage_one is None
+  arco = grid.parse_arm("arco")
+  assert not arco.pretrained
+  assert arco.finetune_flags == ["--config.semi.mode=arco"]
+  with pytest.raises(ValueError, match="arco pretrains nothing"):
+    grid.parse_arm("arco@large", pools)
+
+
+@pytest.mark.slow  # Two pretraining stages and two cells on the phantom.
+def test_two_stage_and_semi_supervised_arms_run(tmp_path):
+  results = tmp_path / "rows.jsonl"
+  out = _run_study(tmp_path / "w", results, "chaitanya_local@small,arco")
+  rows = report.read_rows(results)
+  assert [(r["kind"], r["arm"], r.get("status")) for r in rows] == [
+      ("pretrain", "simclr_simclr_strong*0.25@small", "done"),
+      ("pretrain", "chaitanya_local@small", "done"),
+      ("cell", "chaitanya_local@small", None), ("cell", "arco", None)]
+  # The decoder stage starts from the first stage's checkpoint, and its
+  # cell loads the decoder it trained.
+  assert ("--config.init.pretrain_dir=$WORK/pretrain_simclr_simclr_strong-"
+          "x0.25-on-small") in rows[1]["command"]
+  assert "--config.init.load=encoder,decoder" in " ".join(rows[2]["commands"])
+  assert "--config.semi.mode=arco" in " ".join(rows[3]["commands"])
+  assert "launch.pretrain" not in " ".join(rows[3]["commands"])
+  assert "[study] 2/2 cells done" in out
+
+
+def _run_study(workdir, results,
+               arms="scratch,simclr_basic_medical@small"):
   cmd = [sys.executable, "-m", "launch.study",
          "--config=configs/study_drive.py:smoke", f"--workdir={workdir}",
          f"--results={results}", "--config.k=1", "--config.seeds=0",
-         "--config.all_seeds_k=", "--config.arms=scratch,"
-         "simclr_basic_medical@small"]
+         "--config.all_seeds_k=", f"--config.arms={arms}"]
   result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=900)
   assert result.returncode == 0, result.stderr[-2000:]

@@ -1,7 +1,8 @@
 """Study arms and cells: what to pretrain, and which (arm, k, seed) to run.
 
 An arm is written `<name>[*<strength>][@<pool>]`:
-  - `scratch`: no pretraining;
+  - `scratch`: no pretraining; `arco`: none either, and ARCO's
+    semi-supervised fine-tuning;
   - `<method>_<preset>` (e.g. `simclr_basic_medical`: configs/pretrain_simclr.py
     with preset=basic_medical) or a name of NAMED_ARMS (`dino_weak`, ...);
   - `*0.5` scales the augmentation preset (`config.augment.strength`);
@@ -23,7 +24,28 @@ NAMED_ARMS = {
     "chaitanya_gd": ("chaitanya", "positives=gd", []),
     "chaitanya_gd-": ("chaitanya", "positives=gd-", []),
     "pcl": ("pcl", "threshold=0.1", []),
+    # Decoder pretraining (issue 11). MACL on a 2D pool: positives are the
+    # other view only (docs/methods/macl.md).
+    "macl": ("macl", "volumes=0", []),
+    "dira": ("dira", "", []),
+    # The decoder stage; its encoder comes from STAGE_ONE's arm.
+    "chaitanya_local": ("chaitanya_local", "", []),
 }
+# Fine-tuning flags an arm needs beyond the study's own: the decoder-
+# pretraining arms hand their decoder over too, and `arco` is scratch
+# pretraining with ARCO's semi-supervised fine-tuning (docs/methods/arco.md).
+FINETUNE_FLAGS = {
+    "macl": ["--config.init.load=encoder,decoder"],
+    "dira": ["--config.init.load=encoder,decoder"],
+    "chaitanya_local": ["--config.init.load=encoder,decoder"],
+    "arco": ["--config.semi.mode=arco"],
+}
+# Two-stage arms: the arm (on the same pool) whose checkpoint initialises
+# the second stage. The local stage starts from the study's best encoder-only
+# SimCLR (benchmarks/results/decoder_pretraining.md).
+STAGE_ONE = {"chaitanya_local": "simclr_simclr_strong*0.25"}
+# Arms without pretraining, like scratch.
+UNPRETRAINED = ("scratch", "arco")
 # Volume-aware methods need slices with volume ids: DRIVE and HRF are single
 # 2D images, so these arms pretrain on their config's own volume set (the
 # procedural synthetic volumes unless overridden) and fine-tune on DRIVE.
@@ -37,7 +59,7 @@ def arm_spec(base):
   'simclr_basic_medical' -> ('simclr', 'preset=basic_medical', []); named
   arms come from NAMED_ARMS.
   """
-  if base == "scratch":
+  if base in UNPRETRAINED:
     return None
   if base in NAMED_ARMS:
     return NAMED_ARMS[base]
@@ -58,7 +80,20 @@ class Arm:
 
   @property
   def pretrained(self):
-    return self.base != "scratch"
+    return self.base not in UNPRETRAINED
+
+  @property
+  def finetune_flags(self):
+    """--config flags this arm adds to every fine-tuning run."""
+    return list(FINETUNE_FLAGS.get(self.base, []))
+
+  @property
+  def stage_one(self):
+    """The Arm whose checkpoint starts this one's pretraining, or None."""
+    if self.base not in STAGE_ONE:
+      return None
+    return parse_arm(STAGE_ONE[self.base] +
+                     (f"@{self.pool}" if self.pool else ""))
 
 
 def parse_arm(text, pools=None):
@@ -69,8 +104,9 @@ def parse_arm(text, pools=None):
   if pools is not None and pool and pool not in pools:
     raise ValueError(f"arm {name!r}: unknown pool {pool!r}; config.pools "
                      f"has {sorted(pools)}")
-  if base == "scratch" and (pool or strength):
-    raise ValueError(f"arm {name!r}: scratch takes no pool or strength")
+  if base in UNPRETRAINED and (pool or strength):
+    raise ValueError(f"arm {name!r}: {base} pretrains nothing, so it takes "
+                     "no pool or strength")
   if base != BEST:
     arm_spec(base)  # validates the name
   try:

@@ -127,6 +127,17 @@ class Study:
     overrides = ["--config.guard.mode=stop",
                  f"--config.probe.dataset={self.config.dataset}",
                  *self.config.pretrain_overrides.split()]
+    if arm.stage_one is not None:
+      first = self.pretrain(arm.stage_one)
+      if first["status"] == "stopped":
+        row = {"kind": "pretrain", "time": cells_lib.now(),
+               "profile": self.config.profile, "arm": arm.name,
+               "pool": arm.pool, "status": "stopped", "seconds": None,
+               "message": f"its first stage {first['arm']} was stopped: "
+                          f"{first['message']}", "diagnostics": {}}
+        self.append(row)
+        return row
+      overrides.append(f"--config.init.pretrain_dir={first['dir']}")
     cmd = grid.pretrain_command(arm, self.config.profile, str(pretrain_dir),
                                 self.data_dir, sources, overrides)
     row = {"kind": "pretrain", "time": cells_lib.now(),
@@ -156,7 +167,7 @@ class Study:
     ft_cmd = cells_lib.finetune_command(
         self.config.profile, str(ft_dir), self.data_dir, self.config.dataset,
         k, seed, pretrain["dir"] if pretrain else "",
-        self.config.finetune_overrides.split())
+        self.config.finetune_overrides.split() + arm.finetune_flags)
     fields, eval_cmds = cells_lib.finetune_and_evaluate(
         ft_cmd, str(ft_dir), self.log,
         cross=list(filter(None, self.config.cross.split(","))))
