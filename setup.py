@@ -40,7 +40,7 @@ setuptools.setup(
         # nilearn ships the MNI152 template used by the volume tests.
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "nbclient>=0.10",
                  "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8",
-                 "nilearn>=0.10"],
+                 "nilearn>=0.10", "hypothesis>=6.100"],
         "notebook": ["matplotlib>=3.8", "ipykernel>=6.29"],
         "tpu": ["jax[tpu]>=0.10.2"],
         # The PyTorch peer of benchmarks/ (make test installs it: the peer

@@ -66,7 +66,7 @@ def train_main(train_and_evaluate, what):
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    start_distributed()
+    run_user_errors_clean(start_distributed)
     last = run_user_errors_clean(train_and_evaluate, config.value,
                                  workdir.value)
     if jax.process_index() == 0:

@@ -141,7 +141,11 @@ def labeled_subset(config, workdir, source):
     indices = pipeline.labeled_by_name(source, names)
   else:
     indices = pipeline.choose_labeled(source, config.data.num_labeled,
-                                      config.data.label_seed)
+                                      config.data.label_seed,
+                                      key="config.data.num_labeled")
+  pipeline.check_mask_classes(
+      source, indices, config.model.get("num_classes", 1),
+      f"{config.data.dataset}:{config.data.train_split}")
   stems = data_sources.stems(source)
   chosen = [stems[i] for i in indices]
   if jax.process_index() == 0:

@@ -115,13 +115,15 @@ def train_and_evaluate(config, workdir):
   validate_config(config)
   config_dict = config.to_dict()
   checkpointing.check_same_run(workdir, config_dict)
-  if jax.process_index() == 0:
-    checkpointing.write_config(workdir, config_dict)
   mesh = sharding.make_mesh(config.mesh.data)
   local_batch = sharding.check_batch_size(config.batch_size, mesh)
   method = methods.get_method(config)
   table = box_table(config) if uses_contrastive_crop(config) else None
   dataset, opened = make_dataset(config, local_batch, method, table)
+  # Only once the mesh, batch and data are known to be good: a refused run
+  # leaves no workdir behind.
+  if jax.process_index() == 0:
+    checkpointing.write_config(workdir, config_dict)
   data_iter = iter(dataset)
   tx, lr_fn = optim.make_optimizer(config.optim, config.num_steps,
                                    config.batch_size)

@@ -15,6 +15,27 @@ from medclr import errors
 DATA_AXIS = "data"
 
 
+def _check_process_flags(coordinator_address, num_processes, process_id):
+  """errors.ConfigError naming the flags of an inconsistent process setup."""
+  if coordinator_address:
+    if num_processes is None or process_id is None:
+      raise errors.ConfigError(
+          "multi-process run: --coordinator_address needs --num_processes and "
+          "--process_id too")
+    if not 0 <= int(process_id) < int(num_processes):
+      raise errors.ConfigError(
+          f"--process_id={process_id} with --num_processes={num_processes}: "
+          "expected 0 <= process_id < num_processes")
+  elif ((num_processes is not None and int(num_processes) != 1) or
+        (process_id is not None and int(process_id) != 0)) and not (
+            os.environ.get("TPU_WORKER_HOSTNAMES")):
+    # Without a coordinator the run would silently be one process.
+    raise errors.ConfigError(
+        f"--num_processes={num_processes} / --process_id={process_id} without "
+        "--coordinator_address: a multi-process run needs all three "
+        "(--coordinator_address is host:port of process 0)")
+
+
 def maybe_initialize_distributed(coordinator_address=None, num_processes=None,
                                  process_id=None):
   """Starts multi-process JAX when asked to, and only then.
@@ -32,11 +53,8 @@ def maybe_initialize_distributed(coordinator_address=None, num_processes=None,
   num_processes = num_processes or os.environ.get("MEDCLR_NUM_PROCESSES")
   process_id = process_id if process_id is not None else os.environ.get(
       "MEDCLR_PROCESS_ID")
+  _check_process_flags(coordinator_address, num_processes, process_id)
   if coordinator_address:
-    if num_processes is None or process_id is None:
-      raise ValueError(
-          "multi-process run: --coordinator_address needs --num_processes and "
-          "--process_id too")
     # Cross-process collectives on the CPU backend need gloo (jax 0.10).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address,

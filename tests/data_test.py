@@ -133,8 +133,9 @@ class TestFolderReader:
     (root / "s/images").mkdir(parents=True, exist_ok=True)
     palette.save(root / "s/images/pal.gif")
     examples = {e["stem"]: e for e in readers.read_folder_split(root, "s")}
+    # Values below 4096: 12-bit data, scaled by 255 / 4095 (readers docstring).
     np.testing.assert_array_equal(examples["deep"]["image"][..., 0],
-                                  [[0, 85], [170, 255]])
+                                  [[62, 125], [187, 249]])
     np.testing.assert_array_equal(examples["pal"]["image"][0, 1], [255, 0, 0])
 
   def test_long_side_resizes_image_and_labels(self, tmp_path):

@@ -378,37 +378,76 @@ def _labeled_patches(source, where, indices, crop_size, in_channels, seed,
 
 
 def choose_labeled(source: Sequence[dict[str, Any]], num_labeled: int,
-                   seed: int) -> list[int]:
+                   seed: int, key: str = "num_labeled") -> list[int]:
   """Picks the labelled subset for few-label fine-tuning.
 
-  Records are ordered by stem before the seeded permutation, so the choice
-  depends only on (stems, num_labeled, seed), not on how TFDS ordered them.
+  The draw is among the records that have a mask, ordered by stem before
+  the seeded permutation, so the choice depends only on (labelled stems,
+  num_labeled, seed), not on how TFDS ordered them, nor on unlabelled
+  records beside them.
+
+  Args:
+    source: the split's records.
+    num_labeled: how many to draw.
+    seed: the draw's seed.
+    key: the config key `num_labeled` came from, named in errors.
 
   Returns:
     Sorted record indices into `source`.
 
   Raises:
-    DataError: num_labeled is < 1 or more than the records available, or a
-      chosen record has no mask.
+    DataError: num_labeled is < 1 or more than the labelled records.
   """
   records = []
   for index in range(len(source)):
     record = source[index]
     records.append(
         (sources_lib.stem_of(record), index, bool(record["has_mask"])))
-  if not 1 <= num_labeled <= len(records):
+  labeled = sorted(r for r in records if r[2])
+  if not 1 <= num_labeled <= len(labeled):
+    unlabeled = len(records) - len(labeled)
+    extra = (f"; the other {unlabeled} have no mask" if unlabeled else "")
+    choose = (f"choose 1..{len(labeled)}" if labeled else
+              "fine-tune on a labelled split")
     raise readers.DataError(
-        f"num_labeled={num_labeled} but the split has {len(records)} records; "
-        f"choose 1..{len(records)}")
-  records.sort()
-  order = np.random.default_rng(seed).permutation(len(records))
-  chosen = [records[k] for k in order[:num_labeled]]
-  unlabeled = [stem for stem, _, has_mask in chosen if not has_mask]
-  if unlabeled:
+        f"{key}={num_labeled} but the split has {len(records)} records, "
+        f"{len(labeled)} of them labelled{extra}; {choose}")
+  order = np.random.default_rng(seed).permutation(len(labeled))
+  return sorted(labeled[k][1] for k in order[:num_labeled])
+
+
+def check_mask_classes(source: Sequence[dict[str, Any]],
+                       indices: Sequence[int], num_classes: int,
+                       where: str) -> None:
+  """Requires every mask of `indices` to hold classes the model predicts.
+
+  A binary model (num_classes 1) takes masks of 0/1; a model of K >= 2
+  classes takes 0..K-1. A mask value beyond would be a target no logit
+  stands for: silently wrong with one-hot targets, out of range for the
+  binary loss.
+
+  Raises:
+    DataError: naming the records, the values found and
+      config.model.num_classes.
+  """
+  allowed = max(2, num_classes)
+  bad = []
+  for index in indices:
+    record = source[index]
+    values = np.unique(np.asarray(record["mask"]))
+    if values.size and values.max() >= allowed:
+      bad.append((sources_lib.stem_of(record), values))
+  if bad:
+    shown = "; ".join(
+        f"{stem}: {', '.join(map(str, values[:6]))}"
+        f"{', ...' if len(values) > 6 else ''}" for stem, values in bad[:3])
+    kind = ("a binary model (0/1 masks)" if num_classes == 1 else
+            f"classes 0..{num_classes - 1}")
     raise readers.DataError(
-        f"records {unlabeled[:5]} were chosen for labelled fine-tuning but "
-        "have no mask; fine-tune on a labelled split")
-  return sorted(index for _, index, _ in chosen)
+        f"{where}: {len(bad)} labelled mask(s) hold values beyond "
+        f"config.model.num_classes={num_classes}, {kind} ({shown}); set "
+        "config.model.num_classes to the number of classes including "
+        "background, or fine-tune on other masks")
 
 
 def labeled_by_name(source: Sequence[dict[str, Any]],

@@ -74,7 +74,7 @@ def _summary(name: str, path: pathlib.Path,
   return "\n".join(lines)
 
 
-def _check_arguments(dataset, manual_dir, name, phantom_kwargs):
+def _check_arguments(dataset, manual_dir, name, phantom_kwargs, long_side):
   """(name to store under, manual_dir as a Path or None); DataError if bad."""
   if dataset not in DATASETS:
     raise readers.DataError(
@@ -88,6 +88,16 @@ def _check_arguments(dataset, manual_dir, name, phantom_kwargs):
     raise readers.DataError(
         f"options {sorted(phantom_kwargs)} only apply to --dataset=phantom "
         f"(known: {sorted(PHANTOM_DEFAULTS)})")
+  for key, low in (("num_train", 1), ("num_test", 1), ("size", 16),
+                   ("seed", 0)):
+    value = phantom_kwargs.get(key, PHANTOM_DEFAULTS[key])
+    if not isinstance(value, int) or value < low:
+      raise readers.DataError(f"--{key}={value!r}: expected an integer >= "
+                              f"{low}")
+  if long_side is not None and long_side < 0:
+    raise readers.DataError(
+        f"--long_side={long_side}: expected a positive size in pixels, or 0 "
+        "to keep the original size")
   name = name or dataset
   tfds_builder.check_name(name)
   if dataset == "phantom":
@@ -133,7 +143,7 @@ def prepare(dataset: str, manual_dir: pathlib.Path | str | None,
     DataError: any problem with the arguments or input files.
   """
   name, manual_dir = _check_arguments(dataset, manual_dir, name,
-                                     phantom_kwargs)
+                                     phantom_kwargs, long_side)
   path = tfds_builder.dataset_dir(data_dir, name)
   if tfds_builder.dataset_exists(data_dir, name) and not overwrite:
     print(f"dataset {name!r} already prepared at {path}; nothing to do "

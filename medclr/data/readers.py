@@ -10,15 +10,43 @@ An example is a plain dict (see `Example`):
   fov: uint8 (H, W) in {0, 1}; 1 where pixels belong to the field of view.
   has_mask: bool, False for unlabelled images (mask is then all zeros).
   stem: str, the image file name without extension.
+
+How pixel values become uint8 (`load_image`):
+  8-bit grayscale/RGB: as stored. Palette images are mapped to RGB.
+  Transparency (RGBA, LA, palette with a transparent index): composited over
+    black, so a transparent pixel reads as background (0) whatever colour it
+    carries.
+  16-bit grayscale (and 32-bit integer images holding values 0..65535):
+    scaled by the bit depth, round(v * 255 / 65535), the same mapping for
+    every image of a set. Images whose values all lie below 4096 are taken
+    as 12-bit data in a 16-bit container (common for X-ray/CT exports) and
+    scaled by round(v * 255 / 4095). 16-bit RGB TIFFs (fundus cameras)
+    are decoded by Pillow, which keeps each value's high byte, v // 256.
+  Signed integer images with negative values or values above 65535: their own
+    [min, max] is mapped onto [0, 255] (there is no fixed range to scale by).
+  32-bit float: values in [0, 1] are scaled by 255; any other range is mapped
+    from the image's own [min, max]. NaN or infinite pixels are refused.
+  Multi-frame files (multi-page TIFF, animated GIF) are refused: a 2D set
+    holds one image per file (stacks of slices go to launch.prepare_volumes).
+
+Masks (`load_mask`) hold 0/255 or 0/1 binary values or class indices
+0..MAX_CLASS_INDEX, in a grayscale or palette file; grey levels beyond that
+(an anti-aliased, interpolated or lossy-saved mask) and colour masks are
+refused with the file named, since no rule recovers class indices from them.
 """
 import pathlib
 from typing import Callable, TypedDict
 
 import numpy as np
 from PIL import Image
+from PIL import ImageFile
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".ppm")
 _LOSSY_EXTENSIONS = (".jpg", ".jpeg")
+# Highest class index a mask may hold (besides a 0/255 binary mask): above
+# it, values are grey levels rather than classes.
+MAX_CLASS_INDEX = 63
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
 class DataError(ValueError):
@@ -47,6 +75,10 @@ def _open(path: pathlib.Path,
       1/2, 1/4 or 1/8 scale in the DCT domain, which makes reading HRF's
       3504x2336 photos several times faster.
   """
+  # A truncated file must fail, even if something in the process (e.g.
+  # TFDS's thumbnail code) told Pillow to fill missing data with grey.
+  allow_truncated = ImageFile.LOAD_TRUNCATED_IMAGES
+  ImageFile.LOAD_TRUNCATED_IMAGES = False
   try:
     image = Image.open(path)
     if draft_size is not None and image.format == "JPEG":
@@ -55,19 +87,28 @@ def _open(path: pathlib.Path,
   except FileNotFoundError as e:
     raise DataError(f"file not found: {path}") from e
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    hint = ""
+    if path.suffix.lower() in (".tif", ".tiff"):
+      hint = (" (readable TIFFs: 8/16-bit integer or 32-bit float grayscale, "
+              "8/16-bit RGB(A); not 64-bit or multi-channel float)")
     raise DataError(
         f"cannot decode {path} as an image ({type(e).__name__}: {e}); "
-        "expected a readable png/jpg/tif/gif/ppm file") from e
+        f"expected a readable png/jpg/tif/gif/ppm file{hint}") from e
+  finally:
+    ImageFile.LOAD_TRUNCATED_IMAGES = allow_truncated
+  frames = getattr(image, "n_frames", 1)
+  # MPO (multi-picture JPEG from some cameras): frame 0 is the photo, the
+  # others previews; Pillow reads frame 0.
+  if frames > 1 and image.format != "MPO":
+    raise DataError(
+        f"{path} holds {frames} frames (a multi-page or animated file); "
+        "expected one 2D image per file (a stack of slices is prepared with "
+        "launch.prepare_volumes)")
   return image
 
 
 def _rescale_to_uint8(array: np.ndarray) -> np.ndarray:
-  """Linearly maps an array's own [min, max] onto [0, 255].
-
-  Used for 16-bit and float images: medical scanners rarely fill the full
-  16-bit range (12-bit CT/X-ray is common), so scaling by 65535 would leave
-  such images nearly black.
-  """
+  """Linearly maps an array's own [min, max] onto [0, 255] (constant: 0)."""
   array = array.astype(np.float64)
   low, high = float(array.min()), float(array.max())
   if high <= low:
@@ -75,53 +116,135 @@ def _rescale_to_uint8(array: np.ndarray) -> np.ndarray:
   return np.round((array - low) * (255.0 / (high - low))).astype(np.uint8)
 
 
-def _image_to_array(image: Image.Image) -> np.ndarray:
+def _check_finite(array: np.ndarray, path: pathlib.Path) -> None:
+  bad = ~np.isfinite(array)
+  if bad.any():
+    raise DataError(
+        f"{path} has {int(bad.sum())} NaN or infinite pixel(s) (of "
+        f"{array.size}); expected finite values (replace them, e.g. with 0, "
+        "before preparing)")
+
+
+def _deep_to_uint8(array: np.ndarray) -> np.ndarray:
+  """uint8 from 16-bit (or wider integer) values; see the module docstring."""
+  low, high = int(array.min()), int(array.max())
+  if low < 0 or high > 65535:
+    return _rescale_to_uint8(array)
+  depth = 4095 if high < 4096 else 65535  # 12-bit data in a 16-bit file
+  return np.round(array.astype(np.float64) * (255.0 / depth)).astype(np.uint8)
+
+
+def _float_to_uint8(array: np.ndarray, path: pathlib.Path) -> np.ndarray:
+  """uint8 from float pixels: [0, 1] scaled by 255, else own [min, max]."""
+  _check_finite(array, path)
+  if array.size and array.min() >= 0.0 and array.max() <= 1.0:
+    return np.round(array.astype(np.float64) * 255.0).astype(np.uint8)
+  return _rescale_to_uint8(array)
+
+
+def _has_alpha(image: Image.Image) -> bool:
+  return (image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or
+          (image.mode in ("P", "L", "RGB") and "transparency" in image.info))
+
+
+def _over_black(image: Image.Image) -> np.ndarray:
+  """uint8 (H, W, 1|3) of an image with transparency composited over black:
+  a transparent pixel is background (0), a half-transparent one half as
+  bright, whatever colour the file stores under it."""
+  mode = "LA" if image.mode in ("L", "LA", "La") else "RGBA"
+  array = np.asarray(image.convert(mode)).astype(np.float64)
+  return np.round(array[..., :-1] * (array[..., -1:] / 255.0)).astype(np.uint8)
+
+
+def _image_to_array(image: Image.Image, path: pathlib.Path) -> np.ndarray:
   """Returns uint8 (H, W, 1) for grayscale inputs, (H, W, 3) for colour."""
-  if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-    return _rescale_to_uint8(np.asarray(image))[..., None]
-  if image.mode in ("1", "L", "LA"):
+  if image.mode in _SIXTEEN_BIT_MODES or image.mode == "I":
+    return _deep_to_uint8(np.asarray(image))[..., None]
+  if image.mode == "F":
+    return _float_to_uint8(np.asarray(image), path)[..., None]
+  if _has_alpha(image):
+    return _over_black(image)
+  if image.mode in ("1", "L"):
     return np.asarray(image.convert("L"))[..., None]
-  # Palette, RGBA, CMYK, YCbCr, ...: Pillow knows how to map them to RGB.
+  # Palette, CMYK, YCbCr, ...: Pillow knows how to map them to RGB.
   return np.asarray(image.convert("RGB"))
 
 
 def _label_to_array(image: Image.Image, path: pathlib.Path) -> np.ndarray:
-  """Returns the raw label values of a mask file as uint8 (H, W)."""
+  """Returns the raw label values of a mask file as uint8 (H, W).
+
+  Raises:
+    DataError: a colour mask (other than a lossy JPEG of a grey one),
+      values outside 0..255, non-integer or non-finite float values.
+  """
+  lossy = path.suffix.lower() in _LOSSY_EXTENSIONS
   if image.mode == "P":
     # Palette masks store class indices directly (DRIVE's 2nd_manual is {0,1}).
     return np.asarray(image).astype(np.uint8)
-  if image.mode == "RGB":
+  if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
     array = np.asarray(image)
-    if (array == array[..., :1]).all():
-      return array[..., 0].copy()
-    return np.asarray(image.convert("L"))
-  if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-    array = np.asarray(image)
+    if image.mode == "F":
+      _check_finite(array, path)
+      if (array != np.round(array)).any():
+        raise DataError(
+            f"mask {path} holds non-integer values (e.g. "
+            f"{array[array != np.round(array)].flat[0]:g}); expected class "
+            f"indices 0..{MAX_CLASS_INDEX} or a 0/255 or 0/1 binary mask")
     if array.min() < 0 or array.max() > 255:
       raise DataError(
-          f"mask {path} has values in [{array.min()}, {array.max()}]; expected "
-          "class indices 0..255 (or a 0/255 or 0/1 binary mask)")
+          f"mask {path} has values in [{array.min():g}, {array.max():g}]; "
+          f"expected class indices 0..{MAX_CLASS_INDEX} (or a 0/255 or 0/1 "
+          "binary mask)")
     return array.astype(np.uint8)
-  return np.asarray(image.convert("L"))
+  if _has_alpha(image):
+    array = _over_black(image)  # transparent pixels are background
+  elif image.mode in ("1", "L"):
+    return np.asarray(image.convert("L"))
+  else:
+    array = np.asarray(image.convert("RGB"))
+  if array.shape[-1] == 1 or (array == array[..., :1]).all():
+    return array[..., 0].copy()
+  if lossy:  # a grey mask saved as colour JPEG: channels differ slightly
+    return np.round(array.mean(-1)).astype(np.uint8)
+  raise DataError(
+      f"mask {path} is a colour image (its R, G and B differ); expected a "
+      "grayscale or palette mask of class indices (0/255, 0/1 or "
+      f"0..{MAX_CLASS_INDEX}): map each colour to a class index first")
 
 
-def labels_to_classes(values: np.ndarray, lossy: bool = False) -> np.ndarray:
+def labels_to_classes(values: np.ndarray, lossy: bool = False,
+                      path: pathlib.Path | None = None) -> np.ndarray:
   """Maps raw mask values to class indices.
 
   Args:
     values: uint8 (H, W) raw mask values.
     lossy: the file was JPEG-compressed, so a binary mask holds values near
       0 and 255 rather than exactly; it is thresholded at 127.
+    path: the file, named in errors.
 
   Returns:
-    uint8 (H, W): {0,255} -> {0,1}; {0,1} unchanged; anything else is taken
-    as class indices and kept as is.
+    uint8 (H, W): {0,255} -> {0,1}; {0,1} unchanged; values up to
+    MAX_CLASS_INDEX are taken as class indices and kept as is.
+
+  Raises:
+    DataError: values above MAX_CLASS_INDEX other than a 0/255 binary mask:
+      grey levels (an anti-aliased or interpolated mask), not classes.
   """
   present = np.unique(values)
   if lossy:
     return (values > 127).astype(np.uint8)
   if np.isin(present, (0, 255)).all():
     return (values == 255).astype(np.uint8)
+  if present.max() > MAX_CLASS_INDEX:
+    grey = int(((values > 0) & (values < 255)).sum())
+    shown = ", ".join(str(v) for v in present[:6])
+    raise DataError(
+        f"mask {path or ''} holds {len(present)} distinct values ({shown}"
+        f"{', ...' if len(present) > 6 else ''}; {grey} pixel(s) strictly "
+        "between 0 and 255); expected a binary mask (0/255 or 0/1) or class "
+        f"indices 0..{MAX_CLASS_INDEX}. Grey levels (anti-aliased edges, a "
+        "mask resized with interpolation or saved lossily) must be "
+        "thresholded or mapped to class indices first")
   return values.astype(np.uint8)
 
 
@@ -137,14 +260,15 @@ def load_image(path: pathlib.Path, long_side: int | None = None) -> np.ndarray:
     The decoded image.
 
   Raises:
-    DataError: the file is missing or cannot be decoded.
+    DataError: the file is missing, cannot be decoded, holds several frames
+      or NaN/infinite pixels.
   """
   path = pathlib.Path(path)
   draft_size = None
   if long_side:
     draft_size = _target_size(_size_hw(path)[::-1], long_side)
   image = _open(path, draft_size)
-  array = _image_to_array(image)
+  array = _image_to_array(image, path)
   return resize_image(array, long_side)
 
 
@@ -153,7 +277,7 @@ def load_mask(path: pathlib.Path) -> np.ndarray:
   path = pathlib.Path(path)
   values = _label_to_array(_open(path), path)
   return labels_to_classes(
-      values, lossy=path.suffix.lower() in _LOSSY_EXTENSIONS)
+      values, lossy=path.suffix.lower() in _LOSSY_EXTENSIONS, path=path)
 
 
 def load_binary(path: pathlib.Path) -> np.ndarray:
@@ -386,6 +510,12 @@ def folder_splits(root: pathlib.Path | str) -> list[str]:
   root = pathlib.Path(root)
   _require_dir(root, "dataset")
   splits = sorted(p.name for p in root.iterdir() if (p / "images").is_dir())
+  for folder in sorted(p for p in root.iterdir() if p.name not in splits):
+    labels = [f"{sub}/" for sub in ("masks", "fov") if (folder / sub).is_dir()]
+    if labels:
+      raise DataError(
+          f"split folder {folder} has {' and '.join(labels)} but no images/; "
+          "expected <root>/<split>/images/ beside its masks/ and fov/")
   if not splits:
     raise DataError(
         f"no split folders in {root}; expected <root>/<split>/images/ with "

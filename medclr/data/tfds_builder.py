@@ -5,9 +5,12 @@ the BuilderConfig name is the dataset name ('drive', 'phantom', a user's
 folder name, ...). Records land in `<data_dir>/medclr2d/<name>/1.0.0/` and are
 read back with `tfds.data_source`, which needs no TensorFlow.
 
-TFDS writes into an `incomplete.*` directory and renames it at the end, so a
-crash never leaves a half-written dataset that looks complete.
+A set is written into a staging directory inside data_dir and moved into
+place only once complete (`write_staged`), so a failed or interrupted write
+leaves neither a half-written set nor a hole where the previous version of
+the set was: until the move, an existing set of that name stays as it was.
 """
+import os
 import pathlib
 import re
 import shutil
@@ -148,15 +151,52 @@ def write_dataset(data_dir: pathlib.Path | str, name: str,
       raise readers.DataError(
           f"dataset {name!r} already exists at {target}; pass overwrite=True "
           "(--overwrite) to replace it")
-  if target.parent.exists():
-    # Also clears leftovers of an interrupted run (incomplete.* dirs).
-    shutil.rmtree(target.parent)
-  builder = Medclr2d(
-      data_dir=str(pathlib.Path(data_dir).expanduser()),
-      config=tfds.core.BuilderConfig(name=name, description=description),
-      file_format="array_record",
-      examples_by_split=examples_by_split)
-  # A throwaway download dir, so no empty downloads/ folder is left behind.
-  with tempfile.TemporaryDirectory() as download_dir:
-    builder.download_and_prepare(download_dir=download_dir)
+
+  def write(staging):
+    builder = Medclr2d(
+        data_dir=str(staging),
+        config=tfds.core.BuilderConfig(name=name, description=description),
+        file_format="array_record",
+        examples_by_split=examples_by_split)
+    # A throwaway download dir, so no empty downloads/ folder is left behind.
+    with tempfile.TemporaryDirectory() as download_dir:
+      builder.download_and_prepare(download_dir=download_dir)
+
+  write_staged(data_dir, name, write)
   return target
+
+
+def write_staged(data_dir: pathlib.Path | str, name: str, write) -> None:
+  """Runs `write(staging_data_dir)`, then moves the set into `data_dir`.
+
+  `write` writes set `name` under a fresh staging directory inside
+  `data_dir` (same file system, so the move is a rename). Only when it
+  returns does the new set replace `<data_dir>/medclr2d/<name>/` (with any
+  previous version and leftovers of interrupted runs). On any failure the
+  staging directory is removed, an existing set is left untouched, and a
+  `data_dir` this call created is removed again.
+  """
+  data_dir = pathlib.Path(data_dir).expanduser()
+  created = [p for p in (data_dir, *data_dir.parents) if not p.exists()]
+  data_dir.mkdir(parents=True, exist_ok=True)
+  staging = pathlib.Path(tempfile.mkdtemp(prefix=".medclr-staging-",
+                                          dir=data_dir))
+  target = data_dir / BUILDER_NAME / name
+  try:
+    write(staging)
+    target.parent.mkdir(exist_ok=True)
+    if target.exists():
+      os.replace(target, staging / "replaced")
+    os.replace(staging / BUILDER_NAME / name, target)
+  except BaseException:
+    replaced = staging / "replaced"
+    if replaced.exists() and not target.exists():
+      os.replace(replaced, target)  # the move failed: put the old set back
+    shutil.rmtree(staging, ignore_errors=True)
+    for path in created:  # innermost first; only directories left empty
+      try:
+        path.rmdir()
+      except OSError:
+        break
+    raise
+  shutil.rmtree(staging, ignore_errors=True)

@@ -16,7 +16,6 @@ records: one row (volume_id, slice_index, num_slices) per record index.
 `slice_table` rebuilds it by scanning the records if it is missing.
 """
 import pathlib
-import shutil
 import tempfile
 
 import numpy as np
@@ -129,19 +128,21 @@ def write_volume_dataset(data_dir: pathlib.Path | str, name: str,
     raise readers.DataError(
         f"dataset {name!r} already exists at {target}; pass overwrite=True "
         "(--overwrite) to replace it")
-  if target.parent.exists():
-    # Also clears leftovers of an interrupted run (incomplete.* dirs).
-    shutil.rmtree(target.parent)
-  builder = MedclrVolumeSlices(
-      data_dir=str(pathlib.Path(data_dir).expanduser()),
-      config=tfds.core.BuilderConfig(name=name, description=description),
-      file_format="array_record",
-      examples_by_split=slices_by_split)
-  with tempfile.TemporaryDirectory() as download_dir:
-    builder.download_and_prepare(download_dir=download_dir)
-  for split in slices_by_split:
-    np.save(table_path(data_dir, name, split),
-            _scan_table(sources.open_split(data_dir, name, split)))
+
+  def write(staging):
+    builder = MedclrVolumeSlices(
+        data_dir=str(staging),
+        config=tfds.core.BuilderConfig(name=name, description=description),
+        file_format="array_record",
+        examples_by_split=slices_by_split)
+    with tempfile.TemporaryDirectory() as download_dir:
+      builder.download_and_prepare(download_dir=download_dir)
+    for split in slices_by_split:
+      np.save(table_path(staging, name, split),
+              _scan_table(sources.open_split(staging, name, split)))
+
+  # Staged: a failed write leaves an existing set of this name untouched.
+  tfds_builder.write_staged(data_dir, name, write)
   return target
 
 

@@ -157,7 +157,8 @@ def read_nifti(path: pathlib.Path | str) -> nib.Nifti1Image:
   """Loads a .nii / .nii.gz file as a 3D image (header and data checked).
 
   Raises:
-    DataError: missing, unreadable or corrupt file, or not a 3D volume.
+    DataError: missing, unreadable or corrupt file, not a 3D volume, or a
+      voxel-to-world affine that is not finite and invertible.
   """
   path = pathlib.Path(path)
   if not path.is_file():
@@ -167,12 +168,36 @@ def read_nifti(path: pathlib.Path | str) -> nib.Nifti1Image:
     image = _as_3d(image, path)
     # Decode now: a truncated .gz only fails when the data is read.
     data = np.asarray(image.dataobj, dtype=np.float32)
+    affine = np.asarray(image.affine, np.float64)
   except DataError:
     raise
   except Exception as e:  # nibabel raises many types for corrupt files
     raise DataError(f"cannot read {path} as NIfTI ({type(e).__name__}: {e}); "
                     "expected a readable .nii or .nii.gz volume") from e
-  return nib.Nifti1Image(data, image.affine)
+  _check_affine(affine, path)
+  return nib.Nifti1Image(data, affine)
+
+
+def _check_affine(affine: np.ndarray, path: pathlib.Path) -> None:
+  """DataError unless the voxel-to-world affine is finite and invertible.
+
+  Reorientation to RAS reads the voxel axes' directions off the affine; a
+  singular one (a zero or repeated axis, e.g. a zero pixdim in the sform)
+  names no direction for some axis, and nibabel then fails obscurely or
+  picks an arbitrary axis order.
+  """
+  linear = affine[:3, :3]
+  norms = np.linalg.norm(linear, axis=0)
+  singular = (not np.isfinite(affine).all() or not norms.all() or
+              abs(np.linalg.det(linear)) <= 1e-6 * np.prod(norms))
+  if singular:
+    shown = np.array2string(linear, precision=3, separator=", ",
+                            suppress_small=True).replace("\n", "")
+    raise DataError(
+        f"{path}: its voxel-to-world affine (sform/qform) is not finite and "
+        f"invertible (3x3 part {shown}); expected three independent voxel "
+        "axes with non-zero spacing: fix the header's sform/qform (e.g. with "
+        "nibabel) before preparing")
 
 
 def _read_dicom_file(path: pathlib.Path):
@@ -191,6 +216,44 @@ def _has_geometry(dataset) -> bool:
                                         "ImageOrientationPatient"))
 
 
+def _orientation(datasets, paths, folder: pathlib.Path) -> np.ndarray:
+  """The series' ImageOrientationPatient: two unit, orthogonal cosines,
+  the same for every slice (DataError naming the file otherwise)."""
+  first = np.asarray(datasets[0].ImageOrientationPatient, np.float64)
+  row, col = first[:3], first[3:]
+  if (first.shape != (6,) or not np.isfinite(first).all() or
+      abs(np.linalg.norm(row) - 1) > 1e-3 or
+      abs(np.linalg.norm(col) - 1) > 1e-3 or abs(np.dot(row, col)) > 1e-3):
+    raise DataError(
+        f"DICOM series {folder}: {paths[0].name} has ImageOrientationPatient "
+        f"{first.tolist()}; expected two orthogonal unit direction cosines")
+  for dataset, path in zip(datasets, paths):
+    other = np.asarray(dataset.ImageOrientationPatient, np.float64)
+    if other.shape != first.shape or np.abs(other - first).max() > 1e-3:
+      raise DataError(
+          f"DICOM series {folder} mixes slice orientations: {path.name} has "
+          f"ImageOrientationPatient {other.tolist()} but {paths[0].name} "
+          f"{first.tolist()}; expected the parallel slices of one series")
+  return first
+
+
+def _check_even(values: np.ndarray, names: list[str], folder: pathlib.Path,
+                unit: str, along: str) -> None:
+  """DataError naming the gap when sorted slice coordinates are not evenly
+  spaced (a missing slice: positions would be wrong for every later one)."""
+  if len(values) < 3:
+    return
+  steps = np.diff(values)
+  typical = float(np.median(steps))
+  worst = int(np.argmax(np.abs(steps - typical)))
+  if abs(steps[worst] - typical) > 0.1 * typical:
+    raise DataError(
+        f"DICOM series {folder}: its slices are {typical:g}{unit} apart "
+        f"{along}, but {names[worst]} and {names[worst + 1]} are "
+        f"{steps[worst]:g}{unit} apart; expected evenly spaced slices (is a "
+        "slice missing?)")
+
+
 def _slice_order(datasets, paths, folder: pathlib.Path):
   """Indices sorting the slices along the slice normal (or InstanceNumber).
 
@@ -199,7 +262,7 @@ def _slice_order(datasets, paths, folder: pathlib.Path):
     every slice has ImagePositionPatient/ImageOrientationPatient, else None.
   """
   if all(_has_geometry(d) for d in datasets):
-    orientation = np.asarray(datasets[0].ImageOrientationPatient, np.float64)
+    orientation = _orientation(datasets, paths, folder)
     # IOP = (direction of increasing column index; of increasing row index).
     row_cosine, col_cosine = orientation[:3], orientation[3:]
     normal = np.cross(row_cosine, col_cosine)
@@ -213,13 +276,19 @@ def _slice_order(datasets, paths, folder: pathlib.Path):
           f"DICOM series {folder}: {paths[order[dup]].name} and "
           f"{paths[order[dup + 1]].name} lie at the same position along the "
           "slice normal; expected one slice per position")
+    _check_even(sorted_distance, [paths[i].name for i in order], folder,
+                " mm", "along the slice normal")
     return order, (normal, row_cosine, col_cosine)
   if all("InstanceNumber" in d for d in datasets):
     numbers = [int(d.InstanceNumber) for d in datasets]
     if len(set(numbers)) != len(numbers):
       raise DataError(f"DICOM series {folder} has no slice geometry and "
                       "repeated InstanceNumbers; cannot order its slices")
-    return list(np.argsort(numbers, kind="stable")), None
+    order = list(np.argsort(numbers, kind="stable"))
+    _check_even(np.asarray(numbers, np.float64)[order],
+                [paths[i].name for i in order], folder, "",
+                "in InstanceNumber")
+    return order, None
   raise DataError(
       f"DICOM series {folder}: slices have neither ImagePositionPatient + "
       "ImageOrientationPatient nor InstanceNumber; cannot order them")
@@ -271,7 +340,9 @@ def read_dicom_series(folder: pathlib.Path | str) -> nib.Nifti1Image:
 
   Raises:
     DataError: no .dcm files, an unreadable file, mixed SeriesInstanceUIDs,
-      slices of different sizes, or slices that cannot be ordered.
+      slices of different sizes or orientations, slices that cannot be
+      ordered, or unevenly spaced slices (a gap: a missing file would shift
+      the position of every later slice).
   """
   folder = pathlib.Path(folder)
   paths = sorted(p for p in folder.iterdir()
@@ -319,14 +390,18 @@ def stack_files(folder: pathlib.Path) -> list[pathlib.Path]:
 
 def read_image_stack(folder: pathlib.Path) -> np.ndarray:
   """A folder of equally sized 2D images as float32 (H, W, slices); the
-  file order (natural sort of the names) is the slice order."""
+  file order (natural sort of the names) is the slice order. 16-bit and
+  float images keep their values (the volume's normalisation scales them);
+  colour images become luminance."""
   images = []
   for path in stack_files(folder):
-    try:
-      with Image.open(path) as image:
-        images.append(np.asarray(image.convert("L"), np.float32))
-    except OSError as e:
-      raise DataError(f"{path}: not a readable image ({e})") from e
+    image = readers._open(path)  # pylint: disable=protected-access
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+      # Raw values: the volume's own normalisation scales them (Pillow's
+      # convert("L") would clip 16-bit values at 255).
+      images.append(np.asarray(image, np.float32))
+    else:
+      images.append(np.asarray(image.convert("L"), np.float32))
   shapes = sorted({im.shape for im in images})
   if len(shapes) != 1:
     raise DataError(f"{folder}: stacked images must share one size, found "
@@ -353,22 +428,35 @@ def load_volume(path: pathlib.Path | str) -> np.ndarray:
   """A NIfTI file or DICOM series folder as float32 (x, y, z) in RAS order.
 
   Raises:
-    DataError: see `read_nifti` and `read_dicom_series`; or `path` is
-      neither a NIfTI file nor a folder of .dcm files.
+    DataError: see `read_nifti` and `read_dicom_series`; `path` is neither
+      a NIfTI file nor a folder of .dcm files; or the volume holds NaN or
+      infinite voxels.
   """
   path = pathlib.Path(path)
   if is_nifti(path):
     image = read_nifti(path)
   elif path.is_dir() and not is_dicom_series(path) and stack_files(path):
     # Serial sections carry no orientation: (H, W) in plane, then order.
-    return read_image_stack(path)
+    return _finite(read_image_stack(path), path)
   elif path.is_dir():
     image = read_dicom_series(path)
   else:
     raise DataError(f"{path} is neither a .nii/.nii.gz file nor a folder of "
                     f"{DICOM_SUFFIX} files")
   canonical = nib.as_closest_canonical(image)
-  return np.asarray(canonical.dataobj, dtype=np.float32)
+  return _finite(np.asarray(canonical.dataobj, dtype=np.float32), path)
+
+
+def _finite(volume: np.ndarray, path: pathlib.Path) -> np.ndarray:
+  """`volume`, or DataError when it holds NaN/inf voxels (percentiles and
+  the uint8 slices would silently turn to garbage)."""
+  bad = ~np.isfinite(volume)
+  if bad.any():
+    raise DataError(
+        f"{path} has {int(bad.sum())} NaN or infinite voxel(s) (of "
+        f"{volume.size}); expected finite values (replace them, e.g. with the "
+        "background value, before preparing)")
+  return volume
 
 
 def find_volumes(manual_dir: pathlib.Path | str) -> list[pathlib.Path]:
