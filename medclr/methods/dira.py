@@ -91,23 +91,30 @@ class DiRA(moco.MoCoV2):
     contrast = moco.queue_loss(moco.l2_normalize(q1), k2, aux["queue"],
                                self.temperature)
     restore = jnp.mean((restored - target) ** 2)
-    critic = nnx.merge(self.critic_graphdef,
-                       jax.lax.stop_gradient(aux["critic"]))
-    fool = jnp.mean((critic(restored) - 1.0) ** 2)
+    # Stage 1 runs neither critic pass (lax.cond executes one branch); the
+    # adversarial and critic losses read 0 there.
+    fool = jax.lax.cond(adversarial, self._fool_loss,
+                        lambda *_: jnp.zeros((), jnp.float32),
+                        aux["critic"], restored)
     w_c, w_r, w_a = self.weights
-    loss = w_c * contrast + w_r * restore + jnp.where(adversarial, w_a, 0.0
-                                                       ) * fool
-    critic_params, critic_opt, d_loss = self._critic_step(aux, target,
-                                                          restored)
+    loss = w_c * contrast + w_r * restore + w_a * fool
+    critic_params, critic_opt, d_loss = jax.lax.cond(
+        adversarial, self._critic_step,
+        lambda aux, real, fake: (aux["critic"], aux["critic_opt"],
+                                 jnp.zeros((), jnp.float32)),
+        aux, target, restored)
     queue, pointer = moco.enqueue(aux["queue"], aux["queue_ptr"], k2)
-    keep = lambda new, old: jax.tree.map(
-        lambda n, o: jnp.where(adversarial, n, o), new, old)
     aux = dict(aux, target_stats=target_stats, queue=queue, queue_ptr=pointer,
-               critic=keep(critic_params, aux["critic"]),
-               critic_opt=keep(critic_opt, aux["critic_opt"]))
+               critic=critic_params, critic_opt=critic_opt)
     metrics = {"contrast_loss": contrast, "restore_loss": restore,
                "adversarial_loss": fool, "critic_loss": d_loss}
     return loss, (aux, metrics)
+
+  def _fool_loss(self, critic_params, restored):
+    """The generator's least-squares loss against the (fixed) critic."""
+    critic = nnx.merge(self.critic_graphdef,
+                       jax.lax.stop_gradient(critic_params))
+    return jnp.mean((critic(restored) - 1.0) ** 2).astype(jnp.float32)
 
   def _critic_step(self, aux, real, fake):
     """One Adam step of the critic on this batch (used once adversarial)."""
@@ -116,7 +123,8 @@ class DiRA(moco.MoCoV2):
     d_loss, grads = jax.value_and_grad(objective)(aux["critic"])
     updates, opt = self.critic_tx.update(grads, aux["critic_opt"],
                                          aux["critic"])
-    return optax.apply_updates(aux["critic"], updates), opt, d_loss
+    return (optax.apply_updates(aux["critic"], updates), opt,
+            d_loss.astype(jnp.float32))
 
 
 def make(config):
