@@ -110,6 +110,18 @@ def apply_profiles(config, args):
     config.head.out_dim = 4096
     config.head.freeze_last_layer_steps = 2  # 1 epoch of 65 images at 32
     config.loss.warmup_teacher_temp_steps = 30  # 10% of the steps
+    # A recipe for 300 steps on a CNN encoder (docs/methods/dino.md,
+    # benchmarks/results/pretrain_recipes.jsonl): without BatchNorm in the
+    # head the pooled CNN features give nearly the same head output for
+    # every image (mean cosine 0.75 at step 0), so the centred teacher is
+    # uniform within 50 steps; with it (main_dino.py's use_bn_in_head) the
+    # teacher sharpens. Teacher temperature 0.04 throughout (main_dino.py's
+    # code default), a faster teacher (0.99: DINO's 0.996 leaves it about
+    # half at its initial weights after 300 steps) and DINO's clip 3.
+    config.head.use_bn = True
+    config.loss.teacher_temp = 0.04
+    config.ema.base_momentum = 0.99
+    config.optim.grad_clip_norm = 3.0
   if args.smoke:
     config.crops.num_local = 2
     config.head.hidden_dim = 32
