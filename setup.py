@@ -42,7 +42,9 @@ setuptools.setup(
                  "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8",
                  "nilearn>=0.10", "hypothesis>=6.100"],
         "notebook": ["matplotlib>=3.8", "ipykernel>=6.29"],
-        "tpu": ["jax[tpu]>=0.10.2"],
+        # gcsfs: etils.epath's gs:// backend when TensorFlow is absent, for
+        # gs://bucket/run workdirs (the bound is etils[epath-gcs]'s).
+        "tpu": ["jax[tpu]>=0.10.2", "gcsfs>=2026.4.0"],
         # The PyTorch peer of benchmarks/ (make test installs it: the peer
         # tests are the independent check of the model and NT-Xent). Pinned
         # on purpose: torch 2.13.0 has a CPU wheel here, while an unpinned

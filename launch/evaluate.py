@@ -13,11 +13,13 @@ from absl import flags
 from launch import runner
 from medclr import evaluate
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "a fine-tuning workdir")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "a fine-tuning workdir (a local folder or gs://...)")
 _SPLIT = flags.DEFINE_string("split", None, "split to evaluate (config's "
                              "test split by default)")
 _STEP = flags.DEFINE_integer("step", None, "checkpoint step (latest if unset)")
-_OUT = flags.DEFINE_string("out_dir", None, "default <workdir>/eval")
+_OUT = flags.DEFINE_string("out_dir", None, "default <workdir>/eval (any "
+                           "epath: a local folder or gs://...)")
 _DATASET = flags.DEFINE_string(
     "dataset", None, "evaluate on this prepared dataset instead of the one "
     "the run was trained on (cross-dataset)")

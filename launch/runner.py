@@ -14,6 +14,7 @@ from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
+import orbax.checkpoint as ocp
 
 from medclr import checkpointing
 from medclr import errors
@@ -50,6 +51,33 @@ def run_user_errors_clean(fn, *args):
     sys.exit(EXIT_STALLED if isinstance(e, errors.TrainingStalled) else 1)
 
 
+def latest_checkpoint_step(workdir):
+  """The newest complete checkpoint step of `workdir` (any epath), or None.
+
+  Read from the directory listing alone (no CheckpointManager, so no
+  barrier: process 0 may call it by itself).
+  """
+  ckpt_dir = checkpointing._ckpt_dir(workdir)  # pylint: disable=protected-access
+  steps = ocp.utils.checkpoint_steps(ckpt_dir)
+  return max(steps) if steps else None
+
+
+def print_result(what, last, workdir, num_steps):
+  """Prints '<what> done: {...}' when the run trained all `num_steps`.
+
+  A run the training loop stopped early on SIGTERM returns normally (exit
+  status 0) after printing its own 'preempted (SIGTERM): stopped after step
+  N of M ...' line; its newest checkpoint is N < M, and nothing more is
+  printed, so the last line says what happened. Returns whether the run
+  finished.
+  """
+  latest = latest_checkpoint_step(workdir)
+  if latest is None or latest < num_steps:
+    return False
+  print(f"{what} done: {last}", flush=True)
+  return True
+
+
 def train_main(train_and_evaluate, what):
   """Defines --config and --workdir; returns a training launcher's main.
 
@@ -70,7 +98,7 @@ def train_main(train_and_evaluate, what):
     last = run_user_errors_clean(train_and_evaluate, config.value,
                                  workdir.value)
     if jax.process_index() == 0:
-      print(f"{what} done: {last}")
+      print_result(what, last, workdir.value, config.value.num_steps)
 
   return main
 

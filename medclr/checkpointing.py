@@ -5,7 +5,10 @@ Layout of a workdir:
   <workdir>/config.json                                      the run's config
 Orbax writes each step into a temporary directory and renames it when
 complete, so a run killed at any moment leaves the previous checkpoint intact
-and `latest_step()` never returns a half-written one.
+and `latest_step()` never returns a half-written one. A step that fails to
+read anyway (damaged files) is set aside as `<step>.unreadable`, never deleted
+(docs/reliability.md). Paths go through `etils.epath`, so a workdir may be a
+URI such as gs://bucket/run.
 """
 import json
 import os
@@ -14,6 +17,7 @@ from absl import logging
 from etils import epath
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -23,9 +27,49 @@ class CheckpointError(ValueError):
   """A checkpoint directory is missing, empty or does not fit the model."""
 
 
+class UnreadableCheckpoint(CheckpointError):
+  """One item of one checkpoint step could not be read; names both."""
+
+  def __init__(self, step, path, reason):
+    super().__init__(f"checkpoint {path} could not be read: {reason}")
+    self.step, self.path, self.reason = step, path, reason
+
+
+UNREADABLE_SUFFIX = ".unreadable"
+
+
 def _abs_path(path):
-  # Orbax refuses relative paths ("Checkpoint path should be absolute").
-  return epath.Path(os.path.abspath(os.path.expanduser(str(path))))
+  # Orbax refuses relative paths ("Checkpoint path should be absolute"). A
+  # URI (gs://...) is absolute already: abspath would glue it to the cwd.
+  text = str(path)
+  if "://" in text:
+    return epath.Path(text)
+  return epath.Path(os.path.abspath(os.path.expanduser(text)))
+
+
+def _reason(error):
+  """The innermost error's first line: Orbax wraps TensorStore's errors in
+  messages that print a whole TensorStore spec; the innermost one names the
+  file and what is wrong with it."""
+  seen = []
+  while error is not None and error not in seen and len(seen) < 20:
+    seen.append(error)
+    error = error.__cause__ or error.__context__
+  for error in reversed(seen):
+    text = str(error).strip()
+    if text:
+      first = text.splitlines()[0]
+      return f"{type(error).__name__}: " + (
+          first if len(first) <= 400 else first[:400] + "...")
+  return type(seen[-1]).__name__
+
+
+def _all_processes_agree(ok):
+  """True when `ok` holds on every process (so all resume the same step)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
 def _ckpt_dir(workdir):
@@ -44,8 +88,17 @@ class Checkpointer:
         create=True)
     self._manager = ocp.CheckpointManager(_ckpt_dir(workdir), options=options)
 
+  @property
+  def directory(self):
+    """<workdir>/checkpoints, as an epath.Path."""
+    return self._manager.directory
+
   def latest_step(self):
     return self._manager.latest_step()
+
+  def all_steps(self):
+    """Every complete step on disk, oldest first."""
+    return sorted(self._manager.all_steps())
 
   def should_save(self, step):
     """Whether the interval policy saves at `step`."""
@@ -88,11 +141,85 @@ class Checkpointer:
 
     Returns:
       The restored state.
+
+    Raises:
+      UnreadableCheckpoint: an item failed to read (on any process: all
+        processes raise, so none resumes a step another could not read).
     """
-    restored = self._manager.restore(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
-    return restored["state"]
+    step_dir = self.directory / str(int(step))
+    # One item at a time, so the error names the one that failed.
+    failure, state = None, None
+    try:
+      state = self._manager.restore(int(step), args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state)))["state"]
+    except Exception as e:  # pylint: disable=broad-except
+      failure = UnreadableCheckpoint(step, step_dir / "state", _reason(e))
+    if failure is None:
+      try:
+        self._restore_iterator(step, data_iter)
+      except Exception as e:  # pylint: disable=broad-except
+        failure = UnreadableCheckpoint(step, step_dir / "data_iter",
+                                       _reason(e))
+    if not _all_processes_agree(failure is None):
+      raise failure or UnreadableCheckpoint(
+          step, step_dir, "another process could not read it")
+    return state
+
+  def _restore_iterator(self, step, data_iter):
+    """Sets `data_iter` to the position saved at `step`.
+
+    A run of P processes saves one file per process; a run with another
+    process count finds no file of its own. medclr's pipelines give every
+    process the same position (global batches consumed; each process reads
+    its share of every global batch: medclr/data/pipeline.py), so when all
+    saved files agree that position holds under any process count.
+    """
+    item_dir = self.directory / str(int(step)) / "data_iter"
+    count = jax.process_count()
+    if not item_dir.exists() or list(item_dir.glob(f"process_*-of-{count}"
+                                                    ".json")):
+      # Written by this many processes (or absent: Orbax names the item).
+      self._manager.restore(int(step), args=ocp.args.Composite(
+          data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
+      return
+    saved = {f.name: json.loads(f.read_text())
+             for f in item_dir.glob("process_*-of-*.json")}
+    positions = {json.dumps(state, sort_keys=True) for state in saved.values()}
+    if len(positions) != 1:
+      raise CheckpointError(
+          f"{item_dir} holds no data position file" if not saved else
+          f"{item_dir} holds data positions that differ between processes "
+          f"({', '.join(sorted(saved))}); they cannot be mapped onto "
+          f"{count} processes: resume with the process count that wrote it")
+    data_iter.set_state(json.loads(positions.pop()))
+    logging.info("%s: the data position written by %d processes restored "
+                 "in %d", item_dir, len(saved), count)
+
+  def set_aside(self, step):
+    """Renames step directory `step` to `<step>.unreadable` (then .1, .2,
+    ... if taken); returns the new path. Nothing is deleted.
+
+    The run saves that step number again later, and Orbax would neither
+    overwrite the old directory nor save past it while it is listed.
+    """
+    source = self.directory / str(int(step))
+    target = self.directory / f"{int(step)}{UNREADABLE_SUFFIX}"
+    n = 0
+    while target.exists():
+      n += 1
+      target = self.directory / f"{int(step)}{UNREADABLE_SUFFIX}.{n}"
+    # Every process has chosen the name before process 0 renames, and
+    # re-reads the step list after.
+    ocp.multihost.sync_global_processes(f"medclr_set_aside_{int(step)}_0")
+    if jax.process_index() == 0:
+      source.rename(target)
+    ocp.multihost.sync_global_processes(f"medclr_set_aside_{int(step)}_1")
+    self._manager.reload()
+    return target
+
+  def wait_until_finished(self):
+    """Blocks until an asynchronous save in flight is on disk."""
+    self._manager.wait_until_finished()
 
   def close(self):
     self._manager.wait_until_finished()
@@ -105,7 +232,7 @@ def write_config(workdir, config_dict):
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.parent / (path.name + ".tmp")
   tmp.write_text(json.dumps(config_dict, indent=2, sort_keys=True))
-  os.replace(tmp, path)
+  tmp.replace(path)
 
 
 # Fields a resumed run may change: how long and how often, where data lives,
@@ -187,16 +314,39 @@ def _latest_state_dir(workdir, step=None):
     raise CheckpointError(f"no complete checkpoint in {ckpt_dir}")
   state_dir = ckpt_dir / str(step) / "state"
   if not state_dir.exists():
+    if state_dir.parent.exists():  # the step is there, its state is not
+      raise _unreadable(workdir, step, state_dir, FileNotFoundError(
+          "the step holds no state item"))
     raise CheckpointError(f"checkpoint step {step} not found in {ckpt_dir}")
   return state_dir, step
+
+
+def _unreadable(workdir, step, state_dir, error):
+  """UnreadableCheckpoint for another run's checkpoint (a pretrained encoder,
+  an evaluated model): named, with the older steps, never swapped for one,
+  so a result is never silently made with other weights."""
+  older = sorted((int(p.name) for p in _ckpt_dir(workdir).iterdir()
+                  if p.name.isdigit() and int(p.name) < int(step)),
+                 reverse=True)
+  hint = (f"; older checkpoints there: steps {', '.join(map(str, older))} "
+          "(choose one with config.init.pretrain_step when starting from "
+          "it, --step when evaluating)" if older else
+          "; it holds no older checkpoint")
+  return UnreadableCheckpoint(step, state_dir, _reason(error) + hint)
 
 
 def saved_tree_shapes(workdir, step=None):
   """{path: shape} tree of the saved train state, read from its metadata."""
   state_dir, step = _latest_state_dir(workdir, step)
-  metadata = ocp.PyTreeCheckpointer().metadata(state_dir)
+  try:
+    metadata = ocp.PyTreeCheckpointer().metadata(state_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    raise _unreadable(workdir, step, state_dir, e) from e
   metadata = getattr(metadata, "item_metadata", metadata)
   tree = getattr(metadata, "tree", metadata)
+  if tree is None:  # Orbax logs its own error and returns None
+    raise _unreadable(workdir, step, state_dir, ValueError(
+        "Orbax could not read its metadata (files damaged or missing)"))
   return jax.tree.map(lambda m: tuple(m.shape), tree), step
 
 
@@ -253,9 +403,13 @@ def restore_subtrees(workdir, abstract, step=None):
   saved, step = saved_tree_shapes(workdir, step)
   check_compatible(saved, abstract, f"checkpoint {workdir} (step {step})")
   state_dir, _ = _latest_state_dir(workdir, step)
-  restored = ocp.PyTreeCheckpointer().restore(
-      state_dir, args=ocp.args.PyTreeRestore(
-          item=abstract,
-          restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-          partial_restore=True))
+  try:
+    restored = ocp.PyTreeCheckpointer().restore(
+        state_dir, args=ocp.args.PyTreeRestore(
+            item=abstract,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+            partial_restore=True))
+  except Exception as e:  # pylint: disable=broad-except
+    # Shapes and paths were checked above: what is left is the files.
+    raise _unreadable(workdir, step, state_dir, e) from e
   return restored, step

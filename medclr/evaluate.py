@@ -6,10 +6,10 @@ runs it over a split, computes the metrics inside the FOV mask, and writes
 `<out_dir>/metrics.json` plus prediction PNGs.
 """
 import json
-import os
 import time
 
 from absl import logging
+from etils import epath
 from flax import nnx
 import jax
 import ml_collections
@@ -139,8 +139,11 @@ class _Pooled:
 
 
 def _predict_all(predictor, source, pred_dir, save_predictions):
-  """Per-image metrics (sorted by stem) and pooled sums over a split."""
-  os.makedirs(pred_dir, exist_ok=True)
+  """Per-image metrics (sorted by stem) and pooled sums over a split.
+
+  `pred_dir` is an epath.Path (a local directory or gs://...).
+  """
+  pred_dir.mkdir(parents=True, exist_ok=True)
   num_classes = predictor.config.model.num_classes
   per_image, pooled = [], _Pooled()
   for index in range(len(source)):
@@ -154,8 +157,9 @@ def _predict_all(predictor, source, pred_dir, save_predictions):
     if num_classes == 1:
       pooled.add(prob, record)
     if save_predictions:
-      Image.fromarray((prob * 255).round().astype(np.uint8)).save(
-          os.path.join(pred_dir, f"{stem}.png"))
+      with (pred_dir / f"{stem}.png").open("wb") as f:
+        Image.fromarray((prob * 255).round().astype(np.uint8)).save(
+            f, format="PNG")
     logging.info("evaluated %s (%d/%d): dice %.4f", stem, index + 1,
                  len(source), row.get("dice", float("nan")))
   per_image.sort(key=lambda r: r["stem"])
@@ -167,10 +171,10 @@ def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
   """Evaluates `workdir`'s U-Net on every image of a split.
 
   Args:
-    workdir: a fine-tuning workdir.
+    workdir: a fine-tuning workdir (a local directory or gs://...).
     split: split to evaluate (default the config's test split).
     out_dir: where metrics.json goes (default <workdir>/eval, or
-      <workdir>/eval_<dataset> for another dataset).
+      <workdir>/eval_<dataset> for another dataset); any epath.
     save_predictions: write probability PNGs (default from the config).
     step: checkpoint step (latest by default).
     dataset: another prepared dataset to evaluate on (cross-dataset).
@@ -192,7 +196,7 @@ def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
   name = dataset or config.data.dataset
   split = split or config.data.test_split
   default_out = "eval" if name == config.data.dataset else f"eval_{name}"
-  out_dir = out_dir or os.path.join(workdir, default_out)
+  out_dir = epath.Path(out_dir or epath.Path(workdir) / default_out)
   if save_predictions is None:
     save_predictions = config.eval.save_predictions
   source = data_sources.open_split(data_dir or config.data.data_dir, name,
@@ -200,7 +204,7 @@ def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
   t0 = time.time()
   binary = config.model.num_classes == 1
   per_image, pooled = _predict_all(
-      predictor, source, pred_dir=os.path.join(out_dir, "predictions"),
+      predictor, source, pred_dir=out_dir / "predictions",
       save_predictions=save_predictions and binary)
   result = {"step": predictor.step, "dataset": name, "split": split,
             "tta": config.eval.get("tta", "none"),
@@ -212,10 +216,9 @@ def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
             "per_image": per_image}
   if binary:
     result["pooled"] = pooled.metrics()
-  tmp = os.path.join(out_dir, "metrics.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(result, f, indent=2, default=float)
-  os.replace(tmp, os.path.join(out_dir, "metrics.json"))
+  tmp = out_dir / "metrics.json.tmp"
+  tmp.write_text(json.dumps(result, indent=2, default=float))
+  tmp.replace(out_dir / "metrics.json")
   return result
 
 

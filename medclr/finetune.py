@@ -8,8 +8,8 @@ Resume order (big_vision's "Load Checkpoint" order):
 """
 import json
 import math
-import os
 
+from etils import epath
 import jax
 
 from medclr import augment
@@ -32,6 +32,7 @@ from medclr.data import preprocess
 from medclr.data import sources as data_sources
 
 LOADABLE_PARTS = ("encoder", "decoder")
+LABELED_FILE = "labeled.json"
 
 
 def validate_config(config):
@@ -134,7 +135,8 @@ def model_config(config):
 def labeled_subset(config, workdir, source):
   """The labelled images: `data.labeled` names, else k drawn by seed.
 
-  Writes their stems to `<workdir>/labeled.json` and prints them.
+  Writes their stems to `<workdir>/labeled.json` (any epath: a local
+  directory or gs://...) and prints them.
   """
   names = [n.strip() for n in config.data.labeled.split(",") if n.strip()]
   if names:
@@ -149,11 +151,13 @@ def labeled_subset(config, workdir, source):
   stems = data_sources.stems(source)
   chosen = [stems[i] for i in indices]
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "labeled.json"), "w") as f:
-      json.dump({"dataset": config.data.dataset,
-                 "seed": None if names else config.data.label_seed,
-                 "stems": chosen}, f, indent=2)
+    # Through epath, so a gs://bucket/run workdir works.
+    root = epath.Path(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / LABELED_FILE).write_text(json.dumps(
+        {"dataset": config.data.dataset,
+         "seed": None if names else config.data.label_seed,
+         "stems": chosen}, indent=2))
     print(f"fine-tuning on {len(chosen)} labelled "
           f"{config.data.dataset}:{config.data.train_split} images: "
           f"{', '.join(chosen)}", flush=True)

@@ -3,13 +3,22 @@
 One `MetricWriter` per loop (name 'train', 'eval', ...) writes each call of
 `write(step, scalars)` to two places in the workdir:
   - `<workdir>/metrics.jsonl`: one JSON object per line with `name`, `step`,
-    `time` (Unix wall time) and the scalars; appended and flushed at once, so
-    a crashed run keeps everything it logged and `pandas.read_json(...,
-    lines=True)` reads it back.
+    `time` (Unix wall time) and the scalars; `pandas.read_json(...,
+    lines=True)` reads it back. In a local workdir each row is appended and
+    flushed at once, so a crashed run keeps everything it logged.
   - `<workdir>/tb/`: TensorBoard event files via tensorboardX, tagged
     `<name>/<metric>`, so TensorBoard shows the same curves without needing
-    TensorFlow.
+    TensorFlow. Local workdirs only (below).
 `progress(step, scalars)` prints one console line with speed and ETA.
+
+A URI workdir (gs://bucket/run) is written through `etils.epath`. Object
+stores cannot append, so there the writer keeps the rows logged since its
+last flush and rewrites the whole object (what is there, plus those rows) at
+most every REMOTE_FLUSH_SECONDS, and at `flush()` and `close()`: a run
+killed without closing (SIGKILL) loses the rows of its last seconds, and
+each flush costs one read and one upload of the whole file. TensorBoard is
+skipped there with one warning (tensorboardX writes gs:// only through
+google-cloud-storage, which medclr neither requires nor tests).
 
 Only JAX process 0 should write: other processes pass `enabled=False`, which
 writes nothing and prints nothing, but still runs the finite check so that
@@ -18,11 +27,34 @@ every process stops on the same bad step instead of process 0 alone.
 import json
 import math
 import os
+import re
 import time
 
+from absl import logging
+from etils import epath
 import tensorboardX
 
 _RESERVED_KEYS = ("name", "step", "time")
+
+# A URI workdir's metrics.jsonl is rewritten whole at most this often (GCS
+# allows about one update per second of one object).
+REMOTE_FLUSH_SECONDS = 5.0
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_warned_no_tensorboard = set()
+
+
+def is_uri(path) -> bool:
+  """True for 'gs://bucket/run' and other scheme:// paths (not local)."""
+  return bool(_URI.match(os.fspath(path)))
+
+
+def _warn_no_tensorboard(root):
+  """Once per workdir and process: a URI workdir gets no TensorBoard."""
+  if os.fspath(root) not in _warned_no_tensorboard:
+    _warned_no_tensorboard.add(os.fspath(root))
+    logging.warning("%s is not a local directory: no TensorBoard events are "
+                    "written there (metrics.jsonl holds the same scalars)",
+                    root)
 
 
 def _format_duration(seconds):
@@ -58,14 +90,16 @@ def _check_finite(step, values):
 
 
 def _drop_rows_after(path, name, step):
-  """Rewrites `path` (atomically) without rows of `name` logged after `step`.
+  """Rewrites `path` (an epath.Path) without rows of `name` logged after
+  `step`: locally through a temporary file and a rename, on an object store
+  as one upload (which replaces the object whole).
 
   A torn last line (a kill in the middle of a write) is dropped too.
   """
-  if not os.path.exists(path):
+  if not path.exists():
     return
   kept = []
-  with open(path, encoding="utf-8") as f:
+  with path.open("r") as f:
     for line in f:
       try:
         row = json.loads(line)
@@ -73,10 +107,13 @@ def _drop_rows_after(path, name, step):
         continue
       if row.get("name") != name or row.get("step", 0) <= step:
         kept.append(line if line.endswith("\n") else line + "\n")
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
+  if is_uri(path):
+    path.write_text("".join(kept))
+    return
+  tmp = path.parent / (path.name + ".tmp")
+  with tmp.open("w") as f:
     f.writelines(kept)
-  os.replace(tmp, path)
+  tmp.replace(path)
 
 
 class MetricWriter:
@@ -106,7 +143,8 @@ class MetricWriter:
     """Opens the JSONL file and the TensorBoard writer (when enabled).
 
     Args:
-      workdir: local directory of the run; created if missing.
+      workdir: directory of the run, local (created if missing) or a URI
+        such as gs://bucket/run (see the module docstring).
       enabled: False on non-zero JAX processes: nothing is written or printed.
       total_steps: last step of the loop, for `step/total` and the ETA; None
         when unknown.
@@ -130,19 +168,26 @@ class MetricWriter:
     self._closed = False
     self.jsonl_path = None
     self.tensorboard_dir = None
+    self.remote = False
+    self._pending = []  # URI workdir: rows not yet uploaded.
+    self._last_upload = None  # URI workdir: time.monotonic() of the last.
     if not enabled:
       return
-    workdir = os.fspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+    root = epath.Path(workdir)
+    self.remote = is_uri(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    self.jsonl_path = root / "metrics.jsonl"
     if drop_after is not None:
       _drop_rows_after(self.jsonl_path, name, drop_after)
-    self.tensorboard_dir = os.path.join(workdir, "tb")
-    self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+    if self.remote:
+      _warn_no_tensorboard(root)
+      return
+    self.tensorboard_dir = root / "tb"
+    self._jsonl = self.jsonl_path.open("a")
     # tensorboardX names files by the second and host only; the pid and loop
     # name keep a train and an eval writer opened together apart.
     self._tensorboard = tensorboardX.SummaryWriter(
-        logdir=self.tensorboard_dir,
+        logdir=os.fspath(self.tensorboard_dir),
         filename_suffix=f".{os.getpid()}.{name}")
 
   def _check_open(self):
@@ -176,7 +221,14 @@ class MetricWriter:
     record = {"name": self.name, "step": int(step), "time": wall_time}
     record.update(
         {k: (v if math.isfinite(v) else None) for k, v in values.items()})
-    self._jsonl.write(json.dumps(record) + "\n")
+    line = json.dumps(record) + "\n"
+    if self.remote:
+      self._pending.append(line)
+      if (self._last_upload is None or time.monotonic() - self._last_upload
+          >= REMOTE_FLUSH_SECONDS):
+        self._upload()
+      return
+    self._jsonl.write(line)
     self._jsonl.flush()
     for key, value in values.items():
       self._tensorboard.add_scalar(f"{self.name}/{key}", value,
@@ -227,13 +279,30 @@ class MetricWriter:
     print(line, flush=True)
     return line
 
+  def _upload(self):
+    """URI workdir: rewrites metrics.jsonl whole, as it is now (other
+    writers' rows included) plus this writer's pending rows."""
+    self._last_upload = time.monotonic()
+    if not self._pending:
+      return
+    text = self.jsonl_path.read_text() if self.jsonl_path.exists() else ""
+    if text and not text.endswith("\n"):
+      text += "\n"
+    self.jsonl_path.write_text(text + "".join(self._pending))
+    self._pending = []
+
   def flush(self) -> None:
-    """Pushes buffered TensorBoard events to disk (JSONL is always flushed)."""
+    """Pushes buffered TensorBoard events to disk (local JSONL is always
+    flushed) or, in a URI workdir, uploads the pending JSONL rows."""
     if self._tensorboard is not None:
       self._tensorboard.flush()
+    if self._pending:
+      self._upload()
 
   def close(self) -> None:
     """Flushes and closes both files; later write/progress calls raise."""
+    if self._pending and not self._closed:
+      self._upload()
     if self._tensorboard is not None:
       self._tensorboard.close()
       self._tensorboard = None

@@ -120,8 +120,7 @@ def train_and_evaluate(config, workdir):
   method = methods.get_method(config)
   table = box_table(config) if uses_contrastive_crop(config) else None
   dataset, opened = make_dataset(config, local_batch, method, table)
-  # Only once the mesh, batch and data are known to be good: a refused run
-  # leaves no workdir behind.
+  # Written only after the checks above: a refused run leaves no workdir.
   if jax.process_index() == 0:
     checkpointing.write_config(workdir, config_dict)
   data_iter = iter(dataset)

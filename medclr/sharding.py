@@ -36,14 +36,30 @@ def _check_process_flags(coordinator_address, num_processes, process_id):
         "(--coordinator_address is host:port of process 0)")
 
 
+def _auto_distributed():
+  """True when JAX should discover the cluster by itself.
+
+  MEDCLR_DISTRIBUTED=auto (launch/tpu_pod.sh sets it on every TPU VM worker,
+  where JAX reads the pod from the metadata server; JAX also reads Slurm's
+  environment) or a multi-worker TPU_WORKER_HOSTNAMES (GKE).
+  """
+  mode = os.environ.get("MEDCLR_DISTRIBUTED", "")
+  if mode not in ("", "auto"):
+    raise errors.ConfigError(
+        f"MEDCLR_DISTRIBUTED={mode!r}: expected 'auto' (let JAX discover a "
+        "TPU pod or Slurm job) or unset")
+  return mode == "auto" or os.environ.get(
+      "TPU_WORKER_HOSTNAMES", "").count(",") > 0
+
+
 def maybe_initialize_distributed(coordinator_address=None, num_processes=None,
                                  process_id=None):
   """Starts multi-process JAX when asked to, and only then.
 
   Explicit arguments (or the MEDCLR_COORDINATOR / MEDCLR_NUM_PROCESSES /
-  MEDCLR_PROCESS_ID environment variables) start a CPU/GPU cluster; on a Cloud
-  TPU VM (TPU_WORKER_HOSTNAMES set by the runtime) `jax.distributed.initialize()`
-  discovers the pod by itself. A plain single-process run does nothing: calling
+  MEDCLR_PROCESS_ID environment variables) start a CPU/GPU cluster; with
+  MEDCLR_DISTRIBUTED=auto (or a multi-worker TPU_WORKER_HOSTNAMES)
+  `jax.distributed.initialize()` discovers the pod by itself. A plain single-process run does nothing: calling
   initialize() there would wait for a coordinator that never comes.
 
   Must run before anything touches a JAX device.
@@ -60,7 +76,7 @@ def maybe_initialize_distributed(coordinator_address=None, num_processes=None,
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=int(num_processes),
                                process_id=int(process_id))
-  elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
+  elif _auto_distributed():
     jax.distributed.initialize()
   if jax.process_count() > 1:  # start-up progress of a multi-process run
     print(f"JAX process {jax.process_index()} of {jax.process_count()}, "

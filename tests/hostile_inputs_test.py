@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 
+import jax
 import nibabel as nib
 import numpy as np
 from PIL import Image
@@ -591,3 +592,22 @@ def test_launcher_refuses_process_flags_in_one_line(tmp_path):
   assert lines[0].startswith("error: --num_processes=2 / --process_id=0 "
                              "without --coordinator_address")
   assert not (tmp_path / "work").exists()
+
+
+def test_auto_distributed_asks_jax_to_discover_the_cluster(monkeypatch):
+  # A real pod cannot start here: record the call jax would make.
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize",
+                      lambda *a, **k: calls.append((a, k)))
+  for name in ("MEDCLR_COORDINATOR", "MEDCLR_NUM_PROCESSES",
+               "MEDCLR_PROCESS_ID", "TPU_WORKER_HOSTNAMES"):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setenv("MEDCLR_DISTRIBUTED", "auto")
+  sharding.maybe_initialize_distributed()
+  assert calls == [((), {})]
+  monkeypatch.setenv("MEDCLR_DISTRIBUTED", "yes")
+  with pytest.raises(errors.ConfigError, match="MEDCLR_DISTRIBUTED='yes'"):
+    sharding.maybe_initialize_distributed()
+  monkeypatch.delenv("MEDCLR_DISTRIBUTED")
+  sharding.maybe_initialize_distributed()  # a plain run: no cluster
+  assert len(calls) == 1

@@ -11,9 +11,9 @@ A fine-tuning run saves its `Preprocess` to `<workdir>/preprocess.json`.
 """
 import dataclasses
 import json
-import os
 from typing import Any, Sequence
 
+from etils import epath
 import numpy as np
 from PIL import Image
 
@@ -149,22 +149,23 @@ def build(data_cfg, sources: Sequence) -> Preprocess | None:
   return spec
 
 
-def save(workdir: str, preprocess: Preprocess) -> None:
-  """Writes `<workdir>/preprocess.json` atomically."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, FILENAME)
-  with open(path + ".tmp", "w") as f:
-    json.dump(preprocess.to_json(), f, indent=2)
-  os.replace(path + ".tmp", path)
+def save(workdir, preprocess: Preprocess) -> None:
+  """Writes `<workdir>/preprocess.json` atomically (temporary file and
+  rename); `workdir` is any epath: a local directory or gs://..."""
+  root = epath.Path(workdir)
+  root.mkdir(parents=True, exist_ok=True)
+  path = root / FILENAME
+  tmp = root / (FILENAME + ".tmp")
+  tmp.write_text(json.dumps(preprocess.to_json(), indent=2))
+  tmp.replace(path)
 
 
-def load(workdir: str, data_cfg) -> Preprocess:
+def load(workdir, data_cfg) -> Preprocess:
   """The workdir's saved `Preprocess`; runs older than it used none."""
-  path = os.path.join(workdir, FILENAME)
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / FILENAME
+  if not path.exists():
     return Preprocess(in_channels=data_cfg.in_channels)
-  with open(path) as f:
-    return Preprocess(**json.load(f))
+  return Preprocess(**json.loads(path.read_text()))
 
 
 def dataset_stats(sources: Sequence, preprocess: Preprocess) -> np.ndarray:

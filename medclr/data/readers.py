@@ -116,13 +116,17 @@ def _rescale_to_uint8(array: np.ndarray) -> np.ndarray:
   return np.round((array - low) * (255.0 / (high - low))).astype(np.uint8)
 
 
-def _check_finite(array: np.ndarray, path: pathlib.Path) -> None:
+def check_finite(array: np.ndarray, path: pathlib.Path, unit: str = "pixel",
+                 fill: str = "0") -> np.ndarray:
+  """`array`, or DataError naming `path` when it holds NaN/inf values
+  (rescaling would silently turn the image to garbage)."""
   bad = ~np.isfinite(array)
   if bad.any():
     raise DataError(
-        f"{path} has {int(bad.sum())} NaN or infinite pixel(s) (of "
-        f"{array.size}); expected finite values (replace them, e.g. with 0, "
-        "before preparing)")
+        f"{path} has {int(bad.sum())} NaN or infinite {unit}(s) (of "
+        f"{array.size}); expected finite values (replace them, e.g. with "
+        f"{fill}, before preparing)")
+  return array
 
 
 def _deep_to_uint8(array: np.ndarray) -> np.ndarray:
@@ -136,7 +140,7 @@ def _deep_to_uint8(array: np.ndarray) -> np.ndarray:
 
 def _float_to_uint8(array: np.ndarray, path: pathlib.Path) -> np.ndarray:
   """uint8 from float pixels: [0, 1] scaled by 255, else own [min, max]."""
-  _check_finite(array, path)
+  check_finite(array, path)
   if array.size and array.min() >= 0.0 and array.max() <= 1.0:
     return np.round(array.astype(np.float64) * 255.0).astype(np.uint8)
   return _rescale_to_uint8(array)
@@ -184,7 +188,7 @@ def _label_to_array(image: Image.Image, path: pathlib.Path) -> np.ndarray:
   if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
     array = np.asarray(image)
     if image.mode == "F":
-      _check_finite(array, path)
+      check_finite(array, path)
       if (array != np.round(array)).any():
         raise DataError(
             f"mask {path} holds non-integer values (e.g. "

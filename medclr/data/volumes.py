@@ -448,15 +448,9 @@ def load_volume(path: pathlib.Path | str) -> np.ndarray:
 
 
 def _finite(volume: np.ndarray, path: pathlib.Path) -> np.ndarray:
-  """`volume`, or DataError when it holds NaN/inf voxels (percentiles and
-  the uint8 slices would silently turn to garbage)."""
-  bad = ~np.isfinite(volume)
-  if bad.any():
-    raise DataError(
-        f"{path} has {int(bad.sum())} NaN or infinite voxel(s) (of "
-        f"{volume.size}); expected finite values (replace them, e.g. with the "
-        "background value, before preparing)")
-  return volume
+  """`volume`, or DataError when it holds NaN/inf voxels."""
+  return readers.check_finite(volume, path, unit="voxel",
+                              fill="the background value")
 
 
 def find_volumes(manual_dir: pathlib.Path | str) -> list[pathlib.Path]:

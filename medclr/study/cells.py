@@ -30,6 +30,50 @@ class CommandFailed(RuntimeError):
     self.message = message
 
 
+class Preempted(CommandFailed):
+  """A training command exited 0 but stopped short of its `num_steps`.
+
+  That is how a run stopped by SIGTERM ends (docs/reliability.md): it saves
+  its step, prints 'preempted (SIGTERM): ...' and exits 0 so that a
+  scheduler sees a clean stop. The study must not take it for a finished
+  run: no row is written, and the study stops.
+  """
+
+  def __init__(self, cmd, workdir, step, num_steps):
+    message = (
+        f"{workdir} stopped after step {step} of {num_steps} (preempted: "
+        "the run got SIGTERM, saved its step and exited 0); no row was "
+        "written. Run the same study command again: pretraining resumes "
+        "from its checkpoint, an unfinished fine-tuning cell starts over")
+    super().__init__(cmd, 0, message)
+    self.step = step
+    self.num_steps = num_steps
+
+
+def trained_steps(workdir):
+  """(newest checkpoint step or None, config num_steps) of a local training
+  workdir, from its `checkpoints/<step>` directories and `config.json`.
+
+  Orbax writes a step under a temporary name and renames it when complete,
+  so on a local disk a directory named by a number is a complete step
+  (`<step>.unreadable` ones, set aside, are not counted).
+  """
+  workdir = pathlib.Path(workdir)
+  num_steps = json.loads((workdir / "config.json").read_text())["num_steps"]
+  ckpt_dir = workdir / "checkpoints"
+  steps = [int(p.name) for p in ckpt_dir.iterdir()
+           if p.name.isdigit() and p.is_dir()] if ckpt_dir.is_dir() else []
+  return (max(steps) if steps else None), num_steps
+
+
+def check_finished(cmd, workdir):
+  """Raises Preempted when the training run in `workdir` (exit status 0)
+  did not reach its num_steps."""
+  step, num_steps = trained_steps(workdir)
+  if step is None or step < num_steps:
+    raise Preempted(cmd, workdir, step, num_steps)
+
+
 def _last_error(log, start):
   """The last 'error: ...' line written to `log` after byte `start`."""
   with open(log, "rb") as f:
@@ -39,11 +83,20 @@ def _last_error(log, start):
   return errors[-1][len("error:"):].strip() if errors else "see the log"
 
 
-def run(cmd, log):
+def run(cmd, log, trained=None):
   """Runs one command, streaming to the log; returns its wall time (s).
+
+  Args:
+    cmd: the command (argv list).
+    log: the study log, appended to.
+    trained: the workdir of a training command (launch.pretrain or
+      launch.finetune): after exit status 0 its newest checkpoint must be at
+      its num_steps.
 
   Raises:
     CommandFailed: the command exited non-zero (with its error line).
+    Preempted: a training command exited 0 short of its last step (a
+      SIGTERM reached it alone).
   """
   print("$", " ".join(cmd), flush=True)
   t0 = time.time()
@@ -55,6 +108,8 @@ def run(cmd, log):
                             check=False)
   if result.returncode:
     raise CommandFailed(cmd, result.returncode, _last_error(log, start))
+  if trained is not None:
+    check_finished(cmd, trained)
   return round(time.time() - t0, 1)
 
 
@@ -101,7 +156,7 @@ def finetune_and_evaluate(ft_cmd, ft_dir, log, cross=()):
     (row fields: metrics, cross metrics, labelled names, recipe, seconds;
      the commands run after fine-tuning).
   """
-  ft_s = run(ft_cmd, log)
+  ft_s = run(ft_cmd, log, trained=ft_dir)
   eval_cmd = [sys.executable, "-m", "launch.evaluate", f"--workdir={ft_dir}"]
   eval_s = run(eval_cmd, log)
   commands = [eval_cmd]

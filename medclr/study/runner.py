@@ -3,9 +3,12 @@
 Resumable: a cell whose row is already in the rows file is never recomputed,
 so a study may run in parts, on several machines, from the committed rows
 alone. A cell that was interrupted leaves no row; its workdir is removed and
-the cell starts again. Pretraining runs with the collapse guard in `stop`
-mode: an arm that stalls at chance or collapses is recorded as stopped (with
-the guard's report) and its cells are skipped, not fine-tuned.
+the cell starts again. A training child that exits 0 short of its last step
+(a SIGTERM reached it alone: docs/reliability.md) stops the study with
+`cells.Preempted` and writes no row; the next run resumes. Pretraining runs
+with the collapse guard in `stop` mode: an arm that stalls at chance or
+collapses is recorded as stopped (with the guard's report) and its cells are
+skipped, not fine-tuned.
 """
 import json
 import os
@@ -146,9 +149,10 @@ class Study:
            "sources": sources, "dir": str(pretrain_dir),
            "command": cells_lib.placeholders(cmd, self.work, self.data_dir)}
     try:
-      row.update(status="done", seconds=cells_lib.run(cmd, self.log))
+      row.update(status="done", seconds=cells_lib.run(
+          cmd, self.log, trained=pretrain_dir))
     except cells_lib.CommandFailed as e:
-      if e.returncode != EXIT_STALLED:
+      if e.returncode != EXIT_STALLED:  # a Preempted run (0) stops the study
         raise
       row.update(status="stopped", message=e.message, seconds=None)
     row["diagnostics"] = pretrain_diagnostics(pretrain_dir)
