@@ -125,7 +125,8 @@ def test_decoder_and_semi_supervised_arms_parse():
   assert grid.parse_arm("dira@large").stage_one is None
   arco = grid.parse_arm("arco")
   assert not arco.pretrained
-  assert arco.finetune_flags == ["--config.semi.mode=arco"]
+  assert arco.finetune_flags == ["--config.semi.mode=arco",
+                                 "--config.semi.rampup_steps=100"]
   with pytest.raises(ValueError, match="arco pretrains nothing"):
     grid.parse_arm("arco@large", pools)
 

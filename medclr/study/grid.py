@@ -38,7 +38,9 @@ FINETUNE_FLAGS = {
     "macl": ["--config.init.load=encoder,decoder"],
     "dira": ["--config.init.load=encoder,decoder"],
     "chaitanya_local": ["--config.init.load=encoder,decoder"],
-    "arco": ["--config.semi.mode=arco"],
+    # Ramp-up over a third of the study's 300-step cells, as in the rows of
+    # benchmarks/results/decoder_pretraining.md.
+    "arco": ["--config.semi.mode=arco", "--config.semi.rampup_steps=100"],
 }
 # Two-stage arms: the arm (on the same pool) whose checkpoint initialises
 # the second stage. The local stage starts from the study's best encoder-only
