@@ -21,6 +21,7 @@ from medclr import inference
 from medclr import metrics as seg_metrics
 from medclr import models
 from medclr import steps
+from medclr.data import pipeline
 from medclr.data import preprocess
 from medclr.data import sources as data_sources
 
@@ -201,6 +202,10 @@ def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
     save_predictions = config.eval.save_predictions
   source = data_sources.open_split(data_dir or config.data.data_dir, name,
                                    split)
+  # Test masks the model has no class for would be scored silently wrong.
+  pipeline.check_mask_classes(
+      source, [i for i in range(len(source)) if source[i]["has_mask"]],
+      config.model.num_classes, f"{name}:{split}")
   t0 = time.time()
   binary = config.model.num_classes == 1
   per_image, pooled = _predict_all(

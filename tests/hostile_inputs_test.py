@@ -26,6 +26,7 @@ import pytest
 
 from conftest import REPO_ROOT, smoke_config
 from medclr import errors
+from medclr import evaluate
 from medclr import finetune
 from medclr import pretrain
 from medclr import sharding
@@ -370,6 +371,22 @@ def test_finetuning_refuses_masks_beyond_the_model_classes(tmp_path):
   pipeline.check_mask_classes(source, [0, 1, 2], 3, "classes:train")
   with pytest.raises(DataError, match=r"num_classes=2, classes 0\.\.1"):
     pipeline.check_mask_classes(source, [0, 1, 2], 2, "classes:train")
+
+
+def test_evaluation_refuses_test_masks_beyond_the_model_classes(
+    tmp_path, phantom_data_dir):
+  workdir = tmp_path / "work"
+  finetune.train_and_evaluate(
+      smoke_config("finetune_unet", phantom_data_dir), str(workdir))
+  three = np.zeros((32, 32), np.uint8)
+  three[4:8, 4:8], three[20:24, 20:24] = 1, 2
+  _write_set(tmp_path / "data", "classes", [(three > 0).astype(np.uint8),
+                                           three])
+  with pytest.raises(DataError, match=r"classes:train: 1 labelled mask\(s\) "
+                     r"hold values beyond config\.model\.num_classes=1"):
+    evaluate.evaluate(str(workdir), dataset="classes", split="train",
+                      data_dir=str(tmp_path / "data"))
+  assert not (workdir / "eval_classes").exists()
 
 
 # ---------------------------------------------------------------------------
