@@ -14,7 +14,6 @@ from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
-import orbax.checkpoint as ocp
 
 from medclr import checkpointing
 from medclr import errors
@@ -51,17 +50,6 @@ def run_user_errors_clean(fn, *args):
     sys.exit(EXIT_STALLED if isinstance(e, errors.TrainingStalled) else 1)
 
 
-def latest_checkpoint_step(workdir):
-  """The newest complete checkpoint step of `workdir` (any epath), or None.
-
-  Read from the directory listing alone (no CheckpointManager, so no
-  barrier: process 0 may call it by itself).
-  """
-  ckpt_dir = checkpointing._ckpt_dir(workdir)  # pylint: disable=protected-access
-  steps = ocp.utils.checkpoint_steps(ckpt_dir)
-  return max(steps) if steps else None
-
-
 def print_result(what, last, workdir, num_steps):
   """Prints '<what> done: {...}' when the run trained all `num_steps`.
 
@@ -71,7 +59,7 @@ def print_result(what, last, workdir, num_steps):
   printed, so the last line says what happened. Returns whether the run
   finished.
   """
-  latest = latest_checkpoint_step(workdir)
+  latest = checkpointing.latest_complete_step(workdir)
   if latest is None or latest < num_steps:
     return False
   print(f"{what} done: {last}", flush=True)

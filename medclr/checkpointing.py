@@ -76,6 +76,17 @@ def _ckpt_dir(workdir):
   return _abs_path(workdir) / CHECKPOINT_SUBDIR
 
 
+def latest_complete_step(workdir):
+  """The newest complete checkpoint step of `workdir` (any epath), or None.
+
+  Read from the directory listing alone (no CheckpointManager, so no
+  barrier: one process may call it by itself). A step still under its
+  temporary name, or set aside as `<step>.unreadable`, does not count.
+  """
+  steps = ocp.utils.checkpoint_steps(_ckpt_dir(workdir))
+  return max(steps) if steps else None
+
+
 class Checkpointer:
   """Periodic saves, keep-last-N, resume of state + Grain iterator + config."""
 

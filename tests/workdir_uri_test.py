@@ -22,6 +22,7 @@ from PIL import Image
 import pytest
 
 from launch import runner as launch_runner
+from medclr import checkpointing
 from medclr import evaluate
 from medclr import finetune
 from medclr import metric_writer
@@ -310,7 +311,9 @@ def test_launcher_prints_done_only_for_a_finished_run(tmp_path, capsys):
   _save_steps(workdir, [2, 12])
   # A step being written (Orbax's temporary name) is not a step.
   (workdir / "checkpoints" / "40.orbax-checkpoint-tmp-1").mkdir()
-  assert launch_runner.latest_checkpoint_step(str(workdir)) == 12
+  # Nor is one set aside as unreadable (docs/reliability.md).
+  (workdir / "checkpoints" / "50.unreadable").mkdir()
+  assert checkpointing.latest_complete_step(str(workdir)) == 12
   # Preempted at 12 of 40: the loop's 'preempted' line stays the last.
   assert not launch_runner.print_result("pretraining", {"loss": 1.0},
                                         str(workdir), 40)
@@ -318,7 +321,7 @@ def test_launcher_prints_done_only_for_a_finished_run(tmp_path, capsys):
   assert launch_runner.print_result("pretraining", {"loss": 1.0},
                                     str(workdir), 12)
   assert capsys.readouterr().out == "pretraining done: {'loss': 1.0}\n"
-  assert launch_runner.latest_checkpoint_step(str(tmp_path / "none")) is None
+  assert checkpointing.latest_complete_step(str(tmp_path / "none")) is None
 
 
 def _fake_training(workdir, step, num_steps):

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+from medclr import checkpointing
 from medclr.study import grid
 from medclr.study import report
 
@@ -51,19 +52,11 @@ class Preempted(CommandFailed):
 
 
 def trained_steps(workdir):
-  """(newest checkpoint step or None, config num_steps) of a local training
-  workdir, from its `checkpoints/<step>` directories and `config.json`.
-
-  Orbax writes a step under a temporary name and renames it when complete,
-  so on a local disk a directory named by a number is a complete step
-  (`<step>.unreadable` ones, set aside, are not counted).
-  """
+  """(newest complete checkpoint step or None, config num_steps) of a local
+  training workdir, from its checkpoint listing and `config.json`."""
   workdir = pathlib.Path(workdir)
   num_steps = json.loads((workdir / "config.json").read_text())["num_steps"]
-  ckpt_dir = workdir / "checkpoints"
-  steps = [int(p.name) for p in ckpt_dir.iterdir()
-           if p.name.isdigit() and p.is_dir()] if ckpt_dir.is_dir() else []
-  return (max(steps) if steps else None), num_steps
+  return checkpointing.latest_complete_step(workdir), num_steps
 
 
 def check_finished(cmd, workdir):
