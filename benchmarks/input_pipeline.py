@@ -10,6 +10,9 @@ For each preset of `medclr.augment.PRESETS` it times, in two-view images/s
     two random resized crops per image with the preset's crop ranges,
     batching), `next()` on the iterator;
   * device: `augment.two_views` jitted on a batch already on device;
+    with --crops=device the host only ships each image fitted into a canvas
+    (`config.data.crops='device'`) and the device also cuts the two views
+    (`medclr.device_crops`) before augmenting them;
   * pipeline: both in sequence as the training loop runs them (host batch ->
     `sharding.to_global` -> device augmentation, blocking).
 `outruns_step` is pipeline images/s > the step's images/s. The step rate is
@@ -48,6 +51,9 @@ def parse_args(argv):
   parser.add_argument("--size", type=int, default=128)
   parser.add_argument("--worker_count", type=int, default=0,
                       help="Grain worker processes (config.data.worker_count)")
+  parser.add_argument("--crops", choices=("host", "device"), default="host",
+                      help="where the random resized crops are cut "
+                           "(config.data.crops)")
   parser.add_argument("--steps", type=int, default=10, help="timed batches")
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--devices", type=int, default=1)
@@ -106,34 +112,42 @@ def measure_preset(args, mesh, data_dir, sources, preset):
   """Host, device and combined two-view images/s for one preset."""
   import jax  # pylint: disable=g-import-not-at-top
   from medclr import augment  # pylint: disable=g-import-not-at-top
+  from medclr import device_crops  # pylint: disable=g-import-not-at-top
   from medclr import sharding  # pylint: disable=g-import-not-at-top
   from medclr.data import pipeline  # pylint: disable=g-import-not-at-top
 
   spec = augment.get_spec(preset)
+  canvas = (device_crops.canvas_side(args.size, spec.crop_area)
+            if args.crops == "device" else 0)
   dataset = pipeline.pretrain_dataset(
       data_dir, sources, image_size=args.size, in_channels=3,
       area=spec.crop_area, aspect=spec.crop_aspect, local_batch=args.batch,
-      seed=0, worker_count=args.worker_count)
+      seed=0, worker_count=args.worker_count, device_crops=canvas)
   iterator = iter(dataset)
   views = 2 * args.batch
   host_times = common.time_calls(lambda: next(iterator), args.steps,
                                  args.warmup)
+  crop_spec = device_crops.CropSpec(args.size, tuple(spec.crop_area),
+                                    tuple(spec.crop_aspect))
+
+  def views_fn(key, batch):
+    if canvas:
+      batch = device_crops.two_crops(jax.random.fold_in(key, 1), batch,
+                                     crop_spec)
+    return augment.two_views(key, batch["view1"], batch["view2"], spec)
 
   with jax.set_mesh(mesh):
-    augment_fn = jax.jit(
-        lambda key, v1, v2: augment.two_views(key, v1, v2, spec))
+    augment_fn = jax.jit(views_fn)
     device_batch = sharding.to_global(next(iterator), mesh)
     keys = iter(jax.random.split(jax.random.key(0),
                                  2 * (args.steps + args.warmup) + 1))
 
     def device_only():
-      jax.block_until_ready(augment_fn(next(keys), device_batch["view1"],
-                                       device_batch["view2"]))
+      jax.block_until_ready(augment_fn(next(keys), device_batch))
 
     def host_and_device():
       batch = sharding.to_global(next(iterator), mesh)
-      jax.block_until_ready(augment_fn(next(keys), batch["view1"],
-                                       batch["view2"]))
+      jax.block_until_ready(augment_fn(next(keys), batch))
 
     device_times = common.time_calls(device_only, args.steps, args.warmup)
     both_times = common.time_calls(host_and_device, args.steps, args.warmup)
@@ -141,6 +155,7 @@ def measure_preset(args, mesh, data_dir, sources, preset):
       "host_images_per_s": views / common.median(host_times),
       "device_aug_images_per_s": views / common.median(device_times),
       "pipeline_images_per_s": views / common.median(both_times),
+      "canvas": canvas or None,
   }
 
 
@@ -171,7 +186,7 @@ def main(argv=None):
   result = {
       "batch": args.batch, "size": args.size, "devices": mesh.devices.size,
       "backend": jax.default_backend(), "data": data,
-      "worker_count": args.worker_count,
+      "worker_count": args.worker_count, "crops": args.crops,
       "step_images_per_s": consumption, "step_source": source,
       "presets": presets,
       "all_outrun_step": all(p["outruns_step"] for p in presets.values()),

@@ -325,18 +325,26 @@ def cores_needed(views_per_s, per_core_views_per_s):
   return math.ceil(views_per_s / per_core_views_per_s)
 
 
-def input_rates(path=None):
-  """(preset -> measured host-side views/s of one process, record info)."""
+def input_rates(path=None, crops="host"):
+  """(preset -> measured host-side views/s of one process, record info).
+
+  `crops` picks records of `input_pipeline --crops`; host records written
+  before that flag existed have no 'crops' field.
+  """
   path = path or common.default_results_path(input_pipeline.NAME)
-  record = common.latest_record(path, benchmark=input_pipeline.NAME,
-                                batch=16, size=SIZE, worker_count=0)
+  match = {"benchmark": input_pipeline.NAME, "batch": 16, "size": SIZE,
+           "worker_count": 0}
+  record = common.latest_record(path, crops=crops, **match)
+  if record is None and crops == "host":
+    record = common.latest_record(path, crops=None, **match)
   if record is None:
     return {}, None
   rates = {name: values["host_images_per_s"]
            for name, values in record["presets"].items()}
   return rates, {"file": common.repo_relative(path),
                  "timestamp": record["timestamp"],
-                 "git_commit": record["git_commit"], "data": record["data"]}
+                 "git_commit": record["git_commit"], "data": record["data"],
+                 "load_avg": record["machine"].get("load_avg_1m_5m_15m")}
 
 
 # ---------------------------------------------------------------- report
@@ -351,8 +359,9 @@ def chip_cost(costs, chip, precision, batch):
   raise KeyError(f"no compiled cost for {chip.name} {precision} {batch}")
 
 
-def rows_for(costs, precisions, batches, rates):
-  """One projected row per (chip, precision, batch)."""
+def rows_for(costs, precisions, batches, rates, device_rates=None):
+  """One projected row per (chip, precision, batch); `device_rates` are the
+  host rates with `config.data.crops='device'`."""
   rows = []
   for key, chip in HARDWARE.items():
     for precision in precisions:
@@ -372,6 +381,9 @@ def rows_for(costs, precisions, batches, rates):
         row["host_cores_needed"] = {
             preset: cores_needed(row["host_views_per_s_needed"], rate)
             for preset, rate in rates.items()}
+        row["host_cores_needed_device_crops"] = {
+            preset: cores_needed(row["host_views_per_s_needed"], rate)
+            for preset, rate in (device_rates or {}).items()}
         rows.append(row)
   return rows
 
@@ -388,10 +400,12 @@ def table(rows, preset="simclr_strong"):
   head = ["chip", "precision", "batch/chip", "costs from", "GFLOP/step",
           "GB/step", "compute / memory ms", "step ms", "MFU",
           "views/s/chip", "views/s/host", f"host cores ({preset})",
-          "host cores (all presets)"]
+          "host cores (all presets)",
+          f"host cores, device crops ({preset})"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
     cores = r["host_cores_needed"]
+    device = r.get("host_cores_needed_device_crops", {})
     cells = [HARDWARE[r["chip"]].name, r["precision"], r["batch_per_chip"],
              r["cost_from"], f"{r['xla_flops'] / 1e9:.0f}",
              f"{r['xla_bytes_accessed'] / 1e9:.1f}",
@@ -400,7 +414,8 @@ def table(rows, preset="simclr_strong"):
              f"{r['views_per_s_per_chip']:,.0f}",
              f"{r['host_views_per_s_needed']:,.0f}",
              cores.get(preset, "-"),
-             f"{min(cores.values())}-{max(cores.values())}" if cores else "-"]
+             f"{min(cores.values())}-{max(cores.values())}" if cores else "-",
+             device.get(preset, "-")]
     lines.append("| " + " | ".join(map(str, cells)) + " |")
   return "\n".join(lines)
 
@@ -438,13 +453,21 @@ def hardware_lines():
   return "\n".join(lines)
 
 
-def markdown(rows, rates, rates_info, costs):
-  """The projection report: table, inputs and assumptions."""
-  presets = sorted(rates)
-  rate_text = ", ".join(f"{p} {rates[p]:.0f}" for p in presets)
-  source = (f"`{rates_info['file']}`, record of {rates_info['timestamp']} "
-            f"(commit {rates_info['git_commit'][:7]}, data: "
-            f"{rates_info['data']})" if rates_info else "no record found")
+def _rates_text(rates, info):
+  """'preset rate, ...' and where the record came from."""
+  text = ", ".join(f"{p} {rates[p]:.0f}" for p in sorted(rates))
+  source = (f"`{info['file']}`, record of {info['timestamp']} (commit "
+            f"{info['git_commit'][:7]}, data: {info['data']}, load average "
+            f"{info['load_avg']})" if info else "no record found")
+  return f"{text or '-'}. Source: {source}"
+
+
+def markdown(rows, host, device, costs):
+  """The projection report: table, inputs and assumptions.
+
+  `host` and `device` are (rates, record info) of `input_rates` for host
+  and device crops.
+  """
   return f"""# Projection: the canonical step on TPU v5e, TPU v4 and H100
 
 **These are projections from XLA's cost analysis, not measurements.** No
@@ -461,17 +484,21 @@ count both views (2 per image), as the other benchmarks do; "views/s/host"
 is what one host's input pipeline must deliver to keep all its chips busy.
 "host cores" is how many host cores, at the measured Grain rate per core
 (decode + random resized crops, one process each; below), deliver that, for
-SimCLR's preset and the range over all presets. The device-side
-augmentation runs inside the step on the chip and is not in the step cost
-above (preset `none`).
+SimCLR's preset and the range over all presets; "device crops" is the same
+with `config.data.crops='device'`, where the host only ships each image
+fitted into a fixed canvas and the step cuts the views. The device-side
+augmentation (and, with device crops, the crops) runs inside the step on
+the chip and is not in the step cost above (preset `none`).
 
 {table(rows)}
 
 ## Inputs
 
 Measured host-side input rate, views/s per core (one Python process,
-`worker_count=0`, `host_images_per_s` of `benchmarks/input_pipeline.py`):
-{rate_text}. Source: {source}.
+`worker_count=0`, `host_images_per_s` of `benchmarks/input_pipeline.py`),
+host crops: {_rates_text(*host)}.
+
+Device crops (`--crops=device`): {_rates_text(*device)}.
 
 {hardware_lines()}
 
@@ -502,6 +529,10 @@ Convolution operand dtypes (the bfloat16 option, `config.model.dtype`):
   core per Grain process) and scale linearly with Grain workers
   (`config.data.worker_count`); the measured rates are from DRIVE-sized
   phantom images (584 px) cropped to 128 px.
+- Device crops move bytes instead of work: each image crosses the host to
+  chip link as its uint8 canvas (480 px for SimCLR's area 0.08 at 128 px
+  views: 0.69 MB, against 0.39 MB for two float32 128 px views); neither
+  that link nor the crops' cost on the chip is in the projection.
 """
 
 
@@ -521,12 +552,16 @@ def main(argv=None):
   costs = compile_costs(["cpu"] + args.tpu, args.batches, args.precisions,
                         cache=args.costs_json)
   rates, rates_info = input_rates(args.input_results)
-  rows = rows_for(costs, args.precisions, args.batches, rates)
+  device_rates, device_info = input_rates(args.input_results, "device")
+  rows = rows_for(costs, args.precisions, args.batches, rates, device_rates)
   md_path = args.markdown or common.RESULTS_DIR / f"{NAME}.md"
   with open(md_path, "w", encoding="utf-8") as f:
-    f.write(markdown(rows, rates, rates_info, costs))
-  return [common.report(NAME, {**row, "input_views_per_s_per_core": rates,
-                               "input_source": rates_info}, args.results)
+    f.write(markdown(rows, (rates, rates_info), (device_rates, device_info),
+                     costs))
+  return [common.report(NAME, {
+      **row, "input_views_per_s_per_core": rates, "input_source": rates_info,
+      "input_views_per_s_per_core_device_crops": device_rates,
+      "input_source_device_crops": device_info}, args.results)
           for row in rows]
 
 

@@ -123,6 +123,11 @@ def shared_blocks(method, preset, in_channels):
       "image_size": 128,
       "in_channels": in_channels,
       "worker_count": 0,
+      # 'device': the host ships whole images fitted into a crop_canvas
+      # square (0: from image_size and the smallest crop area) and the step
+      # cuts the views (medclr/device_crops.py); for accelerator hosts.
+      "crops": "host",
+      "crop_canvas": 0,
       **preprocess_fields(),
   })
   config.augment = ml_collections.ConfigDict(

@@ -1,5 +1,9 @@
 """Host-side crops, run per example inside the Grain workers (numpy + Pillow).
 
+(`config.data.crops='device'` moves the pretraining crops to the device,
+`medclr/device_crops.py`; the host then only fits each image into a fixed
+canvas once, `fit_into`.)
+
 Random cropping changes array shapes, so it happens on the host where shapes
 are free; everything shape-preserving (flips, colour, blur) runs later on the
 device. All functions are deterministic given the np.random.Generator.
@@ -146,6 +150,34 @@ def random_resized_crop(image: np.ndarray, rng: np.random.Generator,
   window = sample_crop_window(image.shape[0], image.shape[1], rng, area, aspect,
                               place=place)
   return _resize_window(image, window, out_size)
+
+
+def fit_into(image: np.ndarray, size: int,
+             in_channels: int) -> tuple[np.ndarray, np.ndarray]:
+  """The image scaled to fit a size x size uint8 canvas (device crops).
+
+  The long side becomes `size` (bilinear, antialiased when shrinking), the
+  aspect ratio is kept and the canvas is zero-padded at the bottom and
+  right. Channels are converted to `in_channels` first; float images are
+  quantised to 8 bits, ample for crops that the device then augments.
+
+  Returns:
+    (uint8 (size, size, in_channels) canvas, int32 [height, width] of the
+    image inside it).
+  """
+  unit = to_float(image, in_channels)
+  height, width = unit.shape[:2]
+  scale = size / max(height, width)
+  fitted_hw = (max(1, round(height * scale)), max(1, round(width * scale)))
+  quantised = np.clip(np.round(unit * 255), 0, 255).astype(np.uint8)
+  if fitted_hw != (height, width):
+    pil = Image.fromarray(quantised[..., 0] if in_channels == 1
+                          else quantised)
+    pil = pil.resize(fitted_hw[::-1], Image.Resampling.BILINEAR)
+    quantised = np.asarray(pil).reshape(*fitted_hw, in_channels)
+  canvas = np.zeros((size, size, in_channels), np.uint8)
+  canvas[:fitted_hw[0], :fitted_hw[1]] = quantised
+  return canvas, np.array(fitted_hw, np.int32)
 
 
 def random_crop(arrays: Mapping[str, np.ndarray], rng: np.random.Generator,

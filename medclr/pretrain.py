@@ -29,6 +29,16 @@ def validate_config(config):
     raise errors.ConfigError(f"config.method={config.method!r}: known methods "
                              f"are {sorted(methods.REGISTRY)}")
   config_checks.check_common_config(config, "image_size")
+  crops = config.data.get("crops", "host")
+  if crops not in ("host", "device"):
+    raise errors.ConfigError(
+        f"config.data.crops={crops!r}: expected 'host' (Grain cuts the views)"
+        " or 'device' (the step cuts them from whole images)")
+  canvas = config.data.get("crop_canvas", 0)
+  if not isinstance(canvas, int) or canvas < 0:
+    raise errors.ConfigError(
+        f"config.data.crop_canvas={canvas!r}: expected an integer >= 0 (0: "
+        "chosen from the view size and the smallest crop area)")
 
 
 def uses_contrastive_crop(config):
@@ -52,6 +62,17 @@ def make_dataset(config, local_batch, method, boxes=None):
   method.prepare_data(config)
   # Opening the sources here raises a clear error naming a missing dataset.
   opened = data_sources.open_sources(config.data.data_dir, config.data.sources)
+  if methods.uses_device_crops(config):
+    if not method.device_crops:
+      raise errors.ConfigError(
+          f"config.data.crops='device': method {config.method!r} makes its "
+          "own host crops; device crops work with the two-view methods "
+          "(simclr, mocov2, byol, adco, dira, macl without volumes)")
+    if boxes is not None:
+      raise errors.ConfigError(
+          "config.data.crops='device' with config.crop.mode='ccrop': "
+          "ContrastiveCrop places its crops on the host; use "
+          "config.data.crops='host'")
   if boxes is None:
     return method.host_dataset(config, local_batch), opened
   if not method.contrastive_crop:

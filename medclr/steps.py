@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from medclr import augment
+from medclr import device_crops
 from medclr import ema
 from medclr import losses
 from medclr import normalize
@@ -61,6 +62,10 @@ def normalize_views(views, norm):
   return jax.tree.map(one, views)
 
 
+# fold_in tag of the device crops' keys, apart from `device_views`' stream.
+_CROP_STREAM = 0x63726F70  # "crop"
+
+
 def make_pretrain_step(graphdef, tx, lr_fn, method, seed, *, frozen=(),
                        freeze_steps=0):
   """One pretraining step for any `methods.Method`.
@@ -82,6 +87,9 @@ def make_pretrain_step(graphdef, tx, lr_fn, method, seed, *, frozen=(),
 
   def step(state, batch):
     key = jax.random.fold_in(base_key, state["step"])
+    if "extent" in batch:  # data.crops='device': the host sent whole images
+      batch = device_crops.two_crops(jax.random.fold_in(key, _CROP_STREAM),
+                                     batch, method.crop_spec())
     views = normalize_views(method.device_views(key, batch), batch.get("norm"))
 
     def loss_fn(params, batch_stats):

@@ -40,6 +40,7 @@ LAYERS = {
     "medclr.xla_defaults": UTILITIES,
     # Augmentation, data pipelines and models.
     "medclr.augment": BUILDING_BLOCKS,
+    "medclr.device_crops": BUILDING_BLOCKS,
     "medclr.distortions": BUILDING_BLOCKS,
     "medclr.data": BUILDING_BLOCKS,
     "medclr.data.fov": BUILDING_BLOCKS,

@@ -4,6 +4,8 @@ The arithmetic is checked on constructed numbers; the dtype check lowers a
 small step (widths 8,16 at 16 px, batch 2) so it compiles in seconds.
 """
 import importlib.util
+import json
+import math
 
 import jax
 import pytest
@@ -38,6 +40,35 @@ def test_projection_row_mfu_and_host_rate():
   assert row["host_views_per_s_needed"] == pytest.approx(4 * 16 / 4e-3)
   assert projection.cores_needed(16000, 130) == 124
   assert projection.cores_needed(1300, 130) == 10
+
+
+def test_input_rates_pick_host_or_device_crop_records(tmp_path):
+  path = tmp_path / "input_pipeline.jsonl"
+  base = {"benchmark": "input_pipeline", "batch": 16, "size": 128,
+          "worker_count": 0, "timestamp": "t", "git_commit": "abc1234",
+          "data": "phantom", "machine": {}}
+  records = [
+      dict(base, presets={"none": {"host_images_per_s": 700.0}}),  # no flag
+      dict(base, crops="device",
+           presets={"none": {"host_images_per_s": 9000.0}}),
+      dict(base, size=96, crops="host",
+           presets={"none": {"host_images_per_s": 1.0}}),  # other size
+  ]
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+  host, _ = projection.input_rates(path)
+  device, info = projection.input_rates(path, "device")
+  assert host == {"none": 700.0} and device == {"none": 9000.0}
+  assert info["git_commit"] == "abc1234"
+  rows = projection.rows_for(
+      {projection.cost_key("cpu", "float32", 32):
+       {"flops": 1e12, "bytes_accessed": 1e10, "conv_dtypes_lowered": {},
+        "conv_dtypes_compiled": {}}}, ["float32"], [32], host, device)
+  for row in rows:
+    need = row["host_views_per_s_needed"]
+    assert row["host_cores_needed"]["none"] == math.ceil(need / 700)
+    assert row["host_cores_needed_device_crops"]["none"] == math.ceil(
+        need / 9000)
+  assert "host cores, device crops (none)" in projection.table(rows, "none")
 
 
 def test_model_flops_match_the_protocol():

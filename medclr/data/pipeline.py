@@ -66,6 +66,27 @@ class TwoViews(grain.transforms.RandomMap):
     return views
 
 
+class FittedImage:
+  """Per-record transform for device crops: the image fitted into a fixed
+  `size` canvas (`crops.fit_into`) with its 'extent', plus 'norm' if the
+  record has it. Run once per record and cached (`CachedRecords`)."""
+
+  def __init__(self, size: int, in_channels: int, then=None):
+    self.size = size
+    self.in_channels = in_channels
+    self.then = then  # e.g. `preprocess.Preprocess.record`, run first
+
+  def __call__(self, record: dict[str, Any]) -> dict[str, np.ndarray]:
+    if self.then is not None:
+      record = self.then(record)
+    image, extent = crops.fit_into(np.asarray(record["image"]), self.size,
+                                   self.in_channels)
+    out = {"image": image, "extent": extent}
+    if "norm" in record:
+      out["norm"] = record["norm"]
+    return out
+
+
 class _PoolIndex(grain.transforms.MapWithIndex):
   """Tags a record with its position in the (concatenated) pool.
 
@@ -121,6 +142,10 @@ class _LabeledPatch(grain.transforms.RandomMap):
 # a crop, and the sets here are small (tens of images, ~1 MB each decoded), so
 # after the first epoch every read is a memory lookup.
 _CACHE_BUDGET_BYTES = 512 * 2**20
+# Device crops cache the fitted uint8 canvases (1,600 pool images at 448 px
+# are 0.96 GB); past the budget a record is decoded and fitted again on
+# every read, the host work the device mode exists to avoid.
+_DEVICE_CROPS_CACHE_BYTES = 4 * 2**30
 
 
 class CachedRecords:
@@ -236,6 +261,10 @@ def shuffled_epochs(dataset: grain.MapDataset, *, seed: int,
   return _Epochs(dataset.seed(seed), seed, per_epoch)
 
 
+def _without_pool_index(element: dict[str, Any]) -> dict[str, Any]:
+  return {k: v for k, v in element.items() if k != "pool_index"}
+
+
 def _check_process(process_index: int, process_count: int) -> None:
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, "
@@ -281,7 +310,8 @@ def pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
                      local_batch: int, seed: int, process_index: int = 0,
                      process_count: int = 1, worker_count: int = 0,
                      boxes=None, crop_alpha: float = 1.0,
-                     preprocess=None) -> grain.IterDataset:
+                     preprocess=None, device_crops: int = 0
+                     ) -> grain.IterDataset:
   """Endless batches of two random resized crops per image (masks ignored).
 
   Args:
@@ -301,21 +331,34 @@ def pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
     crop_alpha: ContrastiveCrop's Beta(alpha, alpha) centre parameter.
     preprocess: optional `preprocess.Preprocess` run once per record
       (resampling; normalisation stats shipped as 'norm').
+    device_crops: 0 for host crops; else the side of the canvas each image
+      is fitted into (`FittedImage`) for `medclr.device_crops`, which then
+      cuts the views on the device (`boxes` must be None).
 
   Returns:
-    IterDataset of dict(view1, view2), each float32 (b, S, S, C) in [0, 1],
-    and 'norm' (b, 2, C) when `preprocess` is given.
+    IterDataset of dict(view1, view2), each float32 (b, S, S, C) in [0, 1]
+    (device crops: dict(image, extent), uint8 (b, D, D, C) and int32
+    (b, 2)), and 'norm' (b, 2, C) when `preprocess` is given.
     `iter()` of it supports get_state()/set_state().
   """
   transform = preprocess.record if preprocess is not None else None
+  budget = _CACHE_BUDGET_BYTES
+  if device_crops:
+    if boxes is not None:
+      raise ValueError("device crops take no ContrastiveCrop boxes")
+    transform = FittedImage(device_crops, in_channels, then=transform)
+    budget = _DEVICE_CROPS_CACHE_BYTES
   dataset = concatenated(
-      CachedRecords(s, transform=transform)
+      CachedRecords(s, transform=transform, budget_bytes=budget)
       for s in sources_lib.open_sources(data_dir, sources))
   dataset = shuffled_epochs(
       dataset.map_with_index(_PoolIndex(len(dataset))), seed=seed,
       global_batch=local_batch * process_count, what=f"pool {sources!r}")
-  dataset = dataset.random_map(
-      TwoViews(image_size, in_channels, area, aspect, boxes, crop_alpha))
+  if device_crops:
+    dataset = dataset.map(_without_pool_index)
+  else:
+    dataset = dataset.random_map(
+        TwoViews(image_size, in_channels, area, aspect, boxes, crop_alpha))
   return batch_for_process(dataset, local_batch, process_index,
                            process_count, worker_count)
 

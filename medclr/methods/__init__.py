@@ -15,7 +15,9 @@ donation and sharding. A method only says what is special about it:
                             so its weights hand over to the U-Net by path.
   init_aux(params, stats)   non-parameter state kept in the train state and
                             checkpointed: EMA targets, queues, centres, banks.
-  device_views(key, batch)  the views from the host crops (dm-pix on device).
+  device_views(key, batch)  the views from the host crops (dm-pix on device);
+                            with `data.crops='device'` the step first cuts
+                            them from whole images (`crop_spec()`).
   loss(model, aux, views, step) -> (loss, (aux, metrics))
                             inside jit, differentiated w.r.t. the model.
   update_aux(aux, params, batch_stats, step) -> aux
@@ -26,6 +28,7 @@ import importlib
 import jax
 
 from medclr import augment
+from medclr import device_crops
 from medclr import errors
 from medclr.data import pipeline
 from medclr.data import prepare as data_prepare
@@ -54,6 +57,9 @@ class Method:
   # methods with their own host crops, DINO's multi-crop or volume slices,
   # do not).
   contrastive_crop = True
+  # Whether the views come from the shared two-view pipeline, so their crops
+  # can move onto the device (`config.data.crops='device'`).
+  device_crops = True
 
   def __init__(self, config):
     self.config = config
@@ -81,7 +87,20 @@ class Method:
         seed=config.seed, process_index=jax.process_index(),
         process_count=jax.process_count(),
         worker_count=config.data.worker_count, boxes=boxes,
-        crop_alpha=crop_alpha, preprocess=pretrain_preprocess(config))
+        crop_alpha=crop_alpha, preprocess=pretrain_preprocess(config),
+        device_crops=self.canvas_side() if uses_device_crops(config) else 0)
+
+  def crop_spec(self):
+    """The device crops' `CropSpec` (`config.data.crops='device'`)."""
+    return device_crops.CropSpec(self.config.data.image_size,
+                                 tuple(self.spec.crop_area),
+                                 tuple(self.spec.crop_aspect))
+
+  def canvas_side(self):
+    """Side of the canvas the host fits each image into for device crops."""
+    return device_crops.canvas_side(self.config.data.image_size,
+                                    self.spec.crop_area,
+                                    self.config.data.get("crop_canvas", 0))
 
   def make_model(self, rngs):
     raise NotImplementedError
@@ -100,6 +119,11 @@ class Method:
   def update_aux(self, aux, params, batch_stats, step):
     del params, batch_stats, step
     return aux
+
+
+def uses_device_crops(config):
+  """Whether `config.data.crops` moves the two-view crops onto the device."""
+  return config.data.get("crops", "host") == "device"
 
 
 def pretrain_preprocess(config):

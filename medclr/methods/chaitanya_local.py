@@ -110,6 +110,7 @@ class ChaitanyaLocal(methods.Method):
 
   name = "chaitanya_local"
   contrastive_crop = False
+  device_crops = False
 
   def __init__(self, config):
     super().__init__(config)

@@ -179,6 +179,7 @@ class DINO(methods.Method):
 
   name = "dino"
   contrastive_crop = False  # its own host crops
+  device_crops = False
 
   def __init__(self, config):
     super().__init__(config)

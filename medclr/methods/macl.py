@@ -71,6 +71,8 @@ class MACL(volume_supcon.VolumeSupCon):
   def __init__(self, config):
     super().__init__(config)
     self.volumes = bool(config.macl.volumes)
+    # 2D MACL reads the shared two-view pipeline; volumes have their own.
+    self.device_crops = not self.volumes
 
   def prepare_data(self, config):
     if self.volumes:

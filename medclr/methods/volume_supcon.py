@@ -270,6 +270,7 @@ class VolumeSupCon(methods.Method):
 
   name = "volume_supcon"
   contrastive_crop = False  # its own host crops
+  device_crops = False
 
   def __init__(self, config):
     super().__init__(config)
