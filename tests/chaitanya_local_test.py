@@ -14,6 +14,7 @@ from conftest import assert_trees_equal, finetune_from_frozen
 from conftest import resume_after_kill, saved_state, saved_subtrees
 from conftest import smoke_config
 from medclr import errors
+from medclr import methods
 from medclr import pretrain
 from medclr.methods import chaitanya_local
 
@@ -149,3 +150,20 @@ def test_finetuning_starts_from_encoder_and_trained_decoder_levels(
   assert_trees_equal(tuned["decoder"]["level1"],
                      pretrained["decoder"]["level1"])
   assert "level0" in tuned["decoder"]  # fresh, and trained from scratch
+
+
+def test_host_cuts_one_crop_the_same_as_the_first_of_two(phantom_data_dir):
+  """The local stage views one crop twice, so the host cuts only that one:
+  the same crop the two-view pipeline cuts first."""
+  from medclr.data import pipeline  # pylint: disable=g-import-not-at-top
+  config = smoke_config("pretrain_chaitanya_local", phantom_data_dir)
+  method = chaitanya_local.make(config)
+  one = next(iter(method.host_dataset(config, local_batch=2)))
+  assert set(one) - {"norm"} == {"view1"}
+  two = next(iter(pipeline.pretrain_dataset(
+      phantom_data_dir, config.data.sources,
+      image_size=config.data.image_size, in_channels=config.data.in_channels,
+      area=method.spec.crop_area, aspect=method.spec.crop_aspect,
+      local_batch=2, seed=config.seed,
+      preprocess=methods.pretrain_preprocess(config))))
+  np.testing.assert_array_equal(one["view1"], two["view1"])

@@ -16,6 +16,7 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
        "--xla_backend_optimization_level=1"]).strip()
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
 # Must run before any device use: every test sees an 8-device mesh on CPU.
 jax.config.update("jax_num_cpu_devices", 8)
@@ -278,3 +279,42 @@ def finetune_from_frozen(data_dir, pretrain_dir, workdir, parts):
   _, pretrained_step = checkpointing.saved_tree_shapes(str(pretrain_dir))
   return (saved_subtrees(pretrain_dir, pretrained_step)["params"],
           saved_subtrees(workdir, 2)["params"])
+
+
+def write_dicom_slice(path, pixels, series_uid, *, instance_number,
+                      pixel_spacing=(1.0, 1.0), orientation=None,
+                      position=None, slope=None, intercept=None):
+  """One uint16 CT slice as a DICOM file (pydicom), for the volume tests.
+
+  `orientation` / `position` (ImageOrientationPatient, ImagePositionPatient)
+  and the rescale tags are written only when given.
+  """
+  from pydicom import uid as dicom_uid  # pylint: disable=g-import-not-at-top
+  from pydicom.dataset import Dataset  # pylint: disable=g-import-not-at-top
+  from pydicom.dataset import FileMetaDataset  # pylint: disable=g-import-not-at-top
+  meta = FileMetaDataset()
+  meta.MediaStorageSOPClassUID = dicom_uid.CTImageStorage
+  meta.MediaStorageSOPInstanceUID = dicom_uid.generate_uid()
+  meta.TransferSyntaxUID = dicom_uid.ExplicitVRLittleEndian
+  ds = Dataset()
+  ds.file_meta = meta
+  ds.SOPClassUID = meta.MediaStorageSOPClassUID
+  ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+  ds.SeriesInstanceUID = series_uid
+  ds.Modality = "CT"
+  ds.Rows, ds.Columns = pixels.shape
+  ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+  ds.PixelRepresentation, ds.SamplesPerPixel = 0, 1
+  ds.PhotometricInterpretation = "MONOCHROME2"
+  ds.PixelSpacing = list(pixel_spacing)
+  ds.InstanceNumber = instance_number
+  if orientation is not None:
+    ds.ImageOrientationPatient = list(orientation)
+  if position is not None:
+    ds.ImagePositionPatient = list(position)
+  if slope is not None:
+    ds.RescaleSlope = slope
+  if intercept is not None:
+    ds.RescaleIntercept = intercept
+  ds.PixelData = np.asarray(pixels, np.uint16).tobytes()
+  ds.save_as(path, enforce_file_format=True)

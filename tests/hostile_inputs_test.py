@@ -20,11 +20,9 @@ import numpy as np
 from PIL import Image
 from PIL import ImageFile
 from pydicom import uid as dicom_uid
-from pydicom.dataset import Dataset
-from pydicom.dataset import FileMetaDataset
 import pytest
 
-from conftest import REPO_ROOT, smoke_config
+from conftest import REPO_ROOT, smoke_config, write_dicom_slice
 from medclr import errors
 from medclr import evaluate
 from medclr import finetune
@@ -521,28 +519,15 @@ def _dicom_series(folder, num_slices=4, *, z=None, orientation=None,
   z = list(z) if z is not None else [2.0 * k for k in range(num_slices)]
   for k in range(num_slices):
     rows, cols = sizes[k] if sizes else (4, 5)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = dicom_uid.CTImageStorage
-    meta.MediaStorageSOPInstanceUID = dicom_uid.generate_uid()
-    meta.TransferSyntaxUID = dicom_uid.ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.SeriesInstanceUID = series_uid
-    ds.Modality = "CT"
-    ds.Rows, ds.Columns = rows, cols
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-    ds.PixelRepresentation, ds.SamplesPerPixel = 0, 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelSpacing = [1.0, 1.0]
-    ds.InstanceNumber = numbers[k] if numbers else k + 1
+    geometry_tags = {}
     if geometry:
-      ds.ImageOrientationPatient = (orientation[k] if orientation else
-                                    [1, 0, 0, 0, 1, 0])
-      ds.ImagePositionPatient = [0.0, 0.0, z[k]]
-    ds.PixelData = np.full((rows, cols), 100 * k, np.uint16).tobytes()
-    ds.save_as(folder / f"IM{k:03d}.dcm", enforce_file_format=True)
+      geometry_tags = {"orientation": (orientation[k] if orientation else
+                                       [1, 0, 0, 0, 1, 0]),
+                       "position": [0.0, 0.0, z[k]]}
+    write_dicom_slice(folder / f"IM{k:03d}.dcm",
+                      np.full((rows, cols), 100 * k, np.uint16), series_uid,
+                      instance_number=numbers[k] if numbers else k + 1,
+                      **geometry_tags)
   return folder
 
 

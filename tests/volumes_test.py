@@ -10,11 +10,10 @@ import sys
 
 import nibabel as nib
 import numpy as np
-from pydicom.dataset import Dataset
-from pydicom.dataset import FileMetaDataset
 from pydicom import uid as dicom_uid
 import pytest
 
+from conftest import write_dicom_slice
 from medclr.data import readers
 from medclr.data import sources
 from medclr.data import volume_builder
@@ -45,32 +44,15 @@ def _write_dicom_series(folder, volume, *, series_uids=None, geometry=True,
   for k in range(z_size):
     pixels = volume[::-1, ::-1, k].T
     stored = np.round((pixels - intercept) / slope).astype(np.uint16)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = dicom_uid.CTImageStorage
-    meta.MediaStorageSOPInstanceUID = dicom_uid.generate_uid()
-    meta.TransferSyntaxUID = dicom_uid.ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.SeriesInstanceUID = series_uids[k]
-    ds.Modality = "CT"
-    ds.Rows, ds.Columns = stored.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-    ds.PixelRepresentation = 0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelSpacing = [spacing[1], spacing[0]]
+    geometry_tags = {}
     if geometry:
-      ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-      ds.ImagePositionPatient = [0.0, 0.0, 10.0 + k * spacing[2]]
-      ds.InstanceNumber = z_size - k
-    else:
-      ds.InstanceNumber = k + 1
-    ds.RescaleSlope = slope
-    ds.RescaleIntercept = intercept
-    ds.PixelData = stored.tobytes()
-    ds.save_as(folder / f"IM{z_size - k:03d}.dcm", enforce_file_format=True)
+      geometry_tags = {"orientation": [1, 0, 0, 0, 1, 0],
+                       "position": [0.0, 0.0, 10.0 + k * spacing[2]]}
+    write_dicom_slice(folder / f"IM{z_size - k:03d}.dcm", stored,
+                      series_uids[k],
+                      instance_number=z_size - k if geometry else k + 1,
+                      pixel_spacing=(spacing[1], spacing[0]), slope=slope,
+                      intercept=intercept, **geometry_tags)
   del x_size
 
 

@@ -33,12 +33,14 @@ class TwoViews(grain.transforms.RandomMap):
   """Two independent random resized crops of one image (SimCLR, host part).
 
   With a ContrastiveCrop `boxes` table that is active, each crop's centre is
-  drawn inside the image's box (`contrastive_crop.beta_place`).
+  drawn inside the image's box (`contrastive_crop.beta_place`). With
+  `num_views=1` only 'view1' is cut (the same crop as with two views).
   """
 
   def __init__(self, image_size: int, in_channels: int,
                area: tuple[float, float], aspect: tuple[float, float],
-               boxes=None, crop_alpha: float = 1.0):
+               boxes=None, crop_alpha: float = 1.0, num_views: int = 2):
+    self.keys = ("view1", "view2")[:num_views]
     self.image_size = image_size
     self.in_channels = in_channels
     self.area = tuple(area)
@@ -54,7 +56,7 @@ class TwoViews(grain.transforms.RandomMap):
       kwargs["place"] = contrastive_crop.beta_place(
           self.boxes.boxes[element["pool_index"]], self.crop_alpha)
     views = {}
-    for key in ("view1", "view2"):
+    for key in self.keys:
       # Crop the uint8 image first: resizing a small window is far cheaper
       # than converting the whole image to float, and channel conversion
       # commutes with the (linear) bilinear resize.
@@ -310,8 +312,8 @@ def pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
                      local_batch: int, seed: int, process_index: int = 0,
                      process_count: int = 1, worker_count: int = 0,
                      boxes=None, crop_alpha: float = 1.0,
-                     preprocess=None, device_crops: int = 0
-                     ) -> grain.IterDataset:
+                     preprocess=None, device_crops: int = 0,
+                     num_views: int = 2) -> grain.IterDataset:
   """Endless batches of two random resized crops per image (masks ignored).
 
   Args:
@@ -334,6 +336,7 @@ def pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
     device_crops: 0 for host crops; else the side of the canvas each image
       is fitted into (`FittedImage`) for `medclr.device_crops`, which then
       cuts the views on the device (`boxes` must be None).
+    num_views: 2, or 1 for methods that view one crop twice (host crops).
 
   Returns:
     IterDataset of dict(view1, view2), each float32 (b, S, S, C) in [0, 1]
@@ -358,7 +361,8 @@ def pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
     dataset = dataset.map(_without_pool_index)
   else:
     dataset = dataset.random_map(
-        TwoViews(image_size, in_channels, area, aspect, boxes, crop_alpha))
+        TwoViews(image_size, in_channels, area, aspect, boxes, crop_alpha,
+                 num_views))
   return batch_for_process(dataset, local_batch, process_index,
                            process_count, worker_count)
 

@@ -60,6 +60,8 @@ class Method:
   # Whether the views come from the shared two-view pipeline, so their crops
   # can move onto the device (`config.data.crops='device'`).
   device_crops = True
+  # Host crops per image: 1 for methods that view one crop twice.
+  host_views = 2
 
   def __init__(self, config):
     self.config = config
@@ -88,7 +90,8 @@ class Method:
         process_count=jax.process_count(),
         worker_count=config.data.worker_count, boxes=boxes,
         crop_alpha=crop_alpha, preprocess=pretrain_preprocess(config),
-        device_crops=self.canvas_side() if uses_device_crops(config) else 0)
+        device_crops=self.canvas_side() if uses_device_crops(config) else 0,
+        num_views=self.host_views)
 
   def crop_spec(self):
     """The device crops' `CropSpec` (`config.data.crops='device'`)."""

@@ -111,6 +111,7 @@ class ChaitanyaLocal(methods.Method):
   name = "chaitanya_local"
   contrastive_crop = False
   device_crops = False
+  host_views = 1  # one crop, seen twice (intensity-only views)
 
   def __init__(self, config):
     super().__init__(config)
