@@ -35,6 +35,9 @@ _ESTIMATE_FOV = flags.DEFINE_bool(
     "estimate_fov", True,
     "Images without an FOV mask (folder sets without fov/, hrf, unlabeled): "
     "estimate the field of view (medclr.data.fov); false: the whole frame.")
+_TEST_SLICES = flags.DEFINE_integer(
+    "test_slices", 0, "isbi2012: hold out the last N labelled sections as a "
+    "labelled 'test' split.")
 _NUM_TRAIN = flags.DEFINE_integer("num_train", 24, "phantom: train images.")
 _NUM_TEST = flags.DEFINE_integer("num_test", 8, "phantom: test images.")
 _SIZE = flags.DEFINE_integer("size", 128, "phantom: image side in pixels.")
@@ -51,7 +54,7 @@ def main(argv):
       _DATASET.value, _MANUAL_DIR.value,
       _DATA_DIR.value or sources.default_data_dir(), name=_NAME.value,
       long_side=_LONG_SIDE.value, overwrite=_OVERWRITE.value,
-      estimate_fov=_ESTIMATE_FOV.value,
+      estimate_fov=_ESTIMATE_FOV.value, test_slices=_TEST_SLICES.value,
       **(phantom_kwargs if _DATASET.value == "phantom" else {})))
 
 

@@ -24,7 +24,8 @@ _SHARED = flags.DEFINE_string(
     "folder holding drive/, stare/, hrf_unlabeled/, fundus_pool/")
 _RESULTS = flags.DEFINE_string(
     "results", None, "rows file (.jsonl; the report goes beside it as .md); "
-    "default benchmarks/results/study_<profile>.jsonl")
+    "default benchmarks/results/<config.results_name>.jsonl, else "
+    "study_<profile>.jsonl")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -32,8 +33,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
+  name = config.get("results_name") or f"study_{config.profile}"
   results = pathlib.Path(_RESULTS.value or cells.REPO / "benchmarks" /
-                         "results" / f"study_{config.profile}.jsonl")
+                         "results" / f"{name}.jsonl")
   try:
     runner.run_study(config, _WORKDIR.value, _SHARED.value, results)
   except (ValueError, FileNotFoundError, cells.CommandFailed) as e:

@@ -73,6 +73,51 @@ class TestPhantom:
 
 
 # ---------------------------------------------------------------------------
+# ISBI 2012 with held-out sections.
+
+
+def _isbi_layout(root, stems):
+  """train/{image,label}/<stem>.png; section k is filled with k, its label
+  marks membrane (0) on its first k columns."""
+  for k, stem in enumerate(stems):
+    _save(root / "train/image" / f"{stem}.png", np.full((6, 8), k, np.uint8))
+    label = np.full((6, 8), 255, np.uint8)
+    label[:, :k] = 0
+    _save(root / "train/label" / f"{stem}.png", label)
+    _save(root / "test/image" / f"{stem}.png", np.zeros((6, 8), np.uint8))
+  return root
+
+
+def test_isbi2012_holds_out_the_last_sections_in_natural_order(tmp_path):
+  # Natural order 0, 1, 2, 10, 11; a plain string sort would put '2' last.
+  root = _isbi_layout(tmp_path / "em", ["0", "1", "2", "10", "11"])
+  train = readers.read_isbi2012(root, "train", test_slices=2)
+  test = readers.read_isbi2012(root, "test", test_slices=2)
+  assert [e["image"][0, 0, 0] for e in train] == [0, 1, 2]
+  assert [e["image"][0, 0, 0] for e in test] == [3, 4]
+  # Membrane (label 0) is class 1.
+  assert [int(e["mask"].sum()) for e in test] == [3 * 6, 4 * 6]
+  assert len(readers.read_isbi2012(root, "train")) == 5  # default: all
+  with pytest.raises(readers.DataError, match="needs test_slices > 0"):
+    readers.read_isbi2012(root, "test")
+  with pytest.raises(readers.DataError, match=r"test_slices=5: .* has 5 "
+                     r"labelled sections; expected 1 to 4"):
+    readers.read_isbi2012(root, "train", test_slices=5)
+
+
+def test_prepare_writes_isbi_test_split_and_refuses_it_elsewhere(tmp_path):
+  root = _isbi_layout(tmp_path / "em", ["0", "1", "2", "10", "11"])
+  data_dir = tmp_path / "data"
+  prepare_lib.prepare("isbi2012", root, data_dir, name="em", test_slices=2)
+  assert [len(sources.open_split(data_dir, "em", split))
+          for split in ("train", "test", "unlabeled")] == [3, 2, 5]
+  with pytest.raises(readers.DataError, match="--test_slices=2 only applies "
+                     "to --dataset=isbi2012"):
+    prepare_lib.prepare("hrf", root, data_dir, name="h", test_slices=2)
+  assert not (data_dir / "medclr2d" / "h").exists()
+
+
+# ---------------------------------------------------------------------------
 # Folder reader.
 
 

@@ -237,3 +237,34 @@ def test_best_arm_waits_for_every_other_arm(tmp_path):
   write(_cell("scratch", 2, 0, 0.7),
         _cell("simclr_basic_medical@large", 2, 0, 0.8))
   assert study.resolved_arms()[-1].name == "simclr_basic_medical@small"
+
+
+def test_em_study_prepares_its_pool_and_held_out_split(shared_data, tmp_path):
+  """configs/study_em.py through the runner's own prepare step, on the real
+  ISBI 2012 stacks: the unlabelled test stack becomes the volume pool, the
+  labelled stack 20 training and 10 test sections; no labelled section is
+  in the pool."""
+  from configs import study_em  # pylint: disable=g-import-not-at-top
+  from medclr.data import sources  # pylint: disable=g-import-not-at-top
+  from medclr.study import runner  # pylint: disable=g-import-not-at-top
+  config = study_em.get_config("quick")
+  arms = grid.parse_arms(config.arms, config.pools)
+  assert [a.name for a in arms] == ["scratch", "macl_volumes@em"]
+  command = grid.pretrain_command(arms[1], "quick", "/w/p", "/d",
+                                  config.pools["em"])
+  assert "--config=configs/pretrain_macl.py:quick," in command
+  assert "--config.data.sources=isbi_em_stack:train" in command
+  data_dir = tmp_path / "data"
+  runner.prepare_data(config, shared_data, data_dir, tmp_path / "log")
+  sizes = {split: len(sources.open_split(data_dir, "isbi_em", split))
+           for split in ("train", "test")}
+  assert sizes == {"train": 20, "test": 10}
+  pool = sources.open_split(data_dir, "isbi_em_stack", "train")
+  assert len(pool) == 30
+  # The pool comes from the unlabelled stack only (its slices are
+  # renormalised, so compare the commands the runner ran, not pixels).
+  volume_lines = [line for line in (tmp_path / "log").read_text().splitlines()
+                  if "launch.prepare_volumes" in line]
+  assert len(volume_lines) == 1
+  assert volume_lines[0].endswith(
+      f"--manual_dir={shared_data / 'isbi2012_em' / 'test' / 'image'}")

@@ -30,8 +30,8 @@ def _default_long_side(dataset: str) -> int | None:
 
 def _read_all(
     dataset: str, manual_dir: pathlib.Path | None, long_side: int | None,
-    phantom_kwargs: dict[str, Any],
-    default_fov=None) -> dict[str, list[readers.Example]]:
+    phantom_kwargs: dict[str, Any], default_fov=None,
+    test_slices: int = 0) -> dict[str, list[readers.Example]]:
   """Reads every split of `dataset` into memory (see `prepare`)."""
   if dataset == "phantom":
     options = {**PHANTOM_DEFAULTS, **phantom_kwargs}
@@ -50,6 +50,10 @@ def _read_all(
   if dataset in ("hrf", "unlabeled"):
     return {"train": readers.read_unlabeled(manual_dir, "train", long_side,
                                             default_fov=default_fov)}
+  if test_slices:  # isbi2012 only (`_check_arguments`)
+    return {split: readers.read_isbi2012(manual_dir, split, long_side,
+                                         test_slices=test_slices)
+            for split in ("train", "test", "unlabeled")}
   reader = readers.NAMED_READERS[dataset]
   return {
       split: reader(manual_dir, split, long_side=long_side)
@@ -115,7 +119,8 @@ def _check_arguments(dataset, manual_dir, name, phantom_kwargs, long_side):
 def prepare(dataset: str, manual_dir: pathlib.Path | str | None,
             data_dir: pathlib.Path | str, name: str | None = None,
             long_side: int | None = None, overwrite: bool = False,
-            estimate_fov: bool = True, **phantom_kwargs) -> pathlib.Path:
+            estimate_fov: bool = True, test_slices: int = 0,
+            **phantom_kwargs) -> pathlib.Path:
   """Reads, validates and writes one dataset; prints a short summary.
 
   Args:
@@ -134,6 +139,8 @@ def prepare(dataset: str, manual_dir: pathlib.Path | str | None,
     estimate_fov: for images without an FOV file ('folder' without `fov/`,
       'hrf', 'unlabeled'), estimate the field of view (`medclr.data.fov`);
       False takes the whole frame.
+    test_slices: 'isbi2012' only: hold out the last n labelled sections as
+      a labelled 'test' split (the challenge's test labels are not public).
     **phantom_kwargs: for 'phantom' only: num_train, num_test, size, seed.
 
   Returns:
@@ -144,6 +151,9 @@ def prepare(dataset: str, manual_dir: pathlib.Path | str | None,
   """
   name, manual_dir = _check_arguments(dataset, manual_dir, name,
                                      phantom_kwargs, long_side)
+  if test_slices and dataset != "isbi2012":
+    raise readers.DataError(
+        f"--test_slices={test_slices} only applies to --dataset=isbi2012")
   path = tfds_builder.dataset_dir(data_dir, name)
   if tfds_builder.dataset_exists(data_dir, name) and not overwrite:
     print(f"dataset {name!r} already prepared at {path}; nothing to do "
@@ -153,7 +163,8 @@ def prepare(dataset: str, manual_dir: pathlib.Path | str | None,
     long_side = _default_long_side(dataset)
   examples_by_split = _read_all(
       dataset, manual_dir, long_side or None, phantom_kwargs,
-      default_fov=fov_lib.estimate_fov if estimate_fov else None)
+      default_fov=fov_lib.estimate_fov if estimate_fov else None,
+      test_slices=test_slices)
   description = _DESCRIPTIONS.get(dataset, f"user folder set from {manual_dir}")
   path = tfds_builder.write_dataset(data_dir, name, examples_by_split,
                                     description, overwrite=overwrite)

@@ -35,6 +35,7 @@ Masks (`load_mask`) hold 0/255 or 0/1 binary values or class indices
 refused with the file named, since no rule recovers class indices from them.
 """
 import pathlib
+import re
 from typing import Callable, TypedDict
 
 import numpy as np
@@ -601,13 +602,24 @@ def read_hrf(root: pathlib.Path | str, split: str = "train",
   return read_unlabeled(root, split, long_side, default_fov)
 
 
+def natural_key(name: str) -> list:
+  """Sort key that orders digit runs by value: 's2' before 's10'."""
+  return [(0, int(t), "") if t.isdigit() else (1, 0, t)
+          for t in re.split(r"(\d+)", name)]
+
+
 def read_isbi2012(root: pathlib.Path | str, split: str,
-                  long_side: int | None = None) -> list[Example]:
+                  long_side: int | None = None,
+                  test_slices: int = 0) -> list[Example]:
   """ISBI 2012 EM membranes (Cardona et al. 2010), PNG slices.
 
   Layout: train/image/N.png + train/label/N.png (255 = cell interior,
   0 = membrane), test/image/N.png unlabelled. Split 'train' has masks with
-  membrane = 1; split 'unlabeled' holds the test images without masks.
+  membrane = 1; split 'unlabeled' holds the test images without masks. The
+  challenge's test labels are not public, so with `test_slices` = n > 0 the
+  last n labelled sections become split 'test' and 'train' keeps the others
+  (a contiguous block: neighbouring sections look alike, so only the one
+  boundary pair is adjacent across the splits).
   """
   base = pathlib.Path(root)
   if split == "unlabeled":
@@ -615,14 +627,25 @@ def read_isbi2012(root: pathlib.Path | str, split: str,
     return [
         load_example(images[s], long_side=long_side) for s in sorted(images)
     ]
-  if split != "train":
+  splits = ("train", "test", "unlabeled") if test_slices else (
+      "train", "unlabeled")
+  if split not in splits:
     raise DataError(
-        f"ISBI 2012 has splits ['train', 'unlabeled'], not {split!r}")
+        f"ISBI 2012 has splits {list(splits)}, not {split!r}"
+        + ("" if test_slices else " (a 'test' split needs test_slices > 0)"))
   images = list_images(base / "train" / "image")
   labels = list_images(base / "train" / "label")
   _match(images, labels, base / "train" / "label", "label")
+  stems = sorted(images, key=natural_key)
+  if test_slices:
+    if not 0 < test_slices < len(stems):
+      raise DataError(
+          f"test_slices={test_slices}: {base / 'train'} has {len(stems)} "
+          f"labelled sections; expected 1 to {len(stems) - 1}")
+    stems = (stems[-test_slices:] if split == "test" else
+             stems[:-test_slices])
   examples = []
-  for stem in sorted(images):
+  for stem in stems:
     example = load_example(images[stem], labels[stem], long_side=long_side,
                            binary_mask=True)
     # load_binary marks cell interior (255) as 1; the target is the membrane.

@@ -29,7 +29,6 @@ changes with the slice position (the smoke and CPU profiles train on them; no
 download needed), and `write_nifti` saves volumes as .nii.gz files.
 """
 import dataclasses
-import re
 import pathlib
 from typing import TypedDict
 
@@ -383,9 +382,7 @@ def stack_files(folder: pathlib.Path) -> list[pathlib.Path]:
   """The 2D image files directly in `folder`, in natural order (2 < 10)."""
   files = [p for p in folder.iterdir()
            if p.is_file() and p.name.lower().endswith(STACK_SUFFIXES)]
-  return sorted(files, key=lambda p: [
-      (0, int(t), "") if t.isdigit() else (1, 0, t)
-      for t in re.split(r"(\d+)", p.stem)])
+  return sorted(files, key=lambda p: readers.natural_key(p.stem))
 
 
 def read_image_stack(folder: pathlib.Path) -> np.ndarray:

@@ -27,6 +27,9 @@ NAMED_ARMS = {
     # Decoder pretraining (issue 11). MACL on a 2D pool: positives are the
     # other view only (docs/methods/macl.md).
     "macl": ("macl", "volumes=0", []),
+    # MACL with PCL's slice-position positives, on a real volume pool (the
+    # ISBI 2012 EM stack, configs/study_em.py).
+    "macl_volumes": ("macl", "", []),
     "dira": ("dira", "", []),
     # The decoder stage; its encoder comes from STAGE_ONE's arm.
     "chaitanya_local": ("chaitanya_local", "", []),
@@ -36,6 +39,7 @@ NAMED_ARMS = {
 # pretraining with ARCO's semi-supervised fine-tuning (docs/methods/arco.md).
 FINETUNE_FLAGS = {
     "macl": ["--config.init.load=encoder,decoder"],
+    "macl_volumes": ["--config.init.load=encoder,decoder"],
     "dira": ["--config.init.load=encoder,decoder"],
     "chaitanya_local": ["--config.init.load=encoder,decoder"],
     # Ramp-up over a third of the study's 300-step cells, as in the rows of

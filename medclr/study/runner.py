@@ -31,6 +31,17 @@ KNOWN_SETS = {
     # 540 px) for the pretraining pool; its test images never enter a pool.
     "stare584": ("--dataset=folder --name=stare584 --long_side=584", "stare"),
     "phantom": ("--dataset=phantom", None),
+    # ISBI 2012 EM: 20 labelled sections to fine-tune on, the last 10 to
+    # test on (the challenge's test labels are not public).
+    "isbi_em": ("--dataset=isbi2012 --name=isbi_em --test_slices=10",
+                "isbi2012_em"),
+}
+# Volume sets, written by launch.prepare_volumes: the challenge's 30
+# unlabelled test sections, one serial-section volume at native size (a
+# separate stack from the labelled one, so nothing labelled enters the pool).
+VOLUME_SETS = {
+    "isbi_em_stack": ("--name=isbi_em_stack --size=0",
+                      "isbi2012_em/test/image"),
 }
 # launch.runner.EXIT_STALLED: the guard stopped the run (not a failure).
 EXIT_STALLED = 3
@@ -49,17 +60,21 @@ def prepare_data(config, shared, data_dir, log):
   for sources in config.pools.values():
     names |= pool_sets(sources)
   for name in sorted(names):
-    if name not in KNOWN_SETS:
+    if name in VOLUME_SETS:
+      module, (flags, folder) = "launch.prepare_volumes", VOLUME_SETS[name]
+    elif name in KNOWN_SETS:
+      module, (flags, folder) = "launch.prepare", KNOWN_SETS[name]
+    else:
       raise ValueError(f"study set {name!r} is unknown; known: "
-                       f"{sorted(KNOWN_SETS)}")
-    flags, folder = KNOWN_SETS[name]
-    cmd = [cells_lib.sys.executable, "-m", "launch.prepare", *flags.split(),
+                       f"{sorted({**KNOWN_SETS, **VOLUME_SETS})}")
+    cmd = [cells_lib.sys.executable, "-m", module, *flags.split(),
            f"--data_dir={data_dir}"]
     if folder:
       if not (shared / folder).is_dir():
         raise FileNotFoundError(
             f"{shared / folder} not found: pass --shared_data=DIR (the folder "
-            "holding drive/, stare/, hrf_unlabeled/, fundus_pool/)")
+            "holding drive/, stare/, hrf_unlabeled/, fundus_pool/, "
+            "isbi2012_em/)")
       cmd.append(f"--manual_dir={shared / folder}")
     cells_lib.run(cmd, log)
 
