@@ -22,22 +22,19 @@ _MANUAL_DIR = flags.DEFINE_string(
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, f"Where prepared sets live; default "
     f"${sources.DATA_DIR_ENV} or ~/medclr_data.")
-_NAME = flags.DEFINE_string(
-    "name", None,
-    "Name to store the set under (required for folder and unlabeled).")
+_NAME = flags.DEFINE_string("name", None, "Name to store the set under "
+                            "(required for folder and unlabeled).")
 _LONG_SIDE = flags.DEFINE_integer(
     "long_side", None,
     "Downscale so max(H, W) equals this; default 584 for hrf, none otherwise; "
     "0 keeps the original size.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False,
-                               "Replace the set if it already exists.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing set.")
 _ESTIMATE_FOV = flags.DEFINE_bool(
     "estimate_fov", True,
     "Images without an FOV mask (folder sets without fov/, hrf, unlabeled): "
     "estimate the field of view (medclr.data.fov); false: the whole frame.")
-_TEST_SLICES = flags.DEFINE_integer(
-    "test_slices", 0, "isbi2012: hold out the last N labelled sections as a "
-    "labelled 'test' split.")
+_TEST_SLICES = flags.DEFINE_integer("test_slices", 0, "isbi2012: the last N "
+                                    "labelled sections become split 'test'.")
 _NUM_TRAIN = flags.DEFINE_integer("num_train", 24, "phantom: train images.")
 _NUM_TEST = flags.DEFINE_integer("num_test", 8, "phantom: test images.")
 _SIZE = flags.DEFINE_integer("size", 128, "phantom: image side in pixels.")

@@ -103,6 +103,7 @@ LAYERS = {
     "configs.pretrain_pcl": LOOPS,
     "configs.pretrain_simclr": LOOPS,
     "configs.study_drive": LOOPS,
+    "configs.study_em": LOOPS,
     # Command-line entry points.
     "launch": LAUNCHERS,
     "launch.evaluate": LAUNCHERS,
