@@ -48,11 +48,12 @@ def canvas_side(view_size, area, requested=0):
   `requested` > 0 is used as given. The default (0) is the smallest multiple
   of 32 at which the smallest window (area[0] of the image) still spans
   `view_size` canvas pixels, so no view is upsampled from a canvas coarser
-  than the view: 128 px views with SimCLR's area 0.08 give 480.
+  than the view: 128 px views with SimCLR's area 0.08 give 480. Areas below
+  0.01 count as 0.01 (at most 10 views wide).
   """
   if requested:
     return int(requested)
-  side = view_size / math.sqrt(area[0])
+  side = view_size / math.sqrt(max(area[0], 0.01))
   return int(math.ceil(side / 32) * 32)
 
 
