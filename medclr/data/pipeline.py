@@ -263,10 +263,6 @@ def shuffled_epochs(dataset: grain.MapDataset, *, seed: int,
   return _Epochs(dataset.seed(seed), seed, per_epoch)
 
 
-def _without_pool_index(element: dict[str, Any]) -> dict[str, Any]:
-  return {k: v for k, v in element.items() if k != "pool_index"}
-
-
 def _check_process(process_index: int, process_count: int) -> None:
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, "
@@ -354,12 +350,12 @@ def pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
   dataset = concatenated(
       CachedRecords(s, transform=transform, budget_bytes=budget)
       for s in sources_lib.open_sources(data_dir, sources))
+  if boxes is not None:  # ContrastiveCrop reads each image's box by index
+    dataset = dataset.map_with_index(_PoolIndex(len(dataset)))
   dataset = shuffled_epochs(
-      dataset.map_with_index(_PoolIndex(len(dataset))), seed=seed,
-      global_batch=local_batch * process_count, what=f"pool {sources!r}")
-  if device_crops:
-    dataset = dataset.map(_without_pool_index)
-  else:
+      dataset, seed=seed, global_batch=local_batch * process_count,
+      what=f"pool {sources!r}")
+  if not device_crops:
     dataset = dataset.random_map(
         TwoViews(image_size, in_channels, area, aspect, boxes, crop_alpha,
                  num_views))
