@@ -97,16 +97,22 @@ def contrastive_crop_controller(config, graphdef, dataset, opened, table,
                                      table, writer)
 
 
+def probe_set_of(config):
+  """The probe patches of `config.probe`, normalised like the pool, or None."""
+  return probe.build_probe_set(
+      config.probe, config.data.data_dir, config.data.image_size,
+      methods.pretrain_preprocess(config) or preprocess.from_config(
+          config.data))
+
+
 def make_probe(config, graphdef):
   """The online vessel/background probe of `config.probe`, or None."""
   if not config.probe.dataset:
     return None
-  probe_set = probe.build_probe_set(
-      config.probe, config.data.data_dir, config.data.image_size,
-      methods.pretrain_preprocess(config) or preprocess.from_config(
-          config.data))
+  probe_set = probe_set_of(config)
   return probe.OnlineProbe(
-      probe.make_probe_fn(graphdef, probe_set, config.probe.k),
+      probe.make_probe_fn(graphdef, probe_set, config.probe.kind,
+                         config.probe.k),
       config.probe.every)
 
 

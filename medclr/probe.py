@@ -2,12 +2,13 @@
 
 Pixels of fixed patches of a few labelled training images are embedded by
 the encoder as hypercolumns (each level's feature vector at the pixel,
-L2-normalised per level, concatenated). A k-nearest-neighbour classifier
-(cosine similarity, majority vote) fitted on the pixels of half the images
+L2-normalised per level, concatenated). A closed-form ridge-regression
+linear probe (or a cosine k-NN vote) fitted on the pixels of half the images
 labels the pixels of the other half; `probe_accuracy` is its balanced
 accuracy (0.5 is chance). Pixels are drawn half vessel, half background,
 inside the FOV, from the labelled (training) split only: never a test image.
-A k-NN needs no training, so the number depends on the features alone.
+Neither probe has a training loop, so the number depends on the features
+alone.
 """
 import dataclasses
 
@@ -124,19 +125,48 @@ def knn_balanced_accuracy(fit_x, fit_y, query_x, query_y, k):
   query_x = query_x / jnp.linalg.norm(query_x, axis=-1, keepdims=True)
   _, nearest = jax.lax.top_k(query_x @ fit_x.T, k)
   votes = jnp.mean(fit_y[nearest].astype(jnp.float32), axis=-1)
-  predicted = (votes > 0.5).astype(jnp.int32)
-  recalls = [jnp.sum((predicted == c) & (query_y == c)) /
-             jnp.maximum(jnp.sum(query_y == c), 1) for c in (0, 1)]
+  return _balanced_accuracy((votes > 0.5).astype(jnp.int32), query_y)
+
+
+def _balanced_accuracy(predicted, labels):
+  recalls = [jnp.sum((predicted == c) & (labels == c)) /
+             jnp.maximum(jnp.sum(labels == c), 1) for c in (0, 1)]
   return (recalls[0] + recalls[1]) / 2
 
 
-def make_probe_fn(graphdef, probe_set, k):
+def ridge_balanced_accuracy(fit_x, fit_y, query_x, query_y, l2=1.0):
+  """Balanced accuracy of a ridge-regression linear probe (binary labels).
+
+  Features are standardised with the fit pixels' statistics, targets are
+  -1/+1, and the closed-form solution needs no training loop, so the number
+  depends on the features alone. `l2` is per fit pixel (scaled by their
+  count), so it means the same at any probe size.
+  """
+  mean = jnp.mean(fit_x, axis=0)
+  scale = jnp.std(fit_x, axis=0) + 1e-6
+  fit_x = (fit_x - mean) / scale
+  query_x = (query_x - mean) / scale
+  target = 2.0 * fit_y.astype(jnp.float32) - 1.0
+  gram = fit_x.T @ fit_x + l2 * fit_x.shape[0] * jnp.eye(fit_x.shape[1])
+  weights = jnp.linalg.solve(gram, fit_x.T @ (target - jnp.mean(target)))
+  scores = query_x @ weights + jnp.mean(target)
+  return _balanced_accuracy((scores > 0).astype(jnp.int32), query_y)
+
+
+PROBE_KINDS = ("linear", "knn")
+
+
+def make_probe_fn(graphdef, probe_set, kind="linear", k=10):
   """Jitted (params, batch_stats) -> probe balanced accuracy.
 
-  BatchNorm normalises with the probe patches' own batch statistics: the
-  running averages are still near their initial values early in a run, and
-  the copy the statistics update is thrown away.
+  `kind` 'linear' is the ridge probe, 'knn' the k-NN vote over `k`
+  neighbours. BatchNorm normalises with the probe patches' own batch
+  statistics: the running averages are still near their initial values
+  early in a run, and the copy the statistics update is thrown away.
   """
+  if kind not in PROBE_KINDS:
+    raise errors.ConfigError(
+        f"config.probe.kind={kind!r}: expected one of {PROBE_KINDS}")
   fit = np.flatnonzero(probe_set.fit)
   query = np.flatnonzero(~probe_set.fit)
   patches = jnp.asarray(probe_set.patches)
@@ -148,9 +178,11 @@ def make_probe_fn(graphdef, probe_set, k):
     model = nnx.merge(graphdef, params, batch_stats)
     columns = hypercolumns(model.encoder(patches, train=True), coords)
     width = columns.shape[-1]
-    return knn_balanced_accuracy(
-        columns[fit].reshape(-1, width), labels[fit].reshape(-1),
-        columns[query].reshape(-1, width), labels[query].reshape(-1), k)
+    args = (columns[fit].reshape(-1, width), labels[fit].reshape(-1),
+            columns[query].reshape(-1, width), labels[query].reshape(-1))
+    if kind == "knn":
+      return knn_balanced_accuracy(*args, k)
+    return ridge_balanced_accuracy(*args)
 
   return probe
 

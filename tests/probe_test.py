@@ -38,6 +38,37 @@ def test_knn_matches_a_plain_loop():
   assert float(got) == pytest.approx(want)
 
 
+def _numpy_ridge_balanced_accuracy(fit_x, fit_y, query_x, query_y, l2):
+  # Ridge as least squares on rows augmented with sqrt(l2 * n) * I.
+  mean, scale = fit_x.mean(0), fit_x.std(0) + 1e-6
+  fit_x, query_x = (fit_x - mean) / scale, (query_x - mean) / scale
+  target = 2.0 * fit_y - 1.0
+  n, d = fit_x.shape
+  rows = np.concatenate([fit_x, np.sqrt(l2 * n) * np.eye(d)])
+  wanted = np.concatenate([target - target.mean(), np.zeros(d)])
+  weights = np.linalg.lstsq(rows, wanted, rcond=None)[0]
+  predicted = (query_x @ weights + target.mean() > 0).astype(int)
+  return np.mean([np.mean(predicted[query_y == c] == c) for c in (0, 1)])
+
+
+@pytest.mark.parametrize("l2", [1e-3, 1.0])
+def test_ridge_probe_matches_least_squares(l2):
+  rng = np.random.default_rng(1)
+  fit_y = rng.integers(0, 2, 80)
+  query_y = rng.integers(0, 2, 50)
+  # Only the first of 6 features carries the class, with unequal scales.
+  scales = np.array([1.0, 5.0, 0.1, 1.0, 2.0, 1.0])
+  signal = 1.2 * np.eye(6)[0]
+  fit_x = (rng.normal(size=(80, 6)) + signal * fit_y[:, None]) * scales
+  query_x = (rng.normal(size=(50, 6)) + signal * query_y[:, None]) * scales
+  got = probe.ridge_balanced_accuracy(
+      jnp.asarray(fit_x, jnp.float32), jnp.asarray(fit_y),
+      jnp.asarray(query_x, jnp.float32), jnp.asarray(query_y), l2)
+  want = _numpy_ridge_balanced_accuracy(fit_x, fit_y, query_x, query_y, l2)
+  assert 0.6 < want < 1.0
+  assert float(got) == pytest.approx(want)
+
+
 def test_hypercolumns_read_every_level_at_the_pixel():
   # Level i holds the value 10 * i + row // 2**i at every column.
   maps = [jnp.broadcast_to((10 * i + jnp.arange(8 // 2 ** i))[None, :, None,
@@ -69,9 +100,12 @@ def test_probe_set_is_balanced_inside_the_fov_and_from_the_split(
   config = smoke_config("pretrain_simclr", phantom_data_dir)
   model = methods.get_method(config).make_model(nnx.Rngs(0))
   graphdef, params, batch_stats = nnx.split(model, nnx.Param, ...)
-  accuracy = probe.make_probe_fn(graphdef, probe_set, 5)(
-      nnx.to_pure_dict(params), nnx.to_pure_dict(batch_stats))
-  assert 0.0 <= float(accuracy) <= 1.0
+  for kind in probe.PROBE_KINDS:
+    accuracy = probe.make_probe_fn(graphdef, probe_set, kind, 5)(
+        nnx.to_pure_dict(params), nnx.to_pure_dict(batch_stats))
+    assert 0.0 <= float(accuracy) <= 1.0
+  with pytest.raises(errors.ConfigError, match="config.probe.kind='svm'"):
+    probe.make_probe_fn(graphdef, probe_set, "svm")
   with pytest.raises(errors.ConfigError, match="num_images=1"):
     probe.build_probe_set(ml_collections.ConfigDict(dict(cfg, num_images=1)),
                           phantom_data_dir, 32, spec)
