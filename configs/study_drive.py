@@ -60,6 +60,10 @@ def get_config(arg="quick"):
   config.seeds = "0,1,2"
   config.all_seeds_k = "1,2"
   config.pretrain_overrides = ""
+  # Arms of another rows file beside this one shown in the report and
+  # compared with (e.g. the decoder study against the first study's scratch
+  # and best encoder-only arm): '<rows stem>:<arm>,<arm>', '' for none.
+  config.baselines = ""
   # 8 arms x 8 cells must fit 4 hours of 2-core compute: the quick recipe
   # (finetune_unet:quick, under 5 minutes a run) at half its steps and
   # without test-time flips or scales, about 3 minutes a cell with

@@ -26,6 +26,9 @@ _RESULTS = flags.DEFINE_string(
     "results", None, "rows file (.jsonl; the report goes beside it as .md); "
     "default benchmarks/results/<config.results_name>.jsonl, else "
     "study_<profile>.jsonl")
+_REPORT_ONLY = flags.DEFINE_bool(
+    "report_only", False, "only rewrite the report and plots from the rows "
+    "file (no data, no runs); --workdir is not read")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -37,6 +40,9 @@ def main(argv):
   results = pathlib.Path(_RESULTS.value or cells.REPO / "benchmarks" /
                          "results" / f"{name}.jsonl")
   try:
+    if _REPORT_ONLY.value:
+      runner.write_report(config, results)
+      return
     runner.run_study(config, _WORKDIR.value, _SHARED.value, results)
   except (ValueError, FileNotFoundError, cells.CommandFailed) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -110,6 +110,35 @@ def test_report_is_built_from_rows_alone(tmp_path):
   assert (tmp_path / "study_quick_dice_vs_k.png").stat().st_size > 0
 
 
+def test_report_shows_baseline_arms_of_another_rows_file(tmp_path):
+  baseline = [_cell("scratch", k, s, d) for k in (1, 2, 20)
+              for s, d in enumerate((0.70, 0.72, 0.74))]
+  baseline += [_cell("dino_weak@small", 2, s, d)
+               for s, d in enumerate((0.75, 0.76, 0.77))]
+  (tmp_path / "study_quick.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in baseline))
+  own = [_cell("macl@large", 2, s, d) for s, d in enumerate((0.80, 0.81,
+                                                             0.82))]
+  jsonl = tmp_path / "study_decoder.jsonl"
+  jsonl.write_text("".join(json.dumps(r) + "\n" for r in own))
+  md = tmp_path / "study_decoder.md"
+  report.write_study_report(jsonl, md,
+                            "study_quick:scratch,dino_weak@small")
+  text = md.read_text()
+  # Only the budgets of this study (k=2), named after the file they are from.
+  assert "| scratch (study_quick) | 0.7200 +/- 0.0163 (3) |" in text
+  assert "k=20" not in text
+  assert ("Best pretrained arm vs scratch, k=2: macl@large 0.8100 vs "
+          "scratch (study_quick) 0.7200") in text
+  assert ("Against the best baseline arm, k=2: macl@large 0.8100 vs "
+          "dino_weak@small (study_quick) 0.7600 (difference +0.0500, seed "
+          "spread 0.0082): better by more than the seed spread.") in text
+  with pytest.raises(FileNotFoundError, match="'mocov2@large' has no cells"):
+    report.write_study_report(jsonl, md, "study_quick:mocov2@large")
+  with pytest.raises(FileNotFoundError, match="study_x.jsonl does not exist"):
+    report.write_study_report(jsonl, md, "study_x:scratch")
+
+
 def test_decoder_and_semi_supervised_arms_parse():
   pools = {"large": "x:train"}
   macl = grid.parse_arm("macl@large", pools)

@@ -201,17 +201,39 @@ def compare(stats, arm, other, k):
           f"{diff:+.4f}, seed spread {spread:.4f}): {verdict}.")
 
 
-def answers(stats):
-  """The study's questions, answered from the rows."""
+def _base_name(arm):
+  """'scratch (study_quick)' -> 'scratch': a baseline arm's own name."""
+  return arm.split(" (")[0]
+
+
+def _best(stats, arms, k):
+  ranked = [a for a in arms if k in stats[a]]
+  return max(ranked, key=lambda a: stats[a][k][0]) if ranked else None
+
+
+def answers(stats, baselines=()):
+  """The study's questions, answered from the rows.
+
+  `baselines`: arms read from another study's rows (`baseline_stats`); each
+  of this study's pretrained arms is also compared with the best of them.
+  """
   lines = []
-  pretrained = [a for a in stats if a != "scratch"]
-  if "scratch" in stats and pretrained:
+  scratch = next((a for a in stats if _base_name(a) == "scratch"), None)
+  pretrained = [a for a in stats if _base_name(a) != "scratch"]
+  if scratch and pretrained:
     for k in (1, 2):
-      ranked = [a for a in pretrained if k in stats[a]]
-      if ranked:
-        best = max(ranked, key=lambda a: stats[a][k][0])
+      best = _best(stats, pretrained, k)
+      if best:
         lines.append("- Best pretrained arm vs scratch, " +
-                     (compare(stats, best, "scratch", k) or ""))
+                     (compare(stats, best, scratch, k) or ""))
+  reference = [a for a in baselines if _base_name(a) != "scratch"]
+  own = [a for a in pretrained if a not in baselines]
+  for k in (1, 2):
+    best_reference = _best(stats, reference, k)
+    for arm in own if best_reference else ():
+      sentence = compare(stats, arm, best_reference, k)
+      if sentence:
+        lines.append("- Against the best baseline arm, " + sentence)
   strong = [a for a in stats if a.split("@")[0] == "simclr_simclr_strong"]
   basic = [a for a in stats if a.split("@")[0] == "simclr_basic_medical"]
   for s_arm in strong[:1]:
@@ -247,12 +269,48 @@ def pretrain_lines(rows):
   return lines
 
 
-def write_study_report(jsonl, md):
-  """Markdown report and plots of a study, from its rows file alone."""
+def baseline_stats(jsonl, spec, ks):
+  """Arms of another study's rows, shown beside this study's.
+
+  Args:
+    jsonl: this study's rows file; the other one lies beside it.
+    spec: '<rows stem>:<arm>,<arm>' (e.g. 'study_quick:scratch,dino_weak@small'),
+      '' for none.
+    ks: the label budgets to keep.
+
+  Returns:
+    {'<arm> (<stem>)': {k: stat}} like `arm_k_stats`.
+  """
+  if not spec:
+    return {}
+  stem, _, arms = spec.partition(":")
+  path = pathlib.Path(jsonl).with_name(f"{stem}.jsonl")
+  if not path.exists() or not arms:
+    raise FileNotFoundError(
+        f"config.baselines={spec!r}: expected '<rows stem>:<arm>,...' naming "
+        f"a rows file beside {pathlib.Path(jsonl).name}; {path.name} "
+        + ("has no arms named" if path.exists() else "does not exist"))
+  stats = arm_k_stats(latest_cells(read_rows(path)))
+  out = {}
+  for arm in arms.split(","):
+    if arm not in stats:
+      raise FileNotFoundError(
+          f"config.baselines: arm {arm!r} has no cells in {path.name} "
+          f"(arms there: {sorted(stats)})")
+    out[f"{arm} ({stem})"] = {k: v for k, v in stats[arm].items() if k in ks}
+  return out
+
+
+def write_study_report(jsonl, md, baselines=""):
+  """Markdown report and plots of a study, from its rows file alone (and,
+  with `baselines`, the named arms of another rows file beside it)."""
   jsonl, md = pathlib.Path(jsonl), pathlib.Path(md)
   rows = read_rows(jsonl)
   cells = latest_cells(rows)
-  stats = arm_k_stats(cells)
+  own = arm_k_stats(cells)
+  ks = {k for per_k in own.values() for k in per_k}
+  base = baseline_stats(jsonl, baselines, ks)
+  stats = {**base, **own}
   plots = study_plots.plot_study(
       stats, md.with_name(md.stem + "_dice_vs_k.png"),
       md.with_name(md.stem + "_dice_vs_strength.png"), HUMAN_DICE)
@@ -264,7 +322,9 @@ def write_study_report(jsonl, md):
       f"`{jsonl.name}` alone. Test Dice inside the FOV, mean over seeds of "
       "the per-seed mean over test images, +/- the seed-to-seed std (number "
       f"of seeds). Human reference on DRIVE: {HUMAN_DICE}. {DATA_CREDITS}",
-      "", "## Answers", "", *answers(stats), "",
+      *([f"Arms marked `(<name>)` are baselines read from `<name>.jsonl` "
+         f"beside it (`{baselines}`)."] if base else []),
+      "", "## Answers", "", *answers(stats, tuple(base)), "",
       "## Dice by arm and label budget", "", *dice_table(stats), ""]
   lines += [f"![{p.stem}]({p.name})" for p in plots]
   lines += ["", "## Pretraining", "",

@@ -134,7 +134,7 @@ class Study:
     self.jsonl.parent.mkdir(parents=True, exist_ok=True)
     with open(self.jsonl, "a") as f:
       f.write(json.dumps(row) + "\n")
-    report.write_study_report(self.jsonl, self.jsonl.with_suffix(".md"))
+    write_report(self.config, self.jsonl)
 
   # -- pretraining -----------------------------------------------------------
 
@@ -286,6 +286,12 @@ class Study:
         self.cell_seconds.append(time.time() - started)
         started = time.time()
         self.progress(done_before)
+
+
+def write_report(config, jsonl):
+  """The study's Markdown report and plots, from its rows (and baselines)."""
+  report.write_study_report(jsonl, jsonl.with_suffix(".md"),
+                            config.get("baselines", ""))
 
 
 def run_study(config, workdir, shared_data, results):
