@@ -91,18 +91,19 @@ class DiRA(moco.MoCoV2):
     contrast = moco.queue_loss(moco.l2_normalize(q1), k2, aux["queue"],
                                self.temperature)
     restore = jnp.mean((restored - target) ** 2)
-    # Stage 1 runs neither critic pass (lax.cond executes one branch); the
-    # adversarial and critic losses read 0 there.
-    fool = jax.lax.cond(adversarial, self._fool_loss,
-                        lambda *_: jnp.zeros((), jnp.float32),
-                        aux["critic"], restored)
+    # Both stages run the critic and stage 1 zeroes its effect: XLA's CPU
+    # backend runs convolutions inside a lax.cond about 50x slower than
+    # outside one (benchmarks/cond_conv.py), which made stage 2 take 45 s
+    # a step.
+    on = adversarial.astype(jnp.float32)
+    fool = on * self._fool_loss(aux["critic"], restored)
     w_c, w_r, w_a = self.weights
     loss = w_c * contrast + w_r * restore + w_a * fool
-    critic_params, critic_opt, d_loss = jax.lax.cond(
-        adversarial, self._critic_step,
-        lambda aux, real, fake: (aux["critic"], aux["critic_opt"],
-                                 jnp.zeros((), jnp.float32)),
-        aux, target, restored)
+    stepped = self._critic_step(aux, target, restored)
+    critic_params, critic_opt = jax.tree.map(
+        lambda new, old: jnp.where(adversarial, new, old), stepped[:2],
+        (aux["critic"], aux["critic_opt"]))
+    d_loss = on * stepped[2]
     queue, pointer = moco.enqueue(aux["queue"], aux["queue_ptr"], k2)
     aux = dict(aux, target_stats=target_stats, queue=queue, queue_ptr=pointer,
                critic=critic_params, critic_opt=critic_opt)
