@@ -92,9 +92,9 @@ class DiRA(moco.MoCoV2):
                                self.temperature)
     restore = jnp.mean((restored - target) ** 2)
     # Both stages run the critic and stage 1 zeroes its effect: XLA's CPU
-    # backend runs convolutions inside a lax.cond about 50x slower than
-    # outside one (benchmarks/cond_conv.py), which made stage 2 take 45 s
-    # a step.
+    # backend runs convolutions inside a lax.cond about 60x slower than
+    # outside one (benchmarks/cond_conv.py), which made a stage-2 step
+    # 20-40x slower than a stage-1 step.
     on = adversarial.astype(jnp.float32)
     fool = on * self._fool_loss(aux["critic"], restored)
     w_c, w_r, w_a = self.weights
