@@ -92,11 +92,15 @@ def test_report_is_built_from_rows_alone(tmp_path):
   rows += [{"kind": "pretrain", "profile": "quick", "arm": "mocov2@large",
             "pool": "large", "status": "done", "seconds": s,
             "diagnostics": {}} for s in (400.0, 6.2)]
+  # A hand-written row of an older format, without a profile.
+  rows.append({k: v for k, v in _cell("mocov2@large", 2, 0, 0.6).items()
+               if k != "profile"})
   jsonl = tmp_path / "study_quick.jsonl"
   jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
   md = tmp_path / "study_quick.md"
   report.write_study_report(jsonl, md)
   text = md.read_text()
+  assert "| unrecorded | mocov2@large |" in text
   # basic_medical: mean 0.81, seed std 0.0082 vs scratch 0.72 +/- 0.0163.
   assert "| simclr_basic_medical@large | 0.8100 +/- 0.0082 (3) |" in text
   assert ("k=2: simclr_basic_medical@large 0.8100 vs scratch 0.7200 "

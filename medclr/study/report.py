@@ -29,8 +29,9 @@ def read_rows(jsonl):
 
 
 def row_key(row):
-  """(profile, arm, variant, dataset, k) of a cell row."""
-  return (row["profile"], row["arm"], row.get("variant", "default"),
+  """(profile, arm, variant, dataset, k) of a cell row (rows written by hand
+  before rows carried a profile read 'unrecorded')."""
+  return (row.get("profile", "unrecorded"), row["arm"], row.get("variant", "default"),
           row.get("dataset", "drive"), row["k"])
 
 
