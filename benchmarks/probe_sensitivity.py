@@ -39,34 +39,27 @@ def _score(graphdef, probe_set, params, batch_stats, k):
   model = nnx.merge(graphdef, params, batch_stats)
   features = model.encoder(jnp.asarray(probe_set.patches), train=True)
   coords = jnp.asarray(probe_set.coords)
+  fit = np.flatnonzero(probe_set.fit)
+  query = np.flatnonzero(~probe_set.fit)
   out = {}
   for name, (kind, levels) in _variants().items():
     chosen = features if levels is None else [features[i] for i in levels]
-    columns = probe.hypercolumns(chosen, coords)
-    width = columns.shape[-1]
-    fit, query = probe_set.fit, ~probe_set.fit
-    args = (columns[fit].reshape(-1, width), probe_set.labels[fit].reshape(-1),
-            columns[query].reshape(-1, width),
-            probe_set.labels[query].reshape(-1))
-    if kind == "knn":
-      out[name] = float(probe.knn_balanced_accuracy(*args, k))
-    else:
-      out[name] = float(probe.ridge_balanced_accuracy(*args))
+    out[name] = float(probe.classify(
+        probe.hypercolumns(chosen, coords), jnp.asarray(probe_set.labels),
+        fit, query, kind, k))
   return out
 
 
-def _states(workdir, config, graphdef, abstract_model):
-  """(step, params, batch_stats) for step 0 (the init) and every checkpoint."""
-  del graphdef
-  _, params, stats = steps.split_model(
-      methods.get_method(config).make_model(nnx.Rngs(config.seed)))
-  yield 0, params, stats
+def _states(workdir, params, batch_stats, abstract):
+  """(step, params, batch_stats): the run's initialisation (step 0), then
+  every kept checkpoint."""
+  yield 0, params, batch_stats
   ckpt = checkpointing.Checkpointer(workdir, save_every=1, keep=1000,
                                     async_save=False)
   saved = sorted(ckpt.all_steps())
   ckpt.close()
   for step in saved:
-    tree, _ = checkpointing.restore_subtrees(workdir, abstract_model, step)
+    tree, _ = checkpointing.restore_subtrees(workdir, abstract, step)
     yield step, tree["params"], tree["batch_stats"]
 
 
@@ -120,7 +113,7 @@ def main():
   for seed in range(args.seeds):
     config.probe.seed = seed
     probe_sets.append(pretrain.probe_set_of(config))
-  for step, p, s in _states(args.workdir, config, graphdef, abstract):
+  for step, p, s in _states(args.workdir, params, stats, abstract):
     scores = [_score(graphdef, ps, p, s, config.probe.k) for ps in probe_sets]
     row = {"label": args.label, "method": config.method, "step": step,
            "num_images": config.probe.num_images,

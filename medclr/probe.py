@@ -177,14 +177,20 @@ def make_probe_fn(graphdef, probe_set, kind="linear", k=10):
   def probe(params, batch_stats):
     model = nnx.merge(graphdef, params, batch_stats)
     columns = hypercolumns(model.encoder(patches, train=True), coords)
-    width = columns.shape[-1]
-    args = (columns[fit].reshape(-1, width), labels[fit].reshape(-1),
-            columns[query].reshape(-1, width), labels[query].reshape(-1))
-    if kind == "knn":
-      return knn_balanced_accuracy(*args, k)
-    return ridge_balanced_accuracy(*args)
+    return classify(columns, labels, fit, query, kind, k)
 
   return probe
+
+
+def classify(columns, labels, fit, query, kind, k):
+  """Balanced accuracy of probe `kind` fitted on the pixels of patches `fit`
+  and scored on those of patches `query` ((N, P, W) columns, (N, P) labels)."""
+  width = columns.shape[-1]
+  args = (columns[fit].reshape(-1, width), labels[fit].reshape(-1),
+          columns[query].reshape(-1, width), labels[query].reshape(-1))
+  if kind == "knn":
+    return knn_balanced_accuracy(*args, k)
+  return ridge_balanced_accuracy(*args)
 
 
 class OnlineProbe:

@@ -31,8 +31,8 @@ def read_rows(jsonl):
 def row_key(row):
   """(profile, arm, variant, dataset, k) of a cell row (rows written by hand
   before rows carried a profile read 'unrecorded')."""
-  return (row.get("profile", "unrecorded"), row["arm"], row.get("variant", "default"),
-          row.get("dataset", "drive"), row["k"])
+  return (row.get("profile", "unrecorded"), row["arm"],
+          row.get("variant", "default"), row.get("dataset", "drive"), row["k"])
 
 
 def latest_cells(rows):
