@@ -67,6 +67,8 @@ def preprocess_fields():
       "fov_diameter": 0,
       # none | clahe (adaptive histogram equalisation of the brightness).
       "contrast": "none",
+      # rgb | green (the green channel in all three).
+      "channels": "rgb",
   }
 
 

@@ -29,9 +29,14 @@ _DATA_DIR = flags.DEFINE_string(
 _TTA = flags.DEFINE_enum(
     "tta", None, ["none", "flips", "d4"],
     "test-time augmentation (default: the run's config.eval.tta)")
-_SCALES = flags.DEFINE_string("scales", None, "input scales whose logits "
-                              "are averaged, e.g. '1,1.25' (default: the run's"
-                              " config.eval.scales)")
+_SCALES = flags.DEFINE_string(
+    "scales", None, "input scales whose logits are averaged, e.g. '1,1.25', "
+    "or 'auto' (from each image's FOV; default: the run's "
+    "config.eval.scales)")
+_ADAPT_BN = flags.DEFINE_bool(
+    "adapt_bn", False, "re-estimate BatchNorm statistics on the evaluated "
+    "images (labels unused) before predicting: test-time adaptation to "
+    "another camera or scanner")
 flags.mark_flags_as_required(["workdir"])
 SHOWN = ("dice", "iou", "auc_roc", "sensitivity", "specificity", "accuracy",
          "mean_dice", "mean_iou")
@@ -45,7 +50,8 @@ def main(argv):
                                 out_dir=_OUT.value, step=_STEP.value,
                                 dataset=_DATASET.value,
                                 data_dir=_DATA_DIR.value, tta=_TTA.value,
-                                scales=_SCALES.value))
+                                scales=_SCALES.value,
+                                adapt_bn=_ADAPT_BN.value))
   print(evaluate.format_result(result, SHOWN))
 
 

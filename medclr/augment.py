@@ -72,6 +72,10 @@ class AugmentSpec:
     brightness_mode: 'multiply' (SimCLR v2, torchvision) or 'add'
       (tf.image.random_brightness, used by Chaitanya et al.).
     solarize_threshold: pixels at or above this value are inverted.
+    gamma: (lo, hi) range of a log-uniform random gamma (image ** gamma),
+      applied with probability `gamma_p` after the colour jitter; exposure
+      curves differ between cameras in this non-linear way.
+    gamma_p: probability of the gamma change.
   """
 
   name: str
@@ -91,10 +95,13 @@ class AugmentSpec:
   jitter_random_order: bool = True
   brightness_mode: str = "multiply"
   solarize_threshold: float = 0.5
+  gamma: tuple[float, float] = (1.0, 1.0)
+  gamma_p: float = 0.0
 
   def __post_init__(self):
     # Configs hand over lists; tuples keep the spec hashable for jit.
-    for field in ("crop_area", "crop_aspect", "jitter", "blur_sigma", "zoom"):
+    for field in ("crop_area", "crop_aspect", "jitter", "blur_sigma", "zoom",
+                  "gamma"):
       object.__setattr__(self, field,
                          tuple(float(v) for v in getattr(self, field)))
     _validate_spec(self)
@@ -104,7 +111,7 @@ def _validate_spec(spec: AugmentSpec) -> None:
   """Raises ValueError naming the first field of `spec` that is out of range."""
   where = f"AugmentSpec {spec.name!r}"
   for field in ("hflip_p", "vflip_p", "jitter_p", "gray_p", "blur_p",
-                "solarize_p"):
+                "solarize_p", "gamma_p"):
     value = getattr(spec, field)
     if not 0.0 <= value <= 1.0:
       raise ValueError(f"{where}: {field} must be a probability in [0, 1], "
@@ -113,6 +120,7 @@ def _validate_spec(spec: AugmentSpec) -> None:
   _check_range(where, "crop_aspect", spec.crop_aspect, low=0.0)
   _check_range(where, "blur_sigma", spec.blur_sigma, low=0.0)
   _check_range(where, "zoom", spec.zoom, low=0.0)
+  _check_range(where, "gamma", spec.gamma, low=0.0)
   if len(spec.jitter) != 4 or min(spec.jitter) < 0:
     raise ValueError(f"{where}: jitter must be 4 non-negative strengths "
                      f"(brightness, contrast, saturation, hue), got "
@@ -229,6 +237,20 @@ _PRESET_LIST = (
         rot90=True,
         rotate_deg=15.0,
     ),
+    # basic_medical plus what differs between fundus cameras beyond scale:
+    # colour balance (saturation +-20%, hue +-0.02 turn) and exposure
+    # (brightness and contrast +-10%), p 0.8, and a gamma in [0.7, 1.4]
+    # (log-uniform), p 0.5. Our choice of values, measured across cameras in
+    # benchmarks/results/cross_camera.md.
+    AugmentSpec(
+        name="basic_medical_color",
+        hflip_p=0.5,
+        rotate_deg=15.0,
+        jitter=(0.1, 0.1, 0.2, 0.02),
+        jitter_p=0.8,
+        gamma=(0.7, 1.4),
+        gamma_p=0.5,
+    ),
     # basic_medical plus a random zoom in [0.8, 1.25] (log-uniform): vessel
     # widths then vary the way they do between cameras and patients.
     AugmentSpec(
@@ -294,6 +316,7 @@ def get_spec(preset: str, strength: float = 1.0) -> AugmentSpec:
     i.e. it is scaled in log space, so strength 0 gives square crops;
   * `rotate_deg` is multiplied by `strength` (capped at 180), and `rot90` is
     off at strength 0;
+  * the gamma range (lo, hi) becomes (lo**strength, hi**strength);
   * every probability p becomes p * min(strength, 1).
 
   Args:
@@ -337,6 +360,8 @@ def get_spec(preset: str, strength: float = 1.0) -> AugmentSpec:
       gray_p=scale_p(base.gray_p),
       blur_p=scale_p(base.blur_p),
       solarize_p=scale_p(base.solarize_p),
+      gamma=tuple(g**strength for g in base.gamma),
+      gamma_p=scale_p(base.gamma_p),
   )
 
 
@@ -528,6 +553,8 @@ def _random_intensity(key: jax.Array, image: jax.Array,
   if spec.jitter_p > 0 and _has_jitter(spec, image.shape[-1]):
     jittered = _color_jitter(k_jitter, image, spec)
     image = jnp.where(_coin(k_jitter_on, spec.jitter_p), jittered, image)
+  if spec.gamma_p > 0 and spec.gamma != (1.0, 1.0):
+    image = _random_gamma(jax.random.fold_in(key, 7), image, spec)
   if spec.gray_p > 0 and rgb:
     gray = dm_pix.rgb_to_grayscale(image, keep_dims=True)
     image = jnp.where(_coin(k_gray, spec.gray_p), gray, image)
@@ -541,6 +568,18 @@ def _random_intensity(key: jax.Array, image: jax.Array,
     solarized = dm_pix.solarize(image, spec.solarize_threshold)
     image = jnp.where(_coin(k_solarize, spec.solarize_p), solarized, image)
   return image
+
+
+def _random_gamma(key: jax.Array, image: jax.Array,
+                  spec: AugmentSpec) -> jax.Array:
+  """image ** gamma, gamma log-uniform in `spec.gamma`, with `gamma_p`."""
+  k_on, k_gamma = jax.random.split(key)
+  low, high = spec.gamma
+  gamma = jnp.exp(jax.random.uniform(k_gamma, minval=math.log(low),
+                                     maxval=math.log(high)))
+  # The floor keeps the gradient-free power finite at 0 for gamma < 1.
+  changed = dm_pix.adjust_gamma(jnp.maximum(image, 1e-6), gamma)
+  return jnp.where(_coin(k_on, spec.gamma_p), changed, image)
 
 
 def _check_image(image: jax.Array, what: str = "image") -> None:

@@ -16,11 +16,13 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from medclr import adapt_bn
 from medclr import checkpointing
 from medclr import inference
 from medclr import metrics as seg_metrics
 from medclr import models
 from medclr import steps
+from medclr.data import fov as fov_lib
 from medclr.data import pipeline
 from medclr.data import preprocess
 from medclr.data import sources as data_sources
@@ -38,23 +40,59 @@ class Predictor:
     self.config = config
     self.step = step
     self.preprocess = preprocess_spec
-    predict = steps.make_predict_fn(graphdef)
-    self._predict = jax.jit(lambda x: predict(params, batch_stats, x))
+    self.graphdef = graphdef
+    self.params = params
+    self.batch_stats = batch_stats
+    self._set_batch_stats(batch_stats)
     self.window = config.eval.window or config.data.crop_size
+
+  def _set_batch_stats(self, batch_stats):
+    predict = steps.make_predict_fn(self.graphdef)
+    self.batch_stats = batch_stats
+    self._predict = jax.jit(
+        lambda x: predict(self.params, batch_stats, x))
+
+  def adapt_batch_norm(self, images_and_fovs):
+    """Re-estimates BatchNorm statistics on unlabelled (image, fov) pairs of
+    the target set (`medclr.adapt_bn`); weights stay as trained."""
+    inputs = (self.preprocess.model_input(image, fov)
+              for image, fov in images_and_fovs)
+    self._set_batch_stats(adapt_bn.adapted_batch_stats(
+        self.graphdef, self.params, self.batch_stats, inputs,
+        self.multiple))
+
+  @property
+  def multiple(self):
+    """Side divisor the U-Net needs: 2 ** (pooling levels)."""
+    return 2 ** (len(self.config.model.widths) - 1)
+
+  def scales(self, fov):
+    """Test-time input scales for an image whose native FOV mask is `fov`:
+    `config.eval.scales`, or with 'auto' the FOV ratio
+    (`Preprocess.test_scale`)."""
+    text = str(self.config.eval.get("scales", "1"))
+    if text == inference.AUTO_SCALES:
+      return (self.preprocess.test_scale(fov),)
+    return inference.parse_scales(text)
 
   def logits(self, image, fov=None):
     """Sliding-window logits (H, W, K) of an (H, W, C) uint8 or [0, 1] image.
 
     `fov`: its (H, W) field-of-view mask; None estimates it when the run
-    normalises or resamples by FOV.
+    normalises or resamples by FOV, or uses the automatic test scale.
     """
-    if fov is None and self.preprocess.normalize == "none" and (
-        not self.preprocess.fov_diameter):
-      fov = np.ones(np.shape(image)[:2], np.uint8)
+    if fov is None:
+      fov = (np.ones(np.shape(image)[:2], np.uint8) if self._fov_unused()
+             else fov_lib.estimate_fov(np.asarray(image)))
     model_image = self.preprocess.model_input(image, fov)
-    scales = inference.parse_scales(self.config.eval.get("scales", "1"))
+    scales = self.scales(fov)
     logits = sum(self._scaled_logits(model_image, s) for s in scales)
     return self.preprocess.restore(logits / len(scales), np.shape(image)[:2])
+
+  def _fov_unused(self):
+    return (self.preprocess.normalize == "none"
+            and not self.preprocess.fov_diameter
+            and str(self.config.eval.get("scales", "1")) != inference.AUTO_SCALES)
 
   def _scaled_logits(self, model_image, scale):
     """TTA logits of the image resampled by `scale`, on its own grid."""
@@ -71,9 +109,8 @@ class Predictor:
   def _predict_image(self, image):
     """Logits of one model-scale image: whole (window < 0) or by windows."""
     if self.window < 0:
-      # Sides padded to a multiple of 2**(pooling levels) of the U-Net.
-      multiple = 2 ** (len(self.config.model.widths) - 1)
-      return inference.whole_image_predict(self._predict, image, multiple)
+      return inference.whole_image_predict(self._predict, image,
+                                           self.multiple)
     return inference.sliding_window_predict(
         self._predict, image, self.window, overlap=self.config.eval.overlap,
         batch_size=self.config.eval.batch_size)
@@ -139,6 +176,16 @@ class _Pooled:
                                             np.concatenate(self.truths))
 
 
+def _scale_fields(predictor, record):
+  """The image's FOV diameter (native px: its mask, or the estimate made at
+  preparation for sets without one) and the model-input scale it got."""
+  fov = np.asarray(record["fov"])
+  diameter = fov_lib.fov_diameter(fov)
+  resample = predictor.preprocess.scale(fov)
+  return {"fov_diameter": round(diameter, 1),
+          "scale": [round(resample * s, 4) for s in predictor.scales(fov)]}
+
+
 def _predict_all(predictor, source, pred_dir, save_predictions):
   """Per-image metrics (sorted by stem) and pooled sums over a split.
 
@@ -153,7 +200,7 @@ def _predict_all(predictor, source, pred_dir, save_predictions):
     prob = predictor.probabilities(np.asarray(record["image"]),
                                    np.asarray(record["fov"]))
     row = _image_metrics(prob, record, num_classes)
-    row["stem"] = stem
+    row.update(stem=stem, **_scale_fields(predictor, record))
     per_image.append(row)
     if num_classes == 1:
       pooled.add(prob, record)
@@ -161,14 +208,16 @@ def _predict_all(predictor, source, pred_dir, save_predictions):
       with (pred_dir / f"{stem}.png").open("wb") as f:
         Image.fromarray((prob * 255).round().astype(np.uint8)).save(
             f, format="PNG")
-    logging.info("evaluated %s (%d/%d): dice %.4f", stem, index + 1,
-                 len(source), row.get("dice", float("nan")))
+    logging.info("evaluated %s (%d/%d): dice %.4f, FOV %.0f px, scale %s",
+                 stem, index + 1, len(source), row.get("dice", float("nan")),
+                 row["fov_diameter"], row["scale"])
   per_image.sort(key=lambda r: r["stem"])
   return per_image, pooled
 
 
 def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
-             step=None, dataset=None, data_dir=None, tta=None, scales=None):
+             step=None, dataset=None, data_dir=None, tta=None, scales=None,
+             adapt_bn=False):
   """Evaluates `workdir`'s U-Net on every image of a split.
 
   Args:
@@ -181,7 +230,10 @@ def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
     dataset: another prepared dataset to evaluate on (cross-dataset).
     data_dir: where `dataset` is prepared (default the run's data_dir).
     tta: test-time augmentation instead of the config's `eval.tta`.
-    scales: input scales instead of the config's `eval.scales` ('1,1.25').
+    scales: input scales instead of the config's `eval.scales` ('1,1.25',
+      or 'auto': from each image's FOV).
+    adapt_bn: re-estimate BatchNorm statistics on the evaluated images
+      (labels unused) before predicting (`medclr.adapt_bn`).
 
   Returns:
     dict with 'per_image' (list), 'summary' (mean/std over images), 'pooled'
@@ -193,7 +245,7 @@ def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
     config.eval.tta = tta
   if scales is not None:
     config.eval.scales = scales
-  inference.parse_scales(config.eval.get("scales", "1"))  # fails before any work
+  inference.check_scales(config.eval.get("scales", "1"))  # fails before any work
   name = dataset or config.data.dataset
   split = split or config.data.test_split
   default_out = "eval" if name == config.data.dataset else f"eval_{name}"
@@ -207,6 +259,10 @@ def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
       source, [i for i in range(len(source)) if source[i]["has_mask"]],
       config.model.num_classes, f"{name}:{split}")
   t0 = time.time()
+  if adapt_bn:
+    predictor.adapt_batch_norm(
+        (np.asarray(source[i]["image"]), np.asarray(source[i]["fov"]))
+        for i in range(len(source)))
   binary = config.model.num_classes == 1
   per_image, pooled = _predict_all(
       predictor, source, pred_dir=out_dir / "predictions",
@@ -214,6 +270,7 @@ def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
   result = {"step": predictor.step, "dataset": name, "split": split,
             "tta": config.eval.get("tta", "none"),
             "scales": str(config.eval.get("scales", "1")),
+            "adapt_bn": bool(adapt_bn),
             "trained_on": config.data.dataset,
             "num_images": len(per_image),
             "seconds": round(time.time() - t0, 2),

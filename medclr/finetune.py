@@ -6,6 +6,7 @@ Resume order (big_vision's "Load Checkpoint" order):
       restored by parameter path, which is identical in both models,
   (3) random initialisation (training from scratch).
 """
+import dataclasses
 import json
 import math
 
@@ -67,7 +68,7 @@ def validate_config(config):
         f"config.init.freeze_steps={config.init.freeze_steps}: must be >= 0, "
         "or -1 for the whole run")
   validate_semi(config)
-  inference.parse_scales(config.eval.get("scales", "1"))
+  inference.check_scales(config.eval.get("scales", "1"))
   if config.init.pretrain_dir:
     # Fails now, naming the directory, rather than after data loading.
     checkpointing.saved_tree_shapes(config.init.pretrain_dir,
@@ -164,10 +165,14 @@ def labeled_subset(config, workdir, source):
   return indices
 
 
-def make_preprocess(config, workdir, source):
-  """The run's `Preprocess`, saved to the workdir for evaluation."""
+def make_preprocess(config, workdir, source, indices):
+  """The run's `Preprocess`, with its labelled images' FOV diameter (for
+  test-time scales), saved to the workdir for evaluation."""
   spec = preprocess.build(config.data, [source]) or preprocess.from_config(
       config.data)
+  spec = dataclasses.replace(
+      spec, train_fov_diameter=preprocess.median_fov_diameter(
+          source[i] for i in indices))
   if jax.process_index() == 0:
     preprocess.save(workdir, spec)
   return spec
@@ -184,7 +189,7 @@ def make_data_iter(config, workdir, local_batch):
       seed=config.seed, process_index=jax.process_index(),
       process_count=jax.process_count(),
       worker_count=config.data.worker_count,
-      preprocess=make_preprocess(config, workdir, source),
+      preprocess=make_preprocess(config, workdir, source, indices),
       patch_sampling=config.data.patch_sampling)
   where = (config.data.data_dir, config.data.dataset, config.data.train_split)
   if not semi_enabled(config):

@@ -194,15 +194,21 @@ def whole_image_predict(predict_fn: PredictFn, image,
     float32 logits (H, W, K).
   """
   image = _check_image(image)
+  height, width, _ = image.shape
+  padded = pad_to_multiple(image, multiple)
+  logits = _run_predict(predict_fn, padded[None], padded.shape[:2])[0]
+  top, left = (-height % multiple) // 2, (-width % multiple) // 2
+  return logits[top:top + height, left:left + width].astype(np.float32)
+
+
+def pad_to_multiple(image, multiple: int) -> np.ndarray:
+  """An (H, W, C) image mirror-padded on both sides to sides divisible by
+  `multiple` (the extra pixel of an odd pad at the end)."""
   if multiple < 1:
     raise ValueError(f"multiple must be >= 1, got {multiple}")
-  height, width, _ = image.shape
-  pad_h = _split_padding(-height % multiple)
-  pad_w = _split_padding(-width % multiple)
-  padded = _reflect_pad(image, pad_h, pad_w)
-  logits = _run_predict(predict_fn, padded[None], padded.shape[:2])[0]
-  top, left = pad_h[0], pad_w[0]
-  return logits[top:top + height, left:left + width].astype(np.float32)
+  height, width = np.shape(image)[:2]
+  return _reflect_pad(image, _split_padding(-height % multiple),
+                      _split_padding(-width % multiple))
 
 
 def foreground_probability(logits) -> np.ndarray:
@@ -264,6 +270,17 @@ def tta_predict(predict_image: Callable[[np.ndarray], np.ndarray],
     logits = inverse(predict_image(np.ascontiguousarray(forward(image))))
     total = logits if total is None else total + logits
   return (total / len(TTA_MODES[mode])).astype(np.float32)
+
+
+# config.eval.scales: one scale per image, from its field of view
+# (`medclr.data.preprocess.Preprocess.test_scale`).
+AUTO_SCALES = "auto"
+
+
+def check_scales(text) -> None:
+  """Raises ConfigError unless `text` is 'auto' or a list of scales."""
+  if str(text) != AUTO_SCALES:
+    parse_scales(text)
 
 
 def parse_scales(text) -> tuple[float, ...]:

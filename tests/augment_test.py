@@ -411,3 +411,19 @@ def test_zoom_magnifies_about_the_centre_and_keeps_labels_aligned():
   assert widths[0.8] in (6, 7) and widths[1.25] == 10
   with pytest.raises(ValueError, match="zoom"):
     augment.AugmentSpec(name="bad", zoom=(1.2, 0.9))
+
+
+def test_gamma_raises_the_image_to_a_drawn_power():
+  image = jnp.linspace(0.0, 1.0, 16 * 16 * 3).reshape(16, 16, 3)
+  fixed = augment.AugmentSpec(name="g", gamma=(2.0, 2.0), gamma_p=1.0)
+  out = augment.augment_view(jax.random.key(0), image, fixed)
+  np.testing.assert_allclose(out, image ** 2, atol=1e-5)
+  ranged = augment.AugmentSpec(name="g", gamma=(0.5, 2.0), gamma_p=1.0)
+  exponents = []
+  for seed in range(40):
+    out = augment.augment_view(jax.random.key(seed), image, ranged)
+    exponents.append(float(jnp.log(out[8, 8, 0]) / jnp.log(image[8, 8, 0])))
+  assert 0.5 - 1e-3 <= min(exponents) and max(exponents) <= 2.0 + 1e-3
+  assert min(exponents) < 0.8 and max(exponents) > 1.4  # log-uniform spread
+  with pytest.raises(ValueError, match="gamma"):
+    augment.AugmentSpec(name="bad", gamma=(0.0, 2.0))

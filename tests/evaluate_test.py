@@ -2,6 +2,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from conftest import smoke_config
 from medclr import evaluate
 from medclr import finetune
+from medclr.data import preprocess
 from medclr.data import sources
 
 
@@ -90,3 +92,42 @@ def test_bad_scales_name_the_key(text):
   from medclr import inference  # pylint: disable=g-import-not-at-top
   with pytest.raises(errors.ConfigError, match="config.eval.scales"):
     inference.parse_scales(text)
+
+
+def test_adapt_bn_changes_only_batch_norm_statistics(trained_dir):
+  predictor = evaluate.load_for_inference(trained_dir)
+  params = jax.tree.map(np.array, predictor.params)
+  stats = jax.tree.map(np.array, predictor.batch_stats)
+  source = sources.open_split(predictor.config.data.data_dir, "phantom",
+                              "test")
+  # A darker, flatter camera: what the statistics must follow.
+  pairs = [(np.asarray(source[i]["image"]) // 2, np.asarray(source[i]["fov"]))
+           for i in range(len(source))]
+  predictor.adapt_batch_norm(pairs)
+  jax.tree.map(np.testing.assert_array_equal, params, predictor.params)
+  changed = jax.tree.leaves(jax.tree.map(
+      lambda a, b: not np.allclose(a, b), stats, predictor.batch_stats))
+  assert changed and all(changed), "every BatchNorm statistic must move"
+
+
+def test_auto_scale_follows_the_fov_ratio(trained_dir, tmp_path):
+  result = evaluate.evaluate(trained_dir, scales="auto", adapt_bn=True,
+                             out_dir=str(tmp_path), save_predictions=False)
+  saved = json.load(open(os.path.join(trained_dir, "preprocess.json")))
+  assert saved["train_fov_diameter"] > 0 and result["adapt_bn"]
+  for row in result["per_image"]:
+    assert row["scale"] == [pytest.approx(
+        saved["train_fov_diameter"] / row["fov_diameter"], abs=1e-3)]
+  spec = preprocess.Preprocess(train_fov_diameter=200.0)
+  disc = _disc(300, 50)  # 101 px across
+  assert spec.test_scale(disc) == pytest.approx(200 / 101, rel=0.02)
+  # With the FOV resampled to a fixed diameter, the scale is already equal.
+  assert preprocess.Preprocess(
+      fov_diameter=540, train_fov_diameter=200.0).test_scale(disc) == 1.0
+
+
+def _disc(side, radius):
+  yy, xx = np.mgrid[:side, :side]
+  centre = side // 2
+  return ((yy - centre) ** 2 + (xx - centre) ** 2 <= radius ** 2).astype(
+      np.uint8)

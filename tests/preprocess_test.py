@@ -257,3 +257,13 @@ def test_pretraining_pipeline_ships_the_stats_the_step_applies(
   config.data.normalize = "none"
   batch = next(iter(methods.get_method(config).host_dataset(config, 4)))
   assert "norm" not in batch
+
+
+def test_green_channel_fills_all_three_and_is_checked():
+  image = np.zeros((4, 4, 3), np.uint8)
+  image[..., 0], image[..., 1], image[..., 2] = 200, 90, 30
+  out = preprocess.Preprocess(channels="green").enhance(image)
+  assert out.shape == image.shape and (out == 90).all()
+  assert (preprocess.Preprocess().enhance(image) == image).all()
+  with pytest.raises(ValueError, match="config.data.channels"):
+    preprocess.Preprocess(channels="blue")

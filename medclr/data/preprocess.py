@@ -25,6 +25,7 @@ from medclr.data import readers
 
 FILENAME = "preprocess.json"
 CONTRAST = ("none", "clahe")
+CHANNELS = ("rgb", "green")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,12 +41,19 @@ class Preprocess:
     dataset_stats: (2, C) nested lists, mean and std, for 'dataset'.
     contrast: 'none' or 'clahe' (contrast-limited adaptive histogram
       equalisation of the brightness, before normalisation).
+    train_fov_diameter: median FOV diameter (px, native resolution) of the
+      labelled training images; 0 if unknown (runs older than it).
+    channels: 'rgb' (as stored) or 'green' (a colour image's green channel
+      in all three: fundus vessels contrast most there, and red and blue
+      differ most between cameras).
   """
   normalize: str = "none"
   fov_diameter: int = 0
   in_channels: int = 3
   dataset_stats: Any = None
   contrast: str = "none"
+  train_fov_diameter: float = 0.0
+  channels: str = "rgb"
 
   def __post_init__(self):
     normalize.check_mode(self.normalize)
@@ -53,6 +61,10 @@ class Preprocess:
       raise errors.ConfigError(
           f"config.data.contrast={self.contrast!r}: expected one of "
           f"{CONTRAST}")
+    if self.channels not in CHANNELS:
+      raise errors.ConfigError(
+          f"config.data.channels={self.channels!r}: expected one of "
+          f"{CHANNELS}")
     if self.fov_diameter < 0:
       raise errors.ConfigError(
           f"config.data.fov_diameter must be >= 0 (0: native "
@@ -63,6 +75,19 @@ class Preprocess:
     if not self.fov_diameter:
       return 1.0
     return self.fov_diameter / fov_lib.fov_diameter(fov)
+
+  def test_scale(self, fov: np.ndarray) -> float:
+    """`config.eval.scales='auto'`: the input scale for an image whose
+    (native) FOV mask is `fov`.
+
+    With `fov_diameter` set, `image` already brings every FOV to the
+    training scale: 1. Otherwise the ratio of the training images' FOV to
+    this image's, so a camera of another resolution is seen at the scale
+    the model was trained at (1 when the training FOV is unknown).
+    """
+    if self.fov_diameter or not self.train_fov_diameter:
+      return 1.0
+    return self.train_fov_diameter / fov_lib.fov_diameter(fov)
 
   def stats(self, image: np.ndarray, fov: np.ndarray | None) -> np.ndarray:
     """(2, C) normalisation stats of a float (H, W, C) image."""
@@ -92,10 +117,14 @@ class Preprocess:
     return image, self.stats(image, fov)
 
   def enhance(self, image: np.ndarray) -> np.ndarray:
-    """The `contrast` step on a uint8 (H, W, C) image (same dtype)."""
+    """The `channels` and `contrast` steps on a uint8 (H, W, C) image (same
+    dtype and shape)."""
+    image = np.asarray(image)
+    if self.channels == "green" and image.ndim == 3 and image.shape[-1] == 3:
+      image = np.repeat(image[..., 1:2], 3, axis=-1)
     if self.contrast == "none":
       return image
-    return clahe(np.asarray(image))
+    return clahe(image)
 
   def _resample(self, image, fov):
     """(image, fov, size_hw) at the model's scale (unchanged at scale 1)."""
@@ -131,7 +160,8 @@ def from_config(data_cfg, dataset_stats=None) -> Preprocess:
       normalize=data_cfg.get("normalize", "none"),
       fov_diameter=int(data_cfg.get("fov_diameter", 0)),
       in_channels=data_cfg.in_channels, dataset_stats=dataset_stats,
-      contrast=data_cfg.get("contrast", "none"))
+      contrast=data_cfg.get("contrast", "none"),
+      channels=data_cfg.get("channels", "rgb"))
 
 
 def build(data_cfg, sources: Sequence) -> Preprocess | None:
@@ -141,12 +171,18 @@ def build(data_cfg, sources: Sequence) -> Preprocess | None:
   """
   spec = from_config(data_cfg)
   if (spec.normalize == "none" and not spec.fov_diameter
-      and spec.contrast == "none"):
+      and spec.contrast == "none" and spec.channels == "rgb"):
     return None
   if spec.normalize == "dataset":
     stats = dataset_stats(sources, spec)
     spec = dataclasses.replace(spec, dataset_stats=stats.tolist())
   return spec
+
+
+def median_fov_diameter(records) -> float:
+  """Median FOV diameter (px) of records with an 'fov' mask."""
+  return float(np.median([fov_lib.fov_diameter(np.asarray(r["fov"]))
+                          for r in records]))
 
 
 def save(workdir, preprocess: Preprocess) -> None:

@@ -1,0 +1,64 @@
+"""Test-time BatchNorm adaptation against train-mode BatchNorm itself."""
+from flax import nnx
+import jax
+import numpy as np
+import pytest
+
+from medclr import adapt_bn
+from medclr import errors
+from medclr import models
+from medclr import steps
+from configs import common
+
+
+def _unet(norm="batch"):
+  config = common.model_config("tiny")
+  config.norm = norm
+  model = models.make_unet(config, nnx.Rngs(0))
+  return steps.split_model(model)
+
+
+def _images(count, size=32, seed=0):
+  rng = np.random.default_rng(seed)
+  # Far from the initial running statistics (mean 0, var 1).
+  return [(3.0 + 2.0 * rng.standard_normal((size, size, 3))).astype(
+      np.float32) for _ in range(count)]
+
+
+def test_one_image_makes_eval_mode_equal_train_mode():
+  graphdef, params, batch_stats = _unet()
+  (image,) = _images(1)
+  adapted = adapt_bn.adapted_batch_stats(graphdef, params, batch_stats,
+                                         [image], multiple=4)
+  predict = steps.make_predict_fn(graphdef)
+  model = nnx.merge(graphdef, params, batch_stats)
+  train_mode = np.asarray(model(image[None], train=True))
+  before = np.asarray(predict(params, batch_stats, image[None]))
+  after = np.asarray(predict(params, adapted, image[None]))
+  np.testing.assert_allclose(after, train_mode, rtol=1e-4, atol=1e-4)
+  assert np.abs(before - train_mode).max() > 1e-2
+
+
+def test_first_layer_pools_every_pixel_of_every_image():
+  graphdef, params, batch_stats = _unet()
+  images = _images(2) + _images(1, size=48, seed=1)
+  adapted = adapt_bn.adapted_batch_stats(graphdef, params, batch_stats,
+                                         images, multiple=4)
+  # The first BatchNorm's input is the first convolution's output, which no
+  # normalisation precedes: its statistics over all pixels are exact.
+  model = nnx.merge(graphdef, params, batch_stats)
+  conv = model.encoder.level0.conv0
+  outputs = np.concatenate([np.asarray(conv(x[None])).reshape(-1, 8)
+                            for x in images])
+  first = adapted["encoder"]["level0"]["norm0"]
+  np.testing.assert_allclose(first["mean"], outputs.mean(0), rtol=1e-4,
+                             atol=1e-4)
+  np.testing.assert_allclose(first["var"], outputs.var(0), rtol=1e-3,
+                             atol=1e-4)
+
+
+def test_group_norm_models_are_refused():
+  graphdef, params, batch_stats = _unet("group")
+  with pytest.raises(errors.ConfigError, match="BatchNorm"):
+    adapt_bn.adapted_batch_stats(graphdef, params, batch_stats, _images(1),
+                                 multiple=4)
