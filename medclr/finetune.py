@@ -12,6 +12,7 @@ import math
 
 from etils import epath
 import jax
+import numpy as np
 
 from medclr import augment
 from medclr import checkpointing
@@ -133,6 +134,19 @@ def model_config(config):
   return model_cfg
 
 
+def check_aperture(config, source, indices):
+  """Refuses FOV resampling of images that have no field of view (EM,
+  endoscopy, MRI: their FOV mask is the whole frame), which it would blow
+  up or shrink to the fundus diameter for no reason."""
+  diameter = config.data.get("fov_diameter", 0)
+  if diameter and all(np.asarray(source[i]["fov"]).all() for i in indices):
+    raise errors.ConfigError(
+        f"config.data.fov_diameter={diameter} resamples images by their "
+        f"field of view, but the labelled images of {config.data.dataset}:"
+        f"{config.data.train_split} have none (their FOV is the whole "
+        "frame): pass --config.data.fov_diameter=0 to keep their resolution")
+
+
 def labeled_subset(config, workdir, source):
   """The labelled images: `data.labeled` names, else k drawn by seed.
 
@@ -149,6 +163,7 @@ def labeled_subset(config, workdir, source):
   pipeline.check_mask_classes(
       source, indices, config.model.get("num_classes", 1),
       f"{config.data.dataset}:{config.data.train_split}")
+  check_aperture(config, source, indices)
   stems = data_sources.stems(source)
   chosen = [stems[i] for i in indices]
   if jax.process_index() == 0:
@@ -170,9 +185,9 @@ def make_preprocess(config, workdir, source, indices):
   test-time scales), saved to the workdir for evaluation."""
   spec = preprocess.build(config.data, [source]) or preprocess.from_config(
       config.data)
+  fovs = [np.asarray(source[i]["fov"]) for i in indices]
   spec = dataclasses.replace(
-      spec, train_fov_diameter=preprocess.median_fov_diameter(
-          source[i] for i in indices))
+      spec, train_fov_diameter=preprocess.median_fov_diameter(fovs))
   if jax.process_index() == 0:
     preprocess.save(workdir, spec)
   return spec

@@ -267,3 +267,28 @@ def test_green_channel_fills_all_three_and_is_checked():
   assert (preprocess.Preprocess().enhance(image) == image).all()
   with pytest.raises(ValueError, match="config.data.channels"):
     preprocess.Preprocess(channels="blue")
+
+
+def test_fov_resampling_of_images_without_an_aperture_is_refused(tmp_path):
+  """A set whose FOV is the whole frame (EM, endoscopy) gets a one-line
+  ConfigError naming the key, and no workdir file."""
+  root = tmp_path / "frames"
+  rng = np.random.default_rng(0)
+  for split in ("train", "test"):
+    for sub in ("images", "masks"):
+      (root / split / sub).mkdir(parents=True)
+    for i in range(2):
+      Image.fromarray(rng.integers(0, 255, (48, 48, 3), np.uint8)).save(
+          root / split / "images" / f"f{i}.png")
+      Image.fromarray(((rng.random((48, 48)) > 0.7) * 255).astype(
+          np.uint8)).save(root / split / "masks" / f"f{i}.png")
+  data_dir = tmp_path / "data"
+  prepare.prepare("folder", root, data_dir, name="frames",
+                  estimate_fov=False)
+  config = smoke_config("finetune_unet", str(data_dir),
+                        **{"data.dataset": "frames", "data.fov_diameter": 96,
+                           "data.num_labeled": 2})
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match="config.data.fov_diameter=96"):
+    finetune.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()

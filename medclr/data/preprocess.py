@@ -179,10 +179,9 @@ def build(data_cfg, sources: Sequence) -> Preprocess | None:
   return spec
 
 
-def median_fov_diameter(records) -> float:
-  """Median FOV diameter (px) of records with an 'fov' mask."""
-  return float(np.median([fov_lib.fov_diameter(np.asarray(r["fov"]))
-                          for r in records]))
+def median_fov_diameter(fovs) -> float:
+  """Median diameter (px) of FOV masks."""
+  return float(np.median([fov_lib.fov_diameter(fov) for fov in fovs]))
 
 
 def save(workdir, preprocess: Preprocess) -> None:
