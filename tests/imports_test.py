@@ -19,6 +19,7 @@ LAYERS = {
     # Utilities: no project imports above this layer.
     "medclr": UTILITIES,
     "medclr.checkpointing": UTILITIES,
+    "medclr.console": UTILITIES,
     "medclr.contrastive_crop": UTILITIES,
     "medclr.crop_presets": UTILITIES,
     "medclr.crops": UTILITIES,
@@ -108,6 +109,7 @@ LAYERS = {
     "launch": LAUNCHERS,
     "launch.evaluate": LAUNCHERS,
     "launch.finetune": LAUNCHERS,
+    "launch.flag_errors": LAUNCHERS,
     "launch.prepare": LAUNCHERS,
     "launch.prepare_volumes": LAUNCHERS,
     "launch.pretrain": LAUNCHERS,
