@@ -58,7 +58,10 @@ def describe(argv, error):
   when it is not a command-line mistake (a bug, to be raised)."""
   if isinstance(error, flags.UnrecognizedFlagError):
     return _unknown_flag(error)
-  argv = FLAGS.read_flags_from_files(argv, force_gnu=False)
+  try:
+    argv = FLAGS.read_flags_from_files(argv, force_gnu=False)
+  except flags.Error as e:  # an unreadable --flagfile
+    return _flag_error(e)
   for name in _config_flag_names():
     message = _check_config(name, argv, error)
     if message:
@@ -78,12 +81,23 @@ def _unknown_flag(error):
 
 def _flag_error(error):
   """absl's own message for a bad flag value, as one line."""
-  text = str(error).strip().splitlines()[0]
+  text = re.sub(r"^ERROR:+\s*", "", str(error).strip().splitlines()[0])
   required = re.match(r"flag --(\S+)=None: Flag --\S+ must have a value other "
                       "than None", text)
   if required:
     return f"--{required.group(1)} is required"
-  return text[len("flag "):] if text.startswith("flag --") else text
+  text = text[len("flag "):] if text.startswith("flag --") else text
+  return text + _enum_hint(text)
+
+
+def _enum_hint(text):
+  """' (did you mean X?)' for '--flag=VALUE: value should be one of ...'."""
+  bad = re.match(r"--([^=\s]+)=(.*?): value should be one of", text)
+  if not bad or bad.group(1) not in FLAGS:
+    return ""
+  choices = getattr(FLAGS[bad.group(1)].parser, "enum_values", None) or []
+  close = difflib.get_close_matches(bad.group(2), choices, n=1)
+  return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _config_flag_names():
