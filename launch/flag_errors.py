@@ -205,9 +205,14 @@ def _key_paths(node, prefix=""):
 
 
 def _unknown_key(name, path, config):
-  close = difflib.get_close_matches(path, list(_key_paths(config)), n=1,
-                                    cutoff=0.6)
-  hint = f" (did you mean {close[0]}?)" if close else ""
+  keys = list(_key_paths(config))
+  close = difflib.get_close_matches(path, keys, n=1, cutoff=0.75)
+  if not close:  # a key given without its block: --config.learning_rate
+    leaf = path.rsplit(".", 1)[-1]
+    leaves = difflib.get_close_matches(
+        leaf, {k.rsplit(".", 1)[-1] for k in keys}, n=1, cutoff=0.85)
+    close = [k for k in keys if leaves and k.rsplit(".", 1)[-1] == leaves[0]]
+  hint = f" (did you mean {' or '.join(close)}?)" if close else ""
   # Named as typed after `--config.`, so the hint can be pasted back.
   what = "config key" if name == "config" else f"--{name} key"
   return f"unknown {what} {path}{hint}"

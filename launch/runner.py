@@ -153,4 +153,8 @@ def run(main, log_dir=None):
     if outputs is not None and _process_id() == 0:
       print(console.outputs_line(tag, outputs), flush=True)
 
-  app.run(quiet_main, flags_parser=flag_errors.parse)
+  def parse_flags(argv):
+    console.hold()  # app.run has just added absl's handler: out again
+    return flag_errors.parse(argv)
+
+  app.run(quiet_main, flags_parser=parse_flags)

@@ -137,15 +137,17 @@ class _LogFile(logging.Handler):
 def hold():
   """Routes logging through this module; records wait for `to_file`.
 
-  Call before anything logs: a library logging through absl before any
-  handler exists would get a Python default handler printing
-  'WARNING:absl:...' to stderr.
+  Call before anything logs (a library logging through absl while no
+  handler exists gets Python's default one, printing 'WARNING:absl:...' to
+  stderr), and again once `app.run` has added absl's handler, which would
+  print every record, medclr's included, a second time.
   """
   root = logging.getLogger()
   if _state["file"] is None:
     _state["file"] = _LogFile()
     root.addHandler(_state["file"])
     root.addHandler(_Own())
+  root.removeHandler(absl_logging.get_absl_handler())
   root.setLevel(min(root.level, logging.INFO) or logging.INFO)
   logging.captureWarnings(True)
 
@@ -155,8 +157,8 @@ def to_file(directory, *, process_id=None, library_level=None):
 
   Args:
     directory: the run's workdir or data folder (may not exist yet), or
-      None to keep library records off the file (then they reach the
-      console at WARNING and up, as without this module).
+      None for no log file (library records then reach the console at
+      WARNING and up, as without this module).
     process_id: a multi-process run's index: processes other than 0 write
       `log.<i>.txt`, since a shared workdir would interleave them.
     library_level: a Python logging level: library records of that level and
@@ -164,19 +166,18 @@ def to_file(directory, *, process_id=None, library_level=None):
   """
   hold()
   root = logging.getLogger()
-  # absl's own handler would print every record (medclr's included) again.
-  root.removeHandler(absl_logging.get_absl_handler())
+  # Levels are the handlers' business: the file takes INFO and up.
   logging.getLogger("absl").setLevel(logging.NOTSET)
-  root.setLevel(logging.INFO)
-  if directory is None and library_level is None:
-    library_level = logging.WARNING
+  root.setLevel(min(library_level or logging.INFO, logging.INFO))
+  if directory is None:
+    root.removeHandler(_state["file"])
+    library_level = library_level or logging.WARNING
   if library_level is not None:
     library = logging.StreamHandler(sys.stderr)
     library.setFormatter(absl_logging.PythonFormatter())
     library.setLevel(library_level)
     library.addFilter(lambda record: not is_own(record))
     root.addHandler(library)
-    root.setLevel(min(library_level, logging.INFO))
   if directory is None:
     return None
   name = LOG_NAME if not process_id else f"log.{int(process_id)}.txt"
