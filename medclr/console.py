@@ -44,7 +44,7 @@ _PRINTED = "library.stdout"
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SHARD = re.compile(r"-\d{5}-of-(\d{5})$")
 
-_state = {"file": None, "library": None}
+_state = {"file": None}
 
 
 def is_own(record):

@@ -40,6 +40,7 @@ LAYERS = {
     "medclr.warm_start": UTILITIES,
     "medclr.xla_defaults": UTILITIES,
     # Augmentation, data pipelines and models.
+    "medclr.adapt_bn": BUILDING_BLOCKS,
     "medclr.augment": BUILDING_BLOCKS,
     "medclr.device_crops": BUILDING_BLOCKS,
     "medclr.distortions": BUILDING_BLOCKS,
