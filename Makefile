@@ -17,7 +17,7 @@ WORK ?= workdirs/quickstart
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-compile -e '.[test,bench]'
+	$(PY) -m pip install --quiet --no-compile -e '.[test,bench,tensorboard]'
 	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 	touch $@
 

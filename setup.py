@@ -42,6 +42,9 @@ setuptools.setup(
                  "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8",
                  "nilearn>=0.10", "hypothesis>=6.100"],
         "notebook": ["matplotlib>=3.8", "ipykernel>=6.29"],
+        # The viewer for the runs' tb/ event files (`tensorboard --logdir
+        # W/tb`; the launchers' last line names it). make install installs it.
+        "tensorboard": ["tensorboard>=2.16"],
         # gcsfs: etils.epath's gs:// backend when TensorFlow is absent, for
         # gs://bucket/run workdirs (the bound is etils[epath-gcs]'s).
         "tpu": ["jax[tpu]>=0.10.2", "gcsfs>=2026.4.0"],

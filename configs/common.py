@@ -4,6 +4,7 @@
 the colon in `--config=configs/X.py:ARG` into typed fields (big_vision's
 `configs/common.py::parse_arg` idea).
 """
+import difflib
 import os
 
 import ml_collections
@@ -22,15 +23,23 @@ def parse_arg(arg, **defaults):
   for item in filter(None, (arg or "").split(",")):
     key, eq, value = item.partition("=")
     if key not in defaults:
+      close = difflib.get_close_matches(key, list(defaults), n=1)
       raise errors.ConfigError(
           f"unknown config argument {key!r} in {arg!r}; known: "
-          f"{sorted(defaults)}")
+          f"{sorted(defaults)}" + (f" (did you mean {close[0]!r}?)"
+                                   if close else ""))
     if not eq:
       result[key] = True
     elif isinstance(defaults[key], bool):
       result[key] = value.lower() in ("1", "true", "yes")
     else:
-      result[key] = type(defaults[key])(value)
+      kind = type(defaults[key])
+      try:
+        result[key] = kind(value)
+      except ValueError:
+        raise errors.ConfigError(
+            f"config argument {item!r} in {arg!r}: expected "
+            f"{kind.__name__}") from None
   return result
 
 

@@ -7,7 +7,6 @@ Writes <workdir>/eval/metrics.json (another dataset: eval_<name>/) and
 prediction PNGs, prints a table: mean and std over images, and the pooled
 metrics over all field-of-view pixels of the split.
 """
-from absl import app
 from absl import flags
 
 from launch import runner
@@ -42,9 +41,7 @@ SHOWN = ("dice", "iou", "auc_roc", "sensitivity", "specificity", "accuracy",
          "mean_dice", "mean_iou")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main(_):
   result = runner.run_user_errors_clean(
       lambda: evaluate.evaluate(_WORKDIR.value, split=_SPLIT.value,
                                 out_dir=_OUT.value, step=_STEP.value,
@@ -53,7 +50,10 @@ def main(argv):
                                 scales=_SCALES.value,
                                 adapt_bn=_ADAPT_BN.value))
   print(evaluate.format_result(result, SHOWN))
+  name = result["dataset"]  # evaluate's default out_dir: eval[_<name>]/
+  suffix = "" if name == result["trained_on"] else f"_{name}"
+  return _OUT.value or f"{_WORKDIR.value}/eval{suffix}"
 
 
 if __name__ == "__main__":
-  runner.run(main)
+  runner.run(main, log_dir=lambda: _WORKDIR.value)

@@ -6,7 +6,6 @@
   python -m launch.prepare --dataset=unlabeled --name=fundus_pool \
       --manual_dir=../shared/data/fundus_pool
 """
-from absl import app
 from absl import flags
 import tensorflow_datasets as tfds
 
@@ -20,8 +19,8 @@ _MANUAL_DIR = flags.DEFINE_string(
     "manual_dir", None, "Folder with the raw files (not needed for phantom); "
     "for unlabeled, the folder holding images/.")
 _DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, f"Where prepared sets live; default "
-    f"${sources.DATA_DIR_ENV} or ~/medclr_data.")
+    "data_dir", str(sources.default_data_dir()), "Where prepared sets live; "
+    f"default ${sources.DATA_DIR_ENV} or ~/medclr_data.")
 _NAME = flags.DEFINE_string("name", None, "Name to store the set under "
                             "(required for folder and unlabeled).")
 _LONG_SIDE = flags.DEFINE_integer(
@@ -41,19 +40,16 @@ _SIZE = flags.DEFINE_integer("size", 128, "phantom: image side in pixels.")
 _SEED = flags.DEFINE_integer("seed", 0, "phantom: random seed.")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main(_):
   tfds.disable_progress_bar()  # One summary line per split is enough.
   phantom_kwargs = dict(num_train=_NUM_TRAIN.value, num_test=_NUM_TEST.value,
                         size=_SIZE.value, seed=_SEED.value)
-  runner.run_user_errors_clean(lambda: prepare_lib.prepare(
-      _DATASET.value, _MANUAL_DIR.value,
-      _DATA_DIR.value or sources.default_data_dir(), name=_NAME.value,
+  return runner.run_user_errors_clean(lambda: prepare_lib.prepare(
+      _DATASET.value, _MANUAL_DIR.value, _DATA_DIR.value, name=_NAME.value,
       long_side=_LONG_SIDE.value, overwrite=_OVERWRITE.value,
       estimate_fov=_ESTIMATE_FOV.value, test_slices=_TEST_SLICES.value,
       **(phantom_kwargs if _DATASET.value == "phantom" else {})))
 
 
 if __name__ == "__main__":
-  runner.run(main)
+  runner.run(main, log_dir=lambda: _DATA_DIR.value)

@@ -7,12 +7,12 @@ and relative position for the volume-aware methods (chaitanya, pcl configs).
   python -m launch.prepare_volumes --name=acdc --manual_dir=/data/acdc
   python -m launch.prepare_volumes --name=synthetic_volumes --synthetic
 """
-from absl import app
 from absl import flags
 import tensorflow_datasets as tfds
 
 from launch import runner
 from medclr.data import sources
+from medclr.data import tfds_builder
 from medclr.data import volume_builder
 from medclr.data import volumes
 
@@ -21,8 +21,8 @@ _NAME = flags.DEFINE_string("name", None, "Name to store the set under.",
 _MANUAL_DIR = flags.DEFINE_string(
     "manual_dir", None, "Folder of .nii/.nii.gz files and/or DICOM series.")
 _DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, f"Where prepared sets live; default "
-    f"${sources.DATA_DIR_ENV} or ~/medclr_data.")
+    "data_dir", str(sources.default_data_dir()), "Where prepared sets live; "
+    f"default ${sources.DATA_DIR_ENV} or ~/medclr_data.")
 _SIZE = flags.DEFINE_integer(
     "size", 128, "Pad each slice to a square and resize it to size x size; "
     "0 keeps the native size.")
@@ -40,19 +40,18 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False,
                                "Replace the set if it already exists.")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main(_):
   tfds.disable_progress_bar()
   summary = runner.run_user_errors_clean(
       lambda: volume_builder.prepare_from_flags(
-          _MANUAL_DIR.value, _DATA_DIR.value or sources.default_data_dir(),
+          _MANUAL_DIR.value, _DATA_DIR.value,
           _NAME.value, synthetic=_SYNTHETIC.value, axis=_AXIS.value,
           normalization=_NORMALIZATION.value, percentiles=_PERCENTILES.value,
           size=_SIZE.value, split=_SPLIT.value, overwrite=_OVERWRITE.value))
   if summary:
     print(summary)
+  return tfds_builder.dataset_dir(_DATA_DIR.value, _NAME.value)
 
 
 if __name__ == "__main__":
-  runner.run(main)
+  runner.run(main, log_dir=lambda: _DATA_DIR.value)

@@ -1,21 +1,25 @@
 """What every launcher shares: distributed flags, start-up and clean errors.
 
-A user error (bad data folder, missing checkpoint, invalid config value) is
-printed as one line naming the file or key, without a Python traceback.
-Library INFO logs (Orbax's per-save lines, XLA start-up) stay behind
-`--verbosity=0`; the console shows progress lines, warnings and results.
+A user error (a mistyped flag, unknown config key, bad data folder, missing
+checkpoint, invalid config value) is printed as one `error:` line naming
+the flag, file or key, without a Python traceback, and exits non-zero.
+The console shows medclr's own lines (a start line, progress, warnings, an
+end line naming every output); library logs (Orbax, TFDS, absl, JAX) go to
+`log.txt` in the run's directory, and with `--verbosity=N` (absl's flag:
+-1 warnings, 0 info, 1 debug) to stderr as well (`medclr.console`).
 """
-import importlib.util
 import os
 import sys
 
 from absl import app
 from absl import flags
-from absl import logging
+from absl.logging import converter
 import jax
 from ml_collections import config_flags
 
+from launch import flag_errors
 from medclr import checkpointing
+from medclr import console
 from medclr import errors
 from medclr import sharding
 from medclr.data import readers
@@ -80,48 +84,77 @@ def train_main(train_and_evaluate, what):
   flags.mark_flags_as_required(["config", "workdir"])
 
   def main(argv):
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # flag_errors.parse refuses positional arguments
     run_user_errors_clean(start_distributed)
     last = run_user_errors_clean(train_and_evaluate, config.value,
                                  workdir.value)
-    if jax.process_index() == 0:
-      print_result(what, last, workdir.value, config.value.num_steps)
+    if jax.process_index() == 0 and print_result(
+        what, last, workdir.value, config.value.num_steps):
+      return workdir.value
+    return None
 
+  main.log_dir = lambda: workdir.value  # read by `run`
   return main
 
 
-def check_config_argument(argv):
-  """Exits 1 with one line when `--config=FILE:ARG` is refused by the file.
+def _process_id():
+  """This process's index as given (flag or environment), 0 if not given.
 
-  absl would report the config file's ConfigError inside a flag-parsing
-  traceback; a missing file is left to absl's own message.
+  Read before JAX starts: the log file and the start line come first.
   """
-  for arg in argv[1:]:
-    if not arg.startswith("--config="):
-      continue
-    path, _, config_arg = arg[len("--config="):].partition(":")
-    if not os.path.isfile(path):
-      return
-    spec = importlib.util.spec_from_file_location("_checked_config", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-      spec.loader.exec_module(module)
-      module.get_config(*([config_arg] if config_arg else []))
-    except errors.ConfigError as e:
-      print(f"error: --config={path}:{config_arg}: {e}", file=sys.stderr)
-      sys.exit(1)
+  given = _PROCESS_ID.value
+  if given is None:
+    given = os.environ.get("MEDCLR_PROCESS_ID") or 0
+  # A malformed value is refused with its own message at start_distributed.
+  return int(given) if str(given).isdigit() else 0
 
 
-def run(main):
-  """app.run with JAX's flags and library INFO logs behind --verbosity."""
-  check_config_argument(sys.argv)
+def _library_level():
+  """The Python level of an explicit --verbosity (absl: -1 warnings, 0 info,
+  1 debug), or None: library logs then stay in the log file."""
+  verbosity = flags.FLAGS["verbosity"]
+  if not verbosity.present:
+    return None
+  if verbosity.value > converter.ABSL_DEBUG:
+    return converter.STANDARD_DEBUG - (verbosity.value - 1)
+  return converter.absl_to_standard(max(verbosity.value, converter.ABSL_FATAL))
+
+
+def run(main, log_dir=None):
+  """app.run with one-line command-line errors and the quiet console.
+
+  Flags are parsed by `flag_errors.parse` (a mistake is one `error:` line,
+  exit 1, before anything is written). The console shows medclr's own lines;
+  library logs go to `<log_dir()>/log.txt` (`medclr.console`), or to stderr
+  too with an explicit --verbosity. A start line names the directory; when
+  `main` returns what it wrote (a directory, whose entries are named, or a
+  list of paths) an end line names every output.
+
+  Args:
+    main: the launcher's main(argv) -> outputs, or None (nothing to name,
+      e.g. a run stopped early).
+    log_dir: () -> the directory the run writes to, called after flags are
+      parsed (default: `main.log_dir`, which `train_main` sets); without
+      one library warnings stay on the console.
+  """
+  console.hold()
   jax.config.config_with_absl()
+  tag = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+  log_dir = log_dir or getattr(main, "log_dir", None)
 
   def quiet_main(argv):
-    # absl's app.run turns INFO on after parsing: undo it unless asked for.
-    if not flags.FLAGS["verbosity"].present:
-      logging.set_verbosity(logging.WARNING)
-    return main(argv)
+    directory = log_dir() if log_dir else None
+    log = console.to_file(directory, process_id=_process_id(),
+                          library_level=_library_level())
+    if directory is not None and _process_id() == 0:
+      print(f"[{tag}] starting in {directory}; library logs go to {log}",
+            flush=True)
+    outputs = main(argv)
+    if outputs is not None and _process_id() == 0:
+      print(console.outputs_line(tag, outputs), flush=True)
 
-  app.run(quiet_main)
+  def parse_flags(argv):
+    console.hold()  # app.run has just added absl's handler: out again
+    return flag_errors.parse(argv)
+
+  app.run(quiet_main, flags_parser=parse_flags)

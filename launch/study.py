@@ -6,7 +6,6 @@ r"""Runs (or resumes) a few-label study; the work is `medclr.study.runner`.
 import pathlib
 import sys
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
@@ -32,9 +31,7 @@ _REPORT_ONLY = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main(_):
   config = _CONFIG.value
   name = config.get("results_name") or f"study_{config.profile}"
   results = pathlib.Path(_RESULTS.value or cells.REPO / "benchmarks" /
@@ -42,13 +39,16 @@ def main(argv):
   try:
     if _REPORT_ONLY.value:
       runner.write_report(config, results)
-      return
-    runner.run_study(config, _WORKDIR.value, _SHARED.value, results)
+    else:
+      runner.run_study(config, _WORKDIR.value, _SHARED.value, results)
   except (ValueError, FileNotFoundError, cells.CommandFailed) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  plots = sorted(results.parent.glob(f"{results.stem}_*.png"))
+  runs = [] if _REPORT_ONLY.value else [pathlib.Path(_WORKDIR.value)]
+  return [results, results.with_suffix(".md"), *plots, *runs]
 
 
 if __name__ == "__main__":
-  launch_runner.check_config_argument(sys.argv)
-  app.run(main)
+  launch_runner.run(main, log_dir=lambda: None if _REPORT_ONLY.value
+                    else _WORKDIR.value)

@@ -192,6 +192,87 @@ def test_launchers_print_one_line_and_write_nothing(tmp_path, launcher, args,
   assert _no_leftovers(tmp_path / "data")
 
 
+# Command-line mistakes, each refused by the real launcher before it writes
+# anything: {w} is the workdir (or data folder) the command names.
+PRETRAIN_SMOKE = ["--config=configs/pretrain_simclr.py:smoke", "--workdir={w}"]
+FINETUNE_SMOKE = ["--config=configs/finetune_unet.py:smoke", "--workdir={w}"]
+
+
+@pytest.mark.parametrize("launcher, args, message", [
+    # A config file that does not exist, with the nearest one.
+    pytest.param(
+        "launch.pretrain",
+        ["--config=configs/pretrain_simclrr.py", "--workdir={w}"],
+        r"error: --config=configs/pretrain_simclrr\.py: no such config file "
+        r"configs/pretrain_simclrr\.py \(did you mean "
+        r"configs/pretrain_simclr\.py\?\)$", id="missing-config-file"),
+    # An unknown key, with the nearest key; one misplaced at the top level
+    # is found where it lives.
+    pytest.param(
+        "launch.finetune", [*FINETUNE_SMOKE, "--config.data.num_labled=2"],
+        r"error: unknown config key data\.num_labled \(did you mean "
+        r"data\.num_labeled\?\)$", id="unknown-key"),
+    pytest.param(
+        "launch.finetune", [*FINETUNE_SMOKE, "--config.num_labeled=2"],
+        r"error: unknown config key num_labeled \(did you mean "
+        r"data\.num_labeled\?\)$", id="misplaced-key"),
+    # A value of the wrong type for its key.
+    pytest.param(
+        "launch.pretrain", [*PRETRAIN_SMOKE, "--config.num_steps=abc"],
+        r"error: --config\.num_steps=abc: expected int \(the config's value "
+        r"is 2\)$", id="wrong-type"),
+    # A profile after the colon that the config file does not define.
+    pytest.param(
+        "launch.pretrain",
+        ["--config=configs/pretrain_simclr.py:quik", "--workdir={w}"],
+        r"error: --config=configs/pretrain_simclr\.py:quik: unknown config "
+        r"argument 'quik' in 'quik'; known: \[.*\] \(did you mean "
+        r"'quick'\?\)$", id="bad-profile"),
+    pytest.param(
+        "launch.study",
+        ["--config=configs/study_drive.py:quik", "--workdir={w}"],
+        r"error: --config=configs/study_drive\.py:quik: unknown config "
+        r"argument 'quik'.*\(did you mean 'quick'\?\)$",
+        id="study-bad-profile"),
+    # An unknown flag or choice, with the nearest one.
+    pytest.param(
+        "launch.pretrain",
+        ["--config=configs/pretrain_simclr.py:smoke", "--work_dir={w}"],
+        r"error: unknown flag --work_dir \(did you mean --workdir\?\)$",
+        id="unknown-flag"),
+    pytest.param(
+        "launch.evaluate", ["--workdir={w}", "--stpe=3"],
+        r"error: unknown flag --stpe \(did you mean --step\?\)$",
+        id="evaluate-unknown-flag"),
+    pytest.param(
+        "launch.prepare", ["--dataset=phantm", "--data_dir={w}"],
+        r"error: --dataset=phantm: value should be one of <.*> \(did you "
+        r"mean phantom\?\)$", id="prepare-bad-choice"),
+    # A value without its flag; a required flag left out.
+    pytest.param(
+        "launch.pretrain", [*PRETRAIN_SMOKE, "--config.num_steps", "5", "6"],
+        r"error: unexpected arguments 6 \(flags are written --name=value\)$",
+        id="positional-argument"),
+    pytest.param(
+        "launch.pretrain", ["--config=configs/pretrain_simclr.py:smoke"],
+        r"error: --workdir is required$", id="missing-workdir"),
+])
+def test_command_line_mistakes_are_one_line_and_write_nothing(
+    tmp_path, launcher, args, message):
+  workdir = tmp_path / "w"
+  result = subprocess.run(
+      [sys.executable, "-m", launcher,
+       *[a.format(w=workdir) for a in args]],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode != 0, result.stdout
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1, result.stderr
+  assert lines[0].startswith("error: ")
+  assert re.match(message, lines[0]), lines[0]
+  assert not workdir.exists()
+
+
 def test_prepare_flags_out_of_range_name_the_flag(tmp_path):
   with pytest.raises(DataError, match=r"--long_side=-5: expected a positive"):
     prepare_lib.prepare("folder", _folder_set(tmp_path / "set"),

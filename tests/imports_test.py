@@ -19,6 +19,7 @@ LAYERS = {
     # Utilities: no project imports above this layer.
     "medclr": UTILITIES,
     "medclr.checkpointing": UTILITIES,
+    "medclr.console": UTILITIES,
     "medclr.contrastive_crop": UTILITIES,
     "medclr.crop_presets": UTILITIES,
     "medclr.crops": UTILITIES,
@@ -39,6 +40,7 @@ LAYERS = {
     "medclr.warm_start": UTILITIES,
     "medclr.xla_defaults": UTILITIES,
     # Augmentation, data pipelines and models.
+    "medclr.adapt_bn": BUILDING_BLOCKS,
     "medclr.augment": BUILDING_BLOCKS,
     "medclr.device_crops": BUILDING_BLOCKS,
     "medclr.distortions": BUILDING_BLOCKS,
@@ -108,6 +110,7 @@ LAYERS = {
     "launch": LAUNCHERS,
     "launch.evaluate": LAUNCHERS,
     "launch.finetune": LAUNCHERS,
+    "launch.flag_errors": LAUNCHERS,
     "launch.prepare": LAUNCHERS,
     "launch.prepare_volumes": LAUNCHERS,
     "launch.pretrain": LAUNCHERS,

@@ -19,6 +19,7 @@ import tempfile
 import numpy as np
 import tensorflow_datasets as tfds
 
+from medclr import console
 from medclr.data import readers
 
 BUILDER_NAME = "medclr2d"
@@ -159,7 +160,9 @@ def write_dataset(data_dir: pathlib.Path | str, name: str,
         file_format="array_record",
         examples_by_split=examples_by_split)
     # A throwaway download dir, so no empty downloads/ folder is left behind.
-    with tempfile.TemporaryDirectory() as download_dir:
+    # TFDS prints its progress to stdout: the launcher's log file takes it.
+    with tempfile.TemporaryDirectory() as download_dir, \
+        console.library_output():
       builder.download_and_prepare(download_dir=download_dir)
 
   write_staged(data_dir, name, write)

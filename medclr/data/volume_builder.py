@@ -21,6 +21,7 @@ import tempfile
 import numpy as np
 import tensorflow_datasets as tfds
 
+from medclr import console
 from medclr.data import readers
 from medclr.data import sources
 from medclr.data import tfds_builder
@@ -135,7 +136,9 @@ def write_volume_dataset(data_dir: pathlib.Path | str, name: str,
         config=tfds.core.BuilderConfig(name=name, description=description),
         file_format="array_record",
         examples_by_split=slices_by_split)
-    with tempfile.TemporaryDirectory() as download_dir:
+    # TFDS prints its progress to stdout: the launcher's log file takes it.
+    with tempfile.TemporaryDirectory() as download_dir, \
+        console.library_output():
       builder.download_and_prepare(download_dir=download_dir)
     for split in slices_by_split:
       np.save(table_path(staging, name, split),
