@@ -20,29 +20,7 @@ def get_config(arg=None):
   """Fine-tuning config; see the module docstring for `arg`."""
   args = common.parse_arg(arg, smoke=False, quick=False, demo=False)
   config = ml_collections.ConfigDict()
-  config.data = ml_collections.ConfigDict({
-      "data_dir": common.default_data_dir(),
-      "dataset": "drive",
-      "train_split": "train",
-      "test_split": "test",
-      "num_labeled": 2,
-      "label_seed": 0,
-      # Comma list of training image names (file stems); overrides
-      # num_labeled and label_seed.
-      "labeled": "",
-      "crop_size": 128,
-      # Where training patches go: 'uniform' (anywhere in the image) or
-      # 'fov' (centres inside the field of view).
-      "patch_sampling": "uniform",
-      "in_channels": 3,
-      "worker_count": 0,
-      **common.preprocess_fields(),
-      # Fundus vessels at one scale across cameras: every image resampled
-      # so its field of view is this many pixels across (DRIVE's own is
-      # about 540). Chosen across cameras in docs/cross_camera.md; images
-      # without an aperture (EM, endoscopy, MRI) need 0.
-      "fov_diameter": FOV_DIAMETER,
-  })
+  config.data = data_block()
   config.init = ml_collections.ConfigDict({
       "pretrain_dir": "",
       "pretrain_step": -1,  # -1: latest
@@ -80,6 +58,33 @@ def get_config(arg=None):
        "tta": "flips", "scales": "auto"})
   apply_profiles(config, args)
   return config
+
+
+def data_block():
+  """`config.data`: the labelled set, its label budget and preprocessing."""
+  return ml_collections.ConfigDict({
+      "data_dir": common.default_data_dir(),
+      "dataset": "drive",
+      "train_split": "train",
+      "test_split": "test",
+      "num_labeled": 2,
+      "label_seed": 0,
+      # Comma list of training image names (file stems); overrides
+      # num_labeled and label_seed.
+      "labeled": "",
+      "crop_size": 128,
+      # Where training patches go: 'uniform' (anywhere in the image) or
+      # 'fov' (centres inside the field of view).
+      "patch_sampling": "uniform",
+      "in_channels": 3,
+      "worker_count": 0,
+      **common.preprocess_fields(),
+      # Fundus vessels at one scale across cameras: every image resampled
+      # so its field of view is this many pixels across (DRIVE's own is
+      # about 540). Chosen across cameras in docs/cross_camera.md; images
+      # without an aperture (EM, endoscopy, MRI) need 0.
+      "fov_diameter": FOV_DIAMETER,
+  })
 
 
 def semi_block():

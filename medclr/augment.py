@@ -339,6 +339,11 @@ def get_spec(preset: str, strength: float = 1.0) -> AugmentSpec:
   base = PRESETS[preset]
   if strength == 1.0:
     return base
+  return _scaled(base, strength)
+
+
+def _scaled(base: AugmentSpec, strength: float) -> AugmentSpec:
+  """`base` with every magnitude and probability scaled (see get_spec)."""
   p_scale = min(strength, 1.0)
 
   def scale_area(area: float) -> float:

@@ -249,12 +249,7 @@ def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
     (binary: metrics over all FOV pixels of the split), 'step', 'dataset'.
   """
   predictor = load_for_inference(workdir, step)
-  config = predictor.config
-  if tta is not None:
-    config.eval.tta = tta
-  if scales is not None:
-    config.eval.scales = scales
-  inference.check_scales(config.eval.get("scales", "1"))  # fails before any work
+  config = _with_eval_flags(predictor.config, tta, scales)
   name = dataset or config.data.dataset
   split = split or config.data.test_split
   default_out = "eval" if name == config.data.dataset else f"eval_{name}"
@@ -279,18 +274,33 @@ def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
   result = {"step": predictor.step, "dataset": name, "split": split,
             "tta": config.eval.get("tta", "none"),
             "scales": str(config.eval.get("scales", "1")),
-            "adapt_bn": bool(adapt_bn),
-            "trained_on": config.data.dataset,
+            "adapt_bn": bool(adapt_bn), "trained_on": config.data.dataset,
             "num_images": len(per_image),
             "seconds": round(time.time() - t0, 2),
             "summary": seg_metrics.summarize(per_image),
             "per_image": per_image}
   if binary:
     result["pooled"] = pooled.metrics()
-  tmp = out_dir / "metrics.json.tmp"
-  tmp.write_text(json.dumps(result, indent=2, default=float))
-  tmp.replace(out_dir / "metrics.json")
+  _write_json(out_dir / "metrics.json", result)
   return result
+
+
+def _with_eval_flags(config, tta, scales):
+  """`config` with the command line's evaluation flags; checked before any
+  work."""
+  if tta is not None:
+    config.eval.tta = tta
+  if scales is not None:
+    config.eval.scales = scales
+  inference.check_scales(config.eval.get("scales", "1"))
+  return config
+
+
+def _write_json(path, value):
+  """Writes `value` to `path` (any epath) through a temporary file."""
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(json.dumps(value, indent=2, default=float))
+  tmp.replace(path)
 
 
 def format_result(result, shown):
