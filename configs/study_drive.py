@@ -69,11 +69,13 @@ def get_config(arg="quick"):
   # without test-time flips or scales, about 3 minutes a cell with
   # evaluation. Every arm gets the same fine-tuning and evaluation, so arms
   # compare; the recipe's own rows are benchmarks/results/drive_study.md.
-  # The study's images stay at their own resolution, as in its committed
-  # rows (the fine-tuning default resamples fundus FOVs to 540 px since).
-  config.finetune_overrides = "--config.data.fov_diameter=0" + (
+  # The study's fine-tuning stays as in its committed rows: images at their
+  # own resolution and `basic_medical` (the fine-tuning defaults resample
+  # fundus FOVs and add colour augmentation since, docs/cross_camera.md).
+  config.finetune_overrides = (
+      "--config.data.fov_diameter=0 --config.augment.preset=basic_medical" + (
       " --config.num_steps=300 --config.eval.tta=none --config.eval.scales=1"
-      if args.quick else "")
+      if args.quick else ""))
   if args.smoke:
     config.pools = ml_collections.ConfigDict({"small": "phantom:train"})
     config.arms = "scratch,simclr_basic_medical@small"
