@@ -251,15 +251,21 @@ def test_preprocess_json_round_trips_under_gs(fake_gcs):
 
 class _FakePredictor:
   """What `evaluate` needs of a restored U-Net (Orbax's gs:// restore is
-  not faked): a config, a step and probabilities."""
+  not faked): a config, a step, its preprocessing, test-time scales and
+  probabilities."""
 
   def __init__(self, data_dir):
     self.step = 7
+    self.preprocess = preprocess.Preprocess()
     self.config = ml_collections.ConfigDict({
         "data": {"dataset": "phantom", "test_split": "test",
                  "data_dir": data_dir},
         "eval": {"tta": "none", "scales": "1", "save_predictions": True},
         "model": {"num_classes": 1}})
+
+  def scales(self, fov):
+    del fov
+    return (1.0,)
 
   def probabilities(self, image, fov):
     del fov
