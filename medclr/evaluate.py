@@ -48,7 +48,6 @@ class Predictor:
     self.preprocess = preprocess_spec
     self.graphdef = graphdef
     self.params = params
-    self.batch_stats = batch_stats
     self._set_batch_stats(batch_stats)
     self.window = config.eval.window or config.data.crop_size
 
@@ -99,9 +98,11 @@ class Predictor:
     return self.preprocess.restore(logits / len(scales), np.shape(image)[:2])
 
   def _fov_unused(self):
+    """Whether nothing reads the FOV: no normalisation in it, no resampling
+    by it and no automatic test scale."""
+    auto = str(self.config.eval.get("scales", "1")) == inference.AUTO_SCALES
     return (self.preprocess.normalize == "none"
-            and not self.preprocess.fov_diameter
-            and str(self.config.eval.get("scales", "1")) != inference.AUTO_SCALES)
+            and not self.preprocess.fov_diameter and not auto)
 
   def _scaled_logits(self, model_image, scale):
     """TTA logits of the image resampled by `scale`, on its own grid."""
