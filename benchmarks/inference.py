@@ -7,8 +7,9 @@ The image is DRIVE's first test image (584x565) when ../shared/data (or
 the identical `unet2d-32` U-Net (random weights: speed does not depend on
 them) with a 128 px window, overlap 0.5, Gaussian weighting (sigma 1/8 of the
 window) and the same windows per batch:
-  * medclr: `medclr.inference.sliding_window_predict` driving the jitted
-    `steps.make_predict_fn`, as `medclr.evaluate` does;
+  * medclr: `medclr.evaluate.inference.sliding_window_predict` driving the
+    jitted
+    `models.make_predict_fn`, as `medclr.evaluate.evaluate` does;
   * PyTorch: MONAI's `sliding_window_inference(mode='gaussian')` when monai
     is installed, else medclr's own host loop driving the PyTorch model (a
     plain loop with the same windows and weights).
@@ -58,7 +59,7 @@ def parse_args(argv):
 
 def load_image(args):
   """(float32 HxWx3 image in [0, 1], description)."""
-  from medclr import crops  # pylint: disable=g-import-not-at-top
+  from medclr.data import crops  # pylint: disable=g-import-not-at-top
   from medclr.data import phantom  # pylint: disable=g-import-not-at-top
   from medclr.data import readers  # pylint: disable=g-import-not-at-top
 
@@ -74,21 +75,20 @@ def load_image(args):
 
 
 def medclr_predict_fn(widths):
-  """The jitted eval-mode U-Net predict of `medclr.evaluate.Predictor`."""
+  """The jitted eval-mode U-Net predict of `evaluate.Predictor`."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from medclr import models  # pylint: disable=g-import-not-at-top
-  from medclr import steps  # pylint: disable=g-import-not-at-top
 
   model = models.make_unet(common.model_config(widths, "float32"),
                            nnx.Rngs(0))
-  graphdef, params, batch_stats = steps.split_model(model)
-  predict = steps.make_predict_fn(graphdef)
+  graphdef, params, batch_stats = models.split_model(model)
+  predict = models.make_predict_fn(graphdef)
   return jax.jit(lambda x: predict(params, batch_stats, x))
 
 
 def measure_medclr(args, image):
-  from medclr import inference  # pylint: disable=g-import-not-at-top
+  from medclr.evaluate import inference  # pylint: disable=g-import-not-at-top
   predict = medclr_predict_fn(args.widths)
 
   def run():
@@ -132,14 +132,14 @@ def measure_torch(args, image):
 
     implementation = "monai.inferers.sliding_window_inference"
   else:
-    from medclr import inference  # pylint: disable=g-import-not-at-top
+    from medclr.evaluate import inference  # pylint: disable=g-import-not-at-top
 
     def run():
       return inference.sliding_window_predict(
           predict_nhwc, image, args.window, overlap=args.overlap,
           batch_size=args.sw_batch)
 
-    implementation = "medclr.inference host loop driving torch"
+    implementation = "medclr.evaluate.inference host loop driving torch"
   times = common.time_calls(run, args.repeats, args.warmup)
   return {"images_per_s": 1.0 / common.median(times),
           "image_s": common.median(times), "image_times_s": times,

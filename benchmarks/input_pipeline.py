@@ -12,7 +12,7 @@ For each preset of `medclr.augment.PRESETS` it times, in two-view images/s
   * device: `augment.two_views` jitted on a batch already on device;
     with --crops=device the host only ships each image fitted into a canvas
     (`config.data.crops='device'`) and the device also cuts the two views
-    (`medclr.device_crops`) before augmenting them;
+    (`medclr.augment.crops`) before augmenting them;
   * pipeline: both in sequence as the training loop runs them (host batch ->
     `sharding.to_global` -> device augmentation, blocking).
 `outruns_step` is pipeline images/s > the step's images/s. The step rate is
@@ -68,7 +68,7 @@ def parse_args(argv):
   parser.add_argument("--results", default=None)
   args = parser.parse_args(argv)
   args.widths = common.parse_widths(args.widths)
-  from medclr import augment  # pylint: disable=g-import-not-at-top
+  from medclr.augment import ops as augment  # pylint: disable=g-import-not-at-top
   if args.presets == "all":
     args.presets = list(augment.PRESETS)
   else:
@@ -111,8 +111,8 @@ def prepare_phantom(args, tmp):
 def measure_preset(args, mesh, data_dir, sources, preset):
   """Host, device and combined two-view images/s for one preset."""
   import jax  # pylint: disable=g-import-not-at-top
-  from medclr import augment  # pylint: disable=g-import-not-at-top
-  from medclr import device_crops  # pylint: disable=g-import-not-at-top
+  from medclr.augment import ops as augment  # pylint: disable=g-import-not-at-top
+  from medclr.augment import crops as device_crops  # pylint: disable=g-import-not-at-top
   from medclr import sharding  # pylint: disable=g-import-not-at-top
   from medclr.data import pipeline  # pylint: disable=g-import-not-at-top
 

@@ -5,8 +5,8 @@ The step is docs/protocol.md section 2.
   python -m benchmarks.pretrain_step                       # float32, 1 device
   python -m benchmarks.pretrain_step --precision=bfloat16
 
-medclr's step is built exactly as `medclr.pretrain` builds it: the model from
-`models.make_contrastive` (`unet2d-32`, canonical head), the state from
+medclr's step is built exactly as `medclr.train.pretrain` builds it: the model
+from `models.make_contrastive` (`unet2d-32`, canonical head), the state from
 `loop.init_state` on a mesh, `steps.make_pretrain_step` jitted with
 the state donated. The input is a synthetic batch of B images x 2 views
 already on device, so only the step is timed.
@@ -157,7 +157,7 @@ class Model:
 
     from medclr import methods  # pylint: disable=g-import-not-at-top
     from medclr import optim  # pylint: disable=g-import-not-at-top
-    from medclr import loop  # pylint: disable=g-import-not-at-top
+    from medclr.train import loop  # pylint: disable=g-import-not-at-top
 
     self.config = config
     self.tx, self.lr_fn = optim.make_optimizer(config.optim, 1,
@@ -188,7 +188,7 @@ class MedclrStep:
     import jax  # pylint: disable=g-import-not-at-top
 
     from medclr import methods  # pylint: disable=g-import-not-at-top
-    from medclr import steps  # pylint: disable=g-import-not-at-top
+    from medclr.train import steps  # pylint: disable=g-import-not-at-top
 
     config = model.config.copy_and_resolve_references()
     config.augment.preset = preset
@@ -202,7 +202,7 @@ class MedclrStep:
       step = steps.make_pretrain_step(model.graphdef, model.tx, model.lr_fn,
                                       method, config.seed)
       start = time.perf_counter()
-      # Donate the state, as medclr.pretrain does.
+      # Donate the state, as medclr.train.pretrain does.
       self.compiled = jax.jit(step, donate_argnums=0).lower(
           self.state, self.batch).compile()
       self.compile_s = time.perf_counter() - start

@@ -22,11 +22,11 @@ import ml_collections
 import numpy as np
 
 from benchmarks import common
+from medclr import models
 from medclr import checkpointing
 from medclr import methods
-from medclr import pretrain
-from medclr import probe
-from medclr import steps
+from medclr.train import pretrain
+from medclr.evaluate import probe
 
 
 def _variants():
@@ -105,7 +105,7 @@ def main():
     config.probe.pixels_per_patch = args.pixels
   if args.patches:
     config.probe.patches_per_image = args.patches
-  graphdef, params, stats = steps.split_model(
+  graphdef, params, stats = models.split_model(
       methods.get_method(config).make_model(nnx.Rngs(config.seed)))
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                           {"params": params, "batch_stats": stats})

@@ -164,11 +164,11 @@ def lower_step(batch, precision, devices, widths=(32, 64, 128, 256, 512),
   if not devices:
     raise ValueError("lower_step needs a device (got none)")
   import jax  # pylint: disable=g-import-not-at-top
-  from medclr import loop  # pylint: disable=g-import-not-at-top
+  from medclr.train import loop  # pylint: disable=g-import-not-at-top
   from medclr import methods  # pylint: disable=g-import-not-at-top
   from medclr import optim  # pylint: disable=g-import-not-at-top
   from medclr import sharding  # pylint: disable=g-import-not-at-top
-  from medclr import steps  # pylint: disable=g-import-not-at-top
+  from medclr.train import steps  # pylint: disable=g-import-not-at-top
 
   config = pretrain_step.canonical_config(
       batch=batch, size=size, widths=widths, precision=precision,

@@ -24,10 +24,11 @@ import numpy as np
 from benchmarks import common
 from benchmarks import torch_peer
 from configs import pretrain_simclr
+from medclr import models
 from medclr import methods
 from medclr import optim
 from medclr import sharding
-from medclr import steps
+from medclr.train import steps
 from medclr.study import cells
 import torch
 
@@ -102,7 +103,7 @@ def init_jax(config, method, mesh):
   """(jitted step, state, numpy params, numpy batch_stats, lr_fn)."""
   tx, lr_fn = optim.make_optimizer(config.optim, config.num_steps,
                                    config.batch_size)
-  graphdef, params, batch_stats = steps.split_model(
+  graphdef, params, batch_stats = models.split_model(
       method.make_model(nnx.Rngs(config.seed)))
   numpy_copy = jax.tree.map(np.asarray, (params, batch_stats))
   state = steps.init_state(params, batch_stats, tx,

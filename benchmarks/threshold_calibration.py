@@ -15,7 +15,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from medclr import evaluate
+from medclr.evaluate import evaluate
 from medclr.data import sources
 from medclr.study import cells
 

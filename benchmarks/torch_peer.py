@@ -114,7 +114,7 @@ class UNet(nn.Module):
 
 
 def nt_xent(z1, z2, temperature):
-  """NT-Xent over the 2N views [z1; z2], as medclr.losses.nt_xent_reference."""
+  """NT-Xent over the 2N views [z1; z2], as losses.nt_xent_reference."""
   n = z1.shape[0]
   z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
   logits = z @ z.T / temperature

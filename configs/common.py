@@ -136,7 +136,7 @@ def shared_blocks(method, preset, in_channels):
       "worker_count": 0,
       # 'device': the host ships whole images fitted into a crop_canvas
       # square (0: from image_size and the smallest crop area) and the step
-      # cuts the views (medclr/device_crops.py); for accelerator hosts.
+      # cuts the views (medclr/augment/crops.py); for accelerator hosts.
       "crops": "host",
       "crop_canvas": 0,
       **preprocess_fields(),
@@ -190,9 +190,10 @@ def apply_pretrain_profiles(config, args):
 def diagnostics_blocks(config, smoke):
   """`config.guard` and `config.probe`, which every pretraining config has.
 
-  guard (medclr/guard.py): collapse / chance diagnostics, mode off, warn or
+  guard (medclr/evaluate/guard.py): collapse / chance diagnostics, mode off,
+      warn or
   stop; warmup_steps -1 is the larger of optim.warmup_steps and num_steps /
-  10. probe (medclr/probe.py): vessel/background balanced accuracy of a
+  10. probe (medclr/evaluate/probe.py): vessel/background balanced accuracy of a
   ridge-linear (kind 'linear') or k-NN ('knn') probe on the frozen encoder's
   features of patches of labelled training images, every `every` steps;
   dataset '' turns it off (the study sets its labelled set). Its size is

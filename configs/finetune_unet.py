@@ -103,7 +103,7 @@ def semi_block():
       "temperature": 0.5,
       "num_queries": 256,
       "num_negatives": 512,
-      "sampler": "sg",  # naive | sg | sag (medclr/pixel_sampling.py)
+      "sampler": "sg",  # naive | sg | sag (medclr/train/arco/sampling.py)
       "grid": 4,
       "representation_dim": 32,
       "rampup_steps": 0,

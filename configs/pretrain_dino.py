@@ -18,7 +18,7 @@ each value says where it is from.
 import ml_collections
 
 from configs import common
-from medclr import crop_presets
+from medclr.augment import crop_presets
 from medclr import errors
 
 
@@ -49,7 +49,7 @@ def crops_block(name):
   """`config.crops`, filled from the multi-crop preset `name`."""
   preset = crop_presets.CROP_PRESETS[name]
   return ml_collections.ConfigDict({
-      # dino_default | strong | weak | custom (medclr/crop_presets.py).
+      # dino_default | strong | weak | custom (medclr/augment/crop_presets.py).
       "preset": name,
       # Filled from the preset; read as given only with preset 'custom'.
       "global_scale": preset.global_scale,

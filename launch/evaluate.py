@@ -10,7 +10,7 @@ metrics over all field-of-view pixels of the split.
 from absl import flags
 
 from launch import runner
-from medclr import evaluate
+from medclr.evaluate import evaluate
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "a fine-tuning workdir (a local folder or gs://...)")

@@ -1,11 +1,11 @@
-r"""Launches few-label U-Net fine-tuning; the work is `medclr.finetune`.
+r"""Launches few-label U-Net fine-tuning; the work is `medclr.train.finetune`.
 
   python -m launch.finetune --config=configs/finetune_unet.py \
       --workdir=/tmp/ft --config.init.pretrain_dir=/tmp/simclr \
       --config.data.num_labeled=2
 """
 from launch import runner
-from medclr import finetune
+from medclr.train import finetune
 
 main = runner.train_main(finetune.train_and_evaluate, "fine-tuning")
 

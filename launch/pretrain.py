@@ -1,10 +1,10 @@
-r"""Launches contrastive pretraining; the work is `medclr.pretrain`.
+r"""Launches contrastive pretraining; the work is `medclr.train.pretrain`.
 
   python -m launch.pretrain --config=configs/pretrain_simclr.py \
       --workdir=/tmp/simclr [--config.num_steps=500]
 """
 from launch import runner
-from medclr import pretrain
+from medclr.train import pretrain
 
 main = runner.train_main(pretrain.train_and_evaluate, "pretraining")
 

@@ -14,7 +14,7 @@ from absl import flags
 from PIL import Image
 
 from launch import runner
-from medclr import augment_preview
+from medclr.augment import preview as augment_preview
 from medclr.data import readers
 from medclr.data import sources
 

@@ -4,10 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from medclr import adapt_bn
+from medclr.evaluate import adapt_bn
 from medclr import errors
 from medclr import models
-from medclr import steps
 from configs import common
 
 
@@ -15,7 +14,7 @@ def _unet(norm="batch"):
   config = common.model_config("tiny")
   config.norm = norm
   model = models.make_unet(config, nnx.Rngs(0))
-  return steps.split_model(model)
+  return models.split_model(model)
 
 
 def _images(count, size=32, seed=0):
@@ -30,7 +29,7 @@ def test_one_batch_makes_eval_mode_equal_train_mode():
   batch = np.stack(_images(2))
   adapted = adapt_bn.adapted_batch_stats(graphdef, params, batch_stats,
                                          [batch])
-  predict = steps.make_predict_fn(graphdef)
+  predict = models.make_predict_fn(graphdef)
   model = nnx.merge(graphdef, params, batch_stats)
   train_mode = np.asarray(model(batch, train=True))
   before = np.asarray(predict(params, batch_stats, batch))

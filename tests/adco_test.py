@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from conftest import finetune_from, saved_subtrees, smoke_config
+from medclr import models
 from medclr import errors
 from medclr import methods
-from medclr import pretrain
-from medclr import steps
+from medclr.train import pretrain
 from medclr.methods import adco
 from medclr.methods import moco
 
@@ -109,7 +109,7 @@ def _initial_model():
   """Params and BN stats of the tiny model, built once (jitted: fast)."""
   method = methods.get_method(_config())
   return jax.jit(
-      lambda: steps.split_model(method.make_model(nnx.Rngs(0)))[1:])()
+      lambda: models.split_model(method.make_model(nnx.Rngs(0)))[1:])()
 
 
 def _setup(config):

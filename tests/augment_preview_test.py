@@ -7,8 +7,8 @@ import numpy as np
 from PIL import Image
 
 from conftest import REPO_ROOT
-from medclr import augment_preview
-from medclr import crops
+from medclr.augment import preview as augment_preview
+from medclr.data import crops
 from medclr.data import phantom
 
 

@@ -1,4 +1,4 @@
-"""Tests for medclr.augment: presets, strength scaling, alignment, sharding."""
+"""Tests for medclr.augment.ops: presets, strength, alignment, sharding."""
 import dataclasses
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from medclr import augment
+from medclr.augment import ops as augment
 
 SIZE = 32
 BATCH = 8

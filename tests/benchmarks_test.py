@@ -186,8 +186,8 @@ def _with_nontrivial_stats(model):
   them in eval mode.
   """
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from medclr import steps  # pylint: disable=g-import-not-at-top
-  graphdef, params, stats = steps.split_model(model)
+  from medclr import models  # pylint: disable=g-import-not-at-top
+  graphdef, params, stats = models.split_model(model)
   rng = np.random.default_rng(1)
   stats = jax.tree.map(
       lambda x: np.asarray(x) + rng.uniform(0.1, 0.5, x.shape).astype(
@@ -201,7 +201,7 @@ def test_torch_peer_contrastive_model_matches_medclr():
   import torch  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from benchmarks import torch_peer  # pylint: disable=g-import-not-at-top
-  from medclr import losses  # pylint: disable=g-import-not-at-top
+  from medclr.methods import losses  # pylint: disable=g-import-not-at-top
   from medclr import models  # pylint: disable=g-import-not-at-top
 
   widths = (4, 8)

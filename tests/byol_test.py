@@ -18,10 +18,11 @@ import pytest
 from configs import finetune_unet
 from conftest import (assert_trees_close, finetune_from, saved_subtrees,
                       smoke_config)
-from medclr import ema
+from medclr import models
+from medclr.methods import ema
 from medclr import errors
-from medclr import pretrain
-from medclr import steps
+from medclr.train import pretrain
+from medclr.train import steps
 from medclr.methods import byol
 
 BATCH = 8
@@ -79,7 +80,7 @@ def test_regression_loss_is_two_minus_two_cosine():
 
 def test_loss_regresses_each_prediction_on_the_other_views_target():
   method = byol.make(_config())
-  graphdef, params, stats = steps.split_model(method.make_model(nnx.Rngs(0)))
+  graphdef, params, stats = models.split_model(method.make_model(nnx.Rngs(0)))
   aux = method.init_aux(params, stats)
   view1, view2 = _images(1), _images(2)
 
@@ -120,7 +121,7 @@ def test_loss_regresses_each_prediction_on_the_other_views_target():
 def test_target_starts_from_its_own_initialisation():
   """deepmind byol initialises the target with its own key (module doc)."""
   method = byol.make(_config())
-  _, params, stats = steps.split_model(method.make_model(nnx.Rngs(0)))
+  _, params, stats = models.split_model(method.make_model(nnx.Rngs(0)))
   aux = method.init_aux(params, stats)
   assert sorted(aux["target_params"]) == ["encoder", "projector"]
   leaves = zip(jax.tree.leaves(aux["target_params"]["encoder"]),

@@ -15,7 +15,7 @@ from conftest import resume_after_kill, saved_state, saved_subtrees
 from conftest import smoke_config
 from medclr import errors
 from medclr import methods
-from medclr import pretrain
+from medclr.train import pretrain
 from medclr.methods import chaitanya_local
 
 TAU = 0.1

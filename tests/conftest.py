@@ -120,7 +120,7 @@ def smoke_config(module, data_dir, **overrides):
 @pytest.fixture(scope="session")
 def pretrained_dir(tmp_path_factory, phantom_data_dir):
   """A finished 2-step smoke SimCLR pretraining workdir (shared by tests)."""
-  from medclr import pretrain  # pylint: disable=g-import-not-at-top
+  from medclr.train import pretrain  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("pretrain"))
   pretrain.train_and_evaluate(smoke_config("pretrain_simclr", phantom_data_dir),
                               workdir)
@@ -130,7 +130,7 @@ def pretrained_dir(tmp_path_factory, phantom_data_dir):
 @pytest.fixture(scope="session")
 def finetuned_dir(tmp_path_factory, phantom_data_dir, pretrained_dir):
   """A finished smoke fine-tuning workdir initialised from `pretrained_dir`."""
-  from medclr import finetune  # pylint: disable=g-import-not-at-top
+  from medclr.train import finetune  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("finetune"))
   finetune.train_and_evaluate(
       smoke_config("finetune_unet", phantom_data_dir,
@@ -188,7 +188,7 @@ def finetune_from(pretrain_dir, data_dir, workdir):
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
   from medclr import checkpointing  # pylint: disable=g-import-not-at-top
-  from medclr import finetune  # pylint: disable=g-import-not-at-top
+  from medclr.train import finetune  # pylint: disable=g-import-not-at-top
   config = smoke_config("finetune_unet", data_dir, num_steps=1,
                         **{"init.pretrain_dir": str(pretrain_dir),
                            "optim.learning_rate": 0.0})
@@ -272,7 +272,7 @@ def finetune_from_frozen(data_dir, pretrain_dir, workdir, parts):
   and frozen for the whole run: returns (pretrained params, fine-tuned
   params), both as saved, so what it loaded is what it ends with."""
   from medclr import checkpointing  # pylint: disable=g-import-not-at-top
-  from medclr import finetune  # pylint: disable=g-import-not-at-top
+  from medclr.train import finetune  # pylint: disable=g-import-not-at-top
   finetune.train_and_evaluate(smoke_config(
       "finetune_unet", data_dir, **{
           "init.pretrain_dir": str(pretrain_dir), "init.load": parts,

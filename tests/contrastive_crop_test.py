@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import saved_subtrees, smoke_config
-from medclr import contrastive_crop
-from medclr import crops
-from medclr import pretrain
+from medclr.data import contrastive_crop
+from medclr.data import crops
+from medclr.train import pretrain
 
 
 def test_box_from_features_spans_the_hot_region():

@@ -1,8 +1,8 @@
-"""Tests for medclr.crops: channel conversion and host-side random crops."""
+"""Tests for medclr.data.crops: channel conversion and host random crops."""
 import numpy as np
 import pytest
 
-from medclr import crops
+from medclr.data import crops
 
 
 def _coordinate_image(height, width):

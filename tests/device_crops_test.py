@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import smoke_config
-from medclr import crops
-from medclr import device_crops
+from medclr.data import crops
+from medclr.augment import crops as device_crops
 from medclr import errors
-from medclr import pretrain
+from medclr.train import pretrain
 from medclr import sharding
 from medclr.data import pipeline
 

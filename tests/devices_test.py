@@ -15,9 +15,10 @@ import optax
 import pytest
 
 from conftest import assert_trees_close_to_scale, smoke_config
+from medclr import models
 from medclr import methods
 from medclr import sharding
-from medclr import steps
+from medclr.train import steps
 
 # Of each part's largest entry: summing the batch in another order moves
 # these by ~1e-4; a device-count-dependent scale moves them by 100% or more.
@@ -26,7 +27,7 @@ TOLERANCE = 1e-3
 
 def _step_on(num_devices, config, method, batch):
   model = method.make_model(nnx.Rngs(config.seed))
-  graphdef, params, stats = steps.split_model(model)
+  graphdef, params, stats = models.split_model(model)
   tx = optax.sgd(1.0)
   step_fn = steps.make_pretrain_step(graphdef, tx, lambda step: 1.0, method,
                                      seed=0)

@@ -20,10 +20,10 @@ import pytest
 from configs import finetune_unet
 from conftest import (assert_trees_close, assert_trees_equal, finetune_from,
                       saved_state, saved_subtrees, smoke_config)
-from medclr import crop_presets
+from medclr import models
+from medclr.augment import crop_presets
 from medclr import errors
-from medclr import pretrain
-from medclr import steps
+from medclr.train import pretrain
 from medclr.methods import dino
 from medclr.models import dino_head
 
@@ -216,7 +216,7 @@ def test_method_loss_centre_and_frozen_last_layer():
   """method.loss against separate forwards laid out as DINO lays them out."""
   config = _config()
   method = dino.make(config)
-  graphdef, params, stats = steps.split_model(method.make_model(nnx.Rngs(0)))
+  graphdef, params, stats = models.split_model(method.make_model(nnx.Rngs(0)))
   aux = method.init_aux(params, stats)
   aux["center"] = 0.1 * jax.random.normal(jax.random.key(5), (1, 64))
   size, local, num_local = 32, method.local_size, method.num_local

@@ -11,8 +11,8 @@ import pytest
 from conftest import assert_trees_close_to_scale, assert_trees_equal
 from conftest import finetune_from_frozen
 from conftest import resume_after_kill, saved_state, smoke_config
-from medclr import distortions
-from medclr import pretrain
+from medclr.augment import distortions
+from medclr.train import pretrain
 from medclr.methods import dira
 from medclr.models import dira_head
 

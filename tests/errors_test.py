@@ -10,8 +10,8 @@ import pytest
 from conftest import REPO_ROOT, smoke_config
 from medclr import checkpointing
 from medclr import errors
-from medclr import finetune
-from medclr import pretrain
+from medclr.train import finetune
+from medclr.train import pretrain
 from medclr.data import readers
 
 

@@ -8,8 +8,8 @@ from PIL import Image
 import pytest
 
 from conftest import smoke_config
-from medclr import evaluate
-from medclr import finetune
+from medclr.evaluate import evaluate
+from medclr.train import finetune
 from medclr.data import preprocess
 from medclr.data import sources
 
@@ -89,7 +89,7 @@ def test_multiscale_logits_average_each_scale_on_the_image_grid(trained_dir):
 @pytest.mark.parametrize("text", ["", "0", "1,x", "8"])
 def test_bad_scales_name_the_key(text):
   from medclr import errors  # pylint: disable=g-import-not-at-top
-  from medclr import inference  # pylint: disable=g-import-not-at-top
+  from medclr.evaluate import inference  # pylint: disable=g-import-not-at-top
   with pytest.raises(errors.ConfigError, match="config.eval.scales"):
     inference.parse_scales(text)
 

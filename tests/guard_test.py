@@ -7,8 +7,8 @@ import pytest
 
 from conftest import smoke_config
 from medclr import errors
-from medclr import guard
-from medclr import pretrain
+from medclr.evaluate import guard
+from medclr.train import pretrain
 
 
 def _limits(**overrides):

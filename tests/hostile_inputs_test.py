@@ -24,9 +24,9 @@ import pytest
 
 from conftest import REPO_ROOT, smoke_config, write_dicom_slice
 from medclr import errors
-from medclr import evaluate
-from medclr import finetune
-from medclr import pretrain
+from medclr.evaluate import evaluate
+from medclr.train import finetune
+from medclr.train import pretrain
 from medclr import sharding
 from medclr.data import phantom
 from medclr.data import pipeline

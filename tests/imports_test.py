@@ -3,8 +3,8 @@
 Every module is parsed with `ast` (module-level and function-level imports
 alike, via ast.walk) into the graph of its imports of other modules of the
 project. The graph must have no cycle, and each module may import only
-modules of its own layer or a lower one (LAYERS). A new module must be
-added to LAYERS before this test passes. Imports by string
+modules of its own layer or a lower one (LAYERS, by package). A new
+package must be added to LAYERS before this test passes. Imports by string
 (`importlib.import_module`, as medclr.methods.REGISTRY does) are not seen.
 """
 import ast
@@ -13,111 +13,43 @@ import pathlib
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("medclr", "launch", "configs")
 
-# Low to high. A module may import modules of its own or a lower layer.
-UTILITIES, BUILDING_BLOCKS, METHODS, LOOPS, LAUNCHERS = range(5)
+# Low to high, by package (the longest matching prefix wins). A module may
+# import modules of its own or a lower layer. Each subpackage's docstring
+# says the same in words.
+INFRASTRUCTURE, BUILDING_BLOCKS, METHODS, TRAINING, STUDIES, LAUNCHERS = (
+    range(6))
 LAYERS = {
-    # Utilities: no project imports above this layer.
-    "medclr": UTILITIES,
-    "medclr.checkpointing": UTILITIES,
-    "medclr.console": UTILITIES,
-    "medclr.contrastive_crop": UTILITIES,
-    "medclr.crop_presets": UTILITIES,
-    "medclr.crops": UTILITIES,
-    "medclr.ema": UTILITIES,
-    "medclr.errors": UTILITIES,
-    "medclr.guard": UTILITIES,
-    "medclr.inference": UTILITIES,
-    "medclr.losses": UTILITIES,
-    "medclr.metric_writer": UTILITIES,
-    "medclr.metrics": UTILITIES,
-    "medclr.normalize": UTILITIES,
-    "medclr.optim": UTILITIES,
-    "medclr.pixel_contrast": UTILITIES,
-    "medclr.pixel_sampling": UTILITIES,
-    "medclr.sharding": UTILITIES,
-    "medclr.study.grid": UTILITIES,
-    "medclr.study.plots": UTILITIES,
-    "medclr.warm_start": UTILITIES,
-    "medclr.xla_defaults": UTILITIES,
-    # Augmentation, data pipelines and models.
-    "medclr.adapt_bn": BUILDING_BLOCKS,
-    "medclr.augment": BUILDING_BLOCKS,
-    "medclr.device_crops": BUILDING_BLOCKS,
-    "medclr.distortions": BUILDING_BLOCKS,
+    # Infrastructure: medclr's top-level modules (errors, console, sharding,
+    # checkpointing, optim, metric_writer, xla_defaults).
+    "medclr": INFRASTRUCTURE,
+    # Host data, device augmentation and the shared networks.
     "medclr.data": BUILDING_BLOCKS,
-    "medclr.data.fov": BUILDING_BLOCKS,
-    "medclr.data.multicrop": BUILDING_BLOCKS,
-    "medclr.data.phantom": BUILDING_BLOCKS,
-    "medclr.data.pipeline": BUILDING_BLOCKS,
-    "medclr.data.prepare": BUILDING_BLOCKS,
-    "medclr.data.preprocess": BUILDING_BLOCKS,
-    "medclr.data.readers": BUILDING_BLOCKS,
-    "medclr.data.sources": BUILDING_BLOCKS,
-    "medclr.data.tfds_builder": BUILDING_BLOCKS,
-    "medclr.data.volume_builder": BUILDING_BLOCKS,
-    "medclr.data.volume_pipeline": BUILDING_BLOCKS,
-    "medclr.data.volumes": BUILDING_BLOCKS,
+    "medclr.augment": BUILDING_BLOCKS,
     "medclr.models": BUILDING_BLOCKS,
-    "medclr.models.batch_norm": BUILDING_BLOCKS,
-    "medclr.models.dino_head": BUILDING_BLOCKS,
-    "medclr.models.dira_head": BUILDING_BLOCKS,
-    "medclr.models.encoder": BUILDING_BLOCKS,
-    "medclr.models.heads": BUILDING_BLOCKS,
-    "medclr.models.local_head": BUILDING_BLOCKS,
-    "medclr.models.macl_head": BUILDING_BLOCKS,
-    "medclr.models.unet": BUILDING_BLOCKS,
-    # Train steps, methods, the online probe and the shared config checks.
-    "medclr.config_checks": METHODS,
+    # Pretraining methods and scoring.
     "medclr.methods": METHODS,
-    "medclr.methods.adco": METHODS,
-    "medclr.methods.byol": METHODS,
-    "medclr.methods.chaitanya_local": METHODS,
-    "medclr.methods.dino": METHODS,
-    "medclr.methods.dira": METHODS,
-    "medclr.methods.macl": METHODS,
-    "medclr.methods.moco": METHODS,
-    "medclr.methods.simclr": METHODS,
-    "medclr.methods.volume_supcon": METHODS,
-    "medclr.probe": METHODS,
-    "medclr.semi_steps": METHODS,
-    "medclr.steps": METHODS,
-    # Training loops, evaluation, studies and the configs.
-    "medclr.augment_preview": LOOPS,
-    "medclr.evaluate": LOOPS,
-    "medclr.finetune": LOOPS,
-    "medclr.loop": LOOPS,
-    "medclr.pretrain": LOOPS,
-    "medclr.study": LOOPS,
-    "medclr.study.cells": LOOPS,
-    "medclr.study.report": LOOPS,
-    "medclr.study.runner": LOOPS,
-    "configs": LOOPS,
-    "configs.common": LOOPS,
-    "configs.finetune_unet": LOOPS,
-    "configs.pretrain_adco": LOOPS,
-    "configs.pretrain_byol": LOOPS,
-    "configs.pretrain_chaitanya": LOOPS,
-    "configs.pretrain_chaitanya_local": LOOPS,
-    "configs.pretrain_dino": LOOPS,
-    "configs.pretrain_dira": LOOPS,
-    "configs.pretrain_macl": LOOPS,
-    "configs.pretrain_mocov2": LOOPS,
-    "configs.pretrain_pcl": LOOPS,
-    "configs.pretrain_simclr": LOOPS,
-    "configs.study_drive": LOOPS,
-    "configs.study_em": LOOPS,
-    # Command-line entry points.
+    "medclr.evaluate": METHODS,
+    # The trainers, and the configs that drive them.
+    "medclr.train": TRAINING,
+    "configs": TRAINING,
+    "medclr.study": STUDIES,
     "launch": LAUNCHERS,
-    "launch.evaluate": LAUNCHERS,
-    "launch.finetune": LAUNCHERS,
-    "launch.flag_errors": LAUNCHERS,
-    "launch.prepare": LAUNCHERS,
-    "launch.prepare_volumes": LAUNCHERS,
-    "launch.pretrain": LAUNCHERS,
-    "launch.preview_augment": LAUNCHERS,
-    "launch.runner": LAUNCHERS,
-    "launch.study": LAUNCHERS,
 }
+# The top-level modules allowed beside the subpackages.
+INFRASTRUCTURE_MODULES = {
+    "medclr.checkpointing", "medclr.console", "medclr.errors",
+    "medclr.metric_writer", "medclr.optim", "medclr.sharding",
+    "medclr.xla_defaults"}
+
+
+def layer(module):
+  """The layer of `module`: that of its longest prefix in LAYERS."""
+  parts = module.split(".")
+  for end in range(len(parts), 0, -1):
+    prefix = ".".join(parts[:end])
+    if prefix in LAYERS:
+      return LAYERS[prefix]
+  return None
 
 
 def _module_files():
@@ -198,13 +130,23 @@ def _cycle(graph):
 
 def test_every_module_has_a_layer():
   _, files = import_graph()
-  unclassified = sorted(set(files) - set(LAYERS))
+  unclassified = sorted(m for m in files if layer(m) is None)
   assert not unclassified, (
-      f"modules without a layer: {unclassified}; classify each in "
-      "tests/imports_test.py LAYERS (0 utilities, 1 augment/data/models, "
-      "2 steps/methods, 3 loops/configs, 4 launch)")
+      f"modules without a layer: {unclassified}; add their package to "
+      "tests/imports_test.py LAYERS")
   stale = sorted(set(LAYERS) - set(files))
-  assert not stale, f"LAYERS names modules that no longer exist: {stale}"
+  assert not stale, f"LAYERS names packages that no longer exist: {stale}"
+
+
+def test_medclr_top_level_holds_only_infrastructure():
+  _, files = import_graph()
+  top = {m for m, path in files.items()
+         if m.count(".") == 1 and m.startswith("medclr.")
+         and path.name != "__init__.py"}
+  assert top == INFRASTRUCTURE_MODULES, (
+      f"top-level medclr modules {sorted(top - INFRASTRUCTURE_MODULES)} "
+      "belong in a subpackage (data, augment, models, methods, evaluate, "
+      "train, study)")
 
 
 def test_no_import_cycle():
@@ -218,12 +160,12 @@ def test_imports_never_go_up_a_layer():
   upward = []
   for module, edges in sorted(graph.items()):
     for target, line in sorted(edges.items()):
-      if module not in LAYERS or target not in LAYERS:
+      if layer(module) is None or layer(target) is None:
         continue  # test_every_module_has_a_layer reports these
-      if LAYERS[target] > LAYERS[module]:
+      if layer(target) > layer(module):
         path = files[module].relative_to(REPO_ROOT)
-        upward.append(f"{module} (layer {LAYERS[module]}) imports {target} "
-                      f"(layer {LAYERS[target]}) at {path}:{line}")
+        upward.append(f"{module} (layer {layer(module)}) imports {target} "
+                      f"(layer {layer(target)}) at {path}:{line}")
   assert not upward, "upward imports:\n" + "\n".join(upward)
 
 
@@ -231,7 +173,7 @@ def test_the_graph_sees_function_level_imports():
   # medclr.models imports its submodules only inside functions.
   graph, _ = import_graph()
   assert "medclr.models.unet" in graph["medclr.models"]
-  assert "medclr.loop" in graph["medclr.pretrain"]
+  assert "medclr.train.loop" in graph["medclr.train.pretrain"]
 
 
 def test_functions_are_short_and_launchers_tiny():

@@ -1,10 +1,10 @@
-"""Tests for medclr.inference: sliding-window and whole-image prediction."""
+"""Tests for medclr.evaluate.inference: sliding-window and whole-image."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from medclr import inference
+from medclr.evaluate import inference
 
 
 def first_channel(batch):

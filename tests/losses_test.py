@@ -1,4 +1,4 @@
-"""Tests for medclr.losses.
+"""Tests for medclr.methods.losses.
 
 The key test: NT-Xent through `shard_map` + `all_gather` on an 8-device
 Explicit mesh gives the same loss and the same gradients as the single-device
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from medclr import losses
+from medclr.methods import losses
 
 DIM_IN = 6
 DIM_OUT = 4

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import assert_trees_equal, finetune_from_frozen
 from conftest import resume_after_kill, smoke_config
-from medclr import pretrain
+from medclr.train import pretrain
 from medclr.methods import macl
 from medclr.methods import volume_supcon
 

@@ -1,11 +1,11 @@
-"""Tests for medclr.metrics against values worked out by hand."""
+"""Tests for medclr.evaluate.metrics against values worked out by hand."""
 import itertools
 import math
 
 import numpy as np
 import pytest
 
-from medclr import metrics
+from medclr.evaluate import metrics
 
 # 2x3 image. Thresholded at 0.5 the prediction is [[1, 0, 1], [0, 1, 0]], so
 # against the target: tp = 2 ((0,0), (1,1)), fp = 1 ((0,2)), fn = 1 ((1,2)),

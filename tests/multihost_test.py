@@ -23,7 +23,7 @@ import pytest
 
 from conftest import (REPO_ROOT, assert_trees_close_to_scale, saved_state,
                       smoke_config)
-from medclr import pretrain
+from medclr.train import pretrain
 
 STEPS = 4
 # Of each leaf's largest entry. Measured: the two layouts' losses part by

@@ -11,13 +11,13 @@ import numpy as np
 
 from conftest import smoke_config
 from medclr import checkpointing
-from medclr import evaluate
-from medclr import finetune
-from medclr import loop
+from medclr.evaluate import evaluate
+from medclr.train import finetune
+from medclr.train import loop
 from medclr import models
 from medclr import optim
 from medclr import sharding
-from medclr import warm_start
+from medclr.train import warm_start
 
 
 def _read_jsonl(path):

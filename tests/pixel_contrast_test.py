@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from medclr import pixel_contrast
+from medclr.train.arco import loss as pixel_contrast
 
 TAU = 0.5
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from medclr import pixel_sampling
+from medclr.train.arco import sampling as pixel_sampling
 
 DRAWS = 4000
 

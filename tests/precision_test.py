@@ -9,9 +9,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from medclr import losses
+from medclr.methods import losses
 from medclr import models
-from medclr import steps
 
 WIDTHS = (16, 32, 64)
 
@@ -29,7 +28,7 @@ def _cosine(a, b):
 def _simclr_loss_and_grads(dtype, views):
   head = ml_collections.ConfigDict(dict(hidden_dim=64, out_dim=32))
   model = models.make_contrastive(_cfg(dtype), head, nnx.Rngs(0))
-  graphdef, params, stats = steps.split_model(model)
+  graphdef, params, stats = models.split_model(model)
 
   def loss_fn(params, stats):
     m = nnx.merge(graphdef, params, stats)

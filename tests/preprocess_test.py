@@ -9,11 +9,11 @@ from PIL import Image
 import pytest
 
 from conftest import smoke_config
-from medclr import augment
-from medclr import evaluate
-from medclr import finetune
-from medclr import normalize
-from medclr import steps
+from medclr.augment import ops as augment
+from medclr.evaluate import evaluate
+from medclr.train import finetune
+from medclr.data import normalize
+from medclr.train import steps
 from medclr.data import pipeline
 from medclr.data import prepare
 from medclr.data import preprocess

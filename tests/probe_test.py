@@ -8,7 +8,7 @@ import pytest
 from conftest import smoke_config
 from medclr import errors
 from medclr import methods
-from medclr import probe
+from medclr.evaluate import probe
 from medclr.data import preprocess
 
 

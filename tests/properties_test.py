@@ -16,9 +16,9 @@ import jax
 import numpy as np
 import pytest
 
-from medclr import augment
-from medclr import crop_presets
-from medclr import pixel_sampling
+from medclr.augment import ops as augment
+from medclr.augment import crop_presets
+from medclr.train.arco import sampling as pixel_sampling
 
 SIZE = 16
 BATCH = 4

@@ -28,11 +28,11 @@ from conftest import (REPO_ROOT, assert_trees_equal, resume_after_kill,
                       saved_state, smoke_config)
 from medclr import checkpointing
 from medclr import errors
-from medclr import finetune
-from medclr import loop
+from medclr.train import finetune
+from medclr.train import loop
 from medclr import methods
 from medclr import optim
-from medclr import pretrain
+from medclr.train import pretrain
 from medclr import sharding
 from multihost_test import _free_port
 

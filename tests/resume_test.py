@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_trees_equal, saved_state, smoke_config
-from medclr import pretrain
+from medclr.train import pretrain
 
 STEPS, KILLED_AFTER = 4, 2
 

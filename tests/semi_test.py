@@ -11,9 +11,9 @@ import pytest
 
 from conftest import resume_after_kill, saved_state, smoke_config
 from medclr import errors
-from medclr import evaluate
-from medclr import finetune
-from medclr import semi_steps
+from medclr.evaluate import evaluate
+from medclr.train import finetune
+from medclr.train.arco import step as semi_steps
 
 STEPS, KILLED_AFTER = 4, 2
 

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from conftest import smoke_config
-from medclr import losses
+from medclr import models
+from medclr.methods import losses
 from medclr.methods import simclr
 
 
@@ -56,9 +57,9 @@ def test_train_step_is_the_same_on_1_and_8_devices():
   """
   import optax  # pylint: disable=g-import-not-at-top
   from medclr import sharding  # pylint: disable=g-import-not-at-top
-  from medclr import steps  # pylint: disable=g-import-not-at-top
+  from medclr.train import steps  # pylint: disable=g-import-not-at-top
   method, config, model = _method_and_model()
-  graphdef, params, stats = steps.split_model(model)
+  graphdef, params, stats = models.split_model(model)
   tx = optax.sgd(1.0)
   step_fn = steps.make_pretrain_step(graphdef, tx, lambda step: 1.0, method,
                                      seed=0)

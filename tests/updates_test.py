@@ -5,11 +5,10 @@ import numpy as np
 
 from conftest import assert_trees_close, saved_state, saved_subtrees
 from conftest import smoke_config
-from medclr import evaluate
-from medclr import finetune
+from medclr.evaluate import evaluate
+from medclr.train import finetune
 from medclr import methods
 from medclr import models
-from medclr import steps
 from medclr.data import sources
 
 
@@ -24,7 +23,7 @@ def test_first_pretraining_update_moves_every_encoder_kernel(
     pretrained_dir, phantom_data_dir):
   config = smoke_config("pretrain_simclr", phantom_data_dir)
   model = methods.get_method(config).make_model(nnx.Rngs(config.seed))
-  _, init_params, _ = steps.split_model(model)
+  _, init_params, _ = models.split_model(model)
   after_one = saved_subtrees(pretrained_dir, 1)["params"]
   changed = _changed_leaves(init_params["encoder"], after_one["encoder"])
   kernels = {k: v for k, v in changed.items() if "kernel" in k}
@@ -35,7 +34,7 @@ def test_first_finetuning_update_moves_the_decoder(finetuned_dir,
                                                    phantom_data_dir):
   config = smoke_config("finetune_unet", phantom_data_dir)
   model = models.make_unet(config.model, nnx.Rngs(config.seed))
-  _, init_params, _ = steps.split_model(model)
+  _, init_params, _ = models.split_model(model)
   after_one = saved_subtrees(finetuned_dir, 1)["params"]
   changed = _changed_leaves(init_params["decoder"], after_one["decoder"])
   kernels = {k: v for k, v in changed.items() if "kernel" in k}
@@ -65,7 +64,7 @@ def test_weight_average_follows_its_update_rule_and_is_what_evaluation_uses(
   image = np.asarray(record["image"]) / 255.0
   predictor = evaluate.load_for_inference(str(tmp_path))
   graphdef = nnx.graphdef(models.make_unet(config.model, nnx.Rngs(0)))
-  predict = steps.make_predict_fn(graphdef)
+  predict = models.make_predict_fn(graphdef)
   norm_image = predictor.preprocess.model_input(image, record["fov"])
   window = norm_image[None, :config.data.crop_size, :config.data.crop_size]
   got = np.asarray(predictor._predict(window))  # pylint: disable=protected-access

@@ -22,8 +22,8 @@ import pytest
 
 from configs import finetune_unet
 from conftest import finetune_from, saved_subtrees, smoke_config
-from medclr import losses
-from medclr import pretrain
+from medclr.methods import losses
+from medclr.train import pretrain
 from medclr.data import volumes
 from medclr.methods import volume_supcon as vs
 

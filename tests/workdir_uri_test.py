@@ -23,8 +23,8 @@ import pytest
 
 from launch import runner as launch_runner
 from medclr import checkpointing
-from medclr import evaluate
-from medclr import finetune
+from medclr.evaluate import evaluate
+from medclr.train import finetune
 from medclr import metric_writer
 from medclr.data import preprocess
 from medclr.study import cells

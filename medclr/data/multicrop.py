@@ -17,7 +17,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from medclr import crops
+from medclr.data import crops
 from medclr.data import pipeline
 from medclr.data import sources as sources_lib
 

@@ -23,8 +23,8 @@ from absl import flags
 import grain
 import numpy as np
 
-from medclr import contrastive_crop
-from medclr import crops
+from medclr.data import contrastive_crop
+from medclr.data import crops
 from medclr.data import readers
 from medclr.data import sources as sources_lib
 
@@ -330,7 +330,7 @@ def pretrain_dataset(data_dir: pathlib.Path | str, sources: str, *,
     preprocess: optional `preprocess.Preprocess` run once per record
       (resampling; normalisation stats shipped as 'norm').
     device_crops: 0 for host crops; else the side of the canvas each image
-      is fitted into (`FittedImage`) for `medclr.device_crops`, which then
+      is fitted into (`FittedImage`) for `medclr.augment.crops`, which then
       cuts the views on the device (`boxes` must be None).
     num_views: 2, or 1 for methods that view one crop twice (host crops).
 

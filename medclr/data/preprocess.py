@@ -1,7 +1,7 @@
 """Per-record preprocessing shared by training, pretraining and inference.
 
 `Preprocess` holds the two choices that must be identical wherever a model
-meets an image: the input normalisation (`medclr.normalize`) and the field
+meets an image: the input normalisation (`medclr.data.normalize`) and the field
 of view's target diameter in pixels (resampling to a common vessel scale
 across cameras, `docs/preprocessing.md`). Training pipelines apply
 `Preprocess.record` once per record (then crop); inference applies
@@ -17,9 +17,9 @@ from etils import epath
 import numpy as np
 from PIL import Image
 
-from medclr import crops
+from medclr.data import crops
 from medclr import errors
-from medclr import normalize
+from medclr.data import normalize
 from medclr.data import fov as fov_lib
 from medclr.data import readers
 

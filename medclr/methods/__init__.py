@@ -1,5 +1,7 @@
 """Pretraining methods as plug-ins of one train step.
 
+May import: medclr infrastructure, data, augment, models, evaluate (guard).
+
 A method is a module with a `Method` subclass instance registered here. The
 generic step (`steps.make_pretrain_step`) owns what all methods share:
 device augmentation keys, the optimizer update, BatchNorm statistics,
@@ -27,8 +29,8 @@ import importlib
 
 import jax
 
-from medclr import augment
-from medclr import device_crops
+from medclr.augment import ops as augment
+from medclr.augment import crops as device_crops
 from medclr import errors
 from medclr.data import pipeline
 from medclr.data import prepare as data_prepare
@@ -78,7 +80,7 @@ class Method:
     """Grain IterDataset of host crops for this process (see module doc).
 
     `boxes`/`crop_alpha` switch the crops to ContrastiveCrop (see
-    `medclr.contrastive_crop`); methods with their own host pipeline do not
+    `medclr.data.contrastive_crop`); methods with their own host pipeline do not
     take them.
     """
     return pipeline.pretrain_dataset(

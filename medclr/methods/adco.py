@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import optax
 
 from medclr import errors
-from medclr import losses
+from medclr.methods import losses
 from medclr.methods import moco
 
 

@@ -34,13 +34,12 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from medclr import augment
-from medclr import ema
+from medclr.augment import ops as augment
+from medclr.methods import ema
 from medclr import errors
-from medclr import losses
+from medclr.methods import losses
 from medclr import methods
 from medclr import models
-from medclr import steps
 from medclr.models import encoder as encoder_lib
 
 # haiku BatchNorm settings of BYOL's bn_config (configs/byol.py).
@@ -190,7 +189,7 @@ class BYOL(methods.Method):
     del params, batch_stats  # the target has its own initialisation
     # deepmind byol splits the init key into online and target keys.
     target = self.make_target(nnx.Rngs(self.config.seed + 1))
-    _, target_params, target_stats = steps.split_model(target)
+    _, target_params, target_stats = models.split_model(target)
     return {"target_params": target_params, "target_stats": target_stats}
 
   def device_views(self, key, batch):

@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from medclr import augment
+from medclr.augment import ops as augment
 from medclr import errors
-from medclr import losses
+from medclr.methods import losses
 from medclr import methods
 from medclr import models
 from medclr.models import local_head

@@ -40,11 +40,11 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from medclr import augment
-from medclr import crop_presets
-from medclr import ema
+from medclr.augment import ops as augment
+from medclr.augment import crop_presets
+from medclr.methods import ema
 from medclr import errors
-from medclr import losses
+from medclr.methods import losses
 from medclr import methods
 from medclr import models
 from medclr.data import multicrop

@@ -2,7 +2,8 @@
 
 MoCo v2 on the U-Net's encoder (queue, EMA key encoder of the whole model)
 plus restoration: the U-Net decoder rebuilds the undistorted first view
-from its distorted copy (`medclr.distortions`), judged by mean squared error
+from its distorted copy (`medclr.augment.distortions`), judged by mean squared
+error
 and, from `dira.adversarial_start` on, by a PatchGAN critic trained with
 the least-squares loss and its own Adam. Generator loss:
 
@@ -20,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from medclr import augment
-from medclr import distortions
+from medclr.augment import ops as augment
+from medclr.augment import distortions
 from medclr import models
 from medclr.methods import moco
 from medclr.models import dira_head

@@ -17,8 +17,8 @@ other view ('gr') on 2D sets. Method page: docs/methods/macl.md.
 import jax
 import jax.numpy as jnp
 
-from medclr import augment
-from medclr import losses
+from medclr.augment import ops as augment
+from medclr.methods import losses
 from medclr import methods
 from medclr import models
 from medclr.methods import volume_supcon

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from medclr import errors
-from medclr import losses
+from medclr.methods import losses
 from medclr import methods
 from medclr import models
 from medclr import sharding

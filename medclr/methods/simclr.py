@@ -7,8 +7,8 @@ statistics of all 2N views of the global batch (SimCLR's `global_bn=True`).
 """
 import jax.numpy as jnp
 
-from medclr import guard
-from medclr import losses
+from medclr.evaluate import guard
+from medclr.methods import losses
 from medclr import models
 from medclr import methods
 

@@ -12,10 +12,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from medclr import augment
+from medclr.augment import ops as augment
 from medclr import errors
-from medclr import guard
-from medclr import losses
+from medclr.evaluate import guard
+from medclr.methods import losses
 from medclr import methods
 from medclr import models
 from medclr.data import volume_builder

@@ -3,7 +3,8 @@
 `make_unet` and `make_contrastive` build models from `config.model`; both hold
 the same `Encoder` under `encoder`, so pretrained encoder weights transfer by
 parameter path. Flax is imported only when a model is built, so reading
-`MODEL_PRESETS` from a config file stays cheap.
+`MODEL_PRESETS` from a config file stays cheap. May import: medclr
+infrastructure only.
 """
 import numbers
 from typing import Any
@@ -107,3 +108,22 @@ def make_contrastive(model_cfg: Any, head_cfg: Any, rngs: Any):
       hidden_dim=int(_read(head_cfg, 'hidden_dim', section='head')),
       out_dim=int(_read(head_cfg, 'out_dim', section='head')),
       rngs=rngs)
+
+
+def split_model(model):
+  """(graphdef, params, batch_stats) of an NNX model, the last two pure dicts."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+
+
+def make_predict_fn(graphdef):
+  """predict(params, batch_stats, images) -> logits, in eval mode."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  def predict(params, batch_stats, images):
+    model = nnx.merge(graphdef, params, batch_stats)
+    return model(images, train=False)
+
+  return predict

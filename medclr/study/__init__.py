@@ -3,5 +3,5 @@
 `grid` turns a study config into arms and cells, `cells` runs one cell's
 commands as a user would type them, `runner` drives a whole study with
 resume and progress, and `report` builds tables and plots from the JSON rows
-alone.
+alone. May import anything in medclr; only launch/ imports it.
 """

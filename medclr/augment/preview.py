@@ -8,8 +8,8 @@ views. Used by `python -m launch.preview_augment` and the study notebook.
 import jax
 import numpy as np
 
-from medclr import augment
-from medclr import crops
+from medclr.augment import ops as augment
+from medclr.data import crops
 from medclr.data import prepare as data_prepare
 from medclr.data import readers
 from medclr.data import sources

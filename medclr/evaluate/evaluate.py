@@ -16,12 +16,11 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from medclr import adapt_bn
+from medclr.evaluate import adapt_bn
 from medclr import checkpointing
-from medclr import inference
-from medclr import metrics as seg_metrics
+from medclr.evaluate import inference
+from medclr.evaluate import metrics as seg_metrics
 from medclr import models
-from medclr import steps
 from medclr.data import fov as fov_lib
 from medclr.data import pipeline
 from medclr.data import preprocess
@@ -52,14 +51,14 @@ class Predictor:
     self.window = config.eval.window or config.data.crop_size
 
   def _set_batch_stats(self, batch_stats):
-    predict = steps.make_predict_fn(self.graphdef)
+    predict = models.make_predict_fn(self.graphdef)
     self.batch_stats = batch_stats
     self._predict = jax.jit(
         lambda x: predict(self.params, batch_stats, x))
 
   def adapt_batch_norm(self, images_and_fovs, num_batches=ADAPT_BATCHES):
     """Re-estimates BatchNorm statistics on unlabelled (image, fov) pairs of
-    the target set (`medclr.adapt_bn`), from batches of training-sized
+    the target set (`medclr.evaluate.adapt_bn`), from batches of training-sized
     crops; weights stay as trained."""
     inputs = [self.preprocess.model_input(image, fov)
               for image, fov in images_and_fovs]
@@ -145,7 +144,7 @@ def load_for_inference(workdir, step=None):
     return models.make_unet(config.model, nnx.Rngs(0))
   graphdef = nnx.graphdef(nnx.eval_shape(make_model))
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.eval_shape(lambda: steps.split_model(make_model())[1:])
+  abstract = jax.eval_shape(lambda: models.split_model(make_model())[1:])
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
       abstract)
@@ -243,7 +242,7 @@ def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
     scales: input scales instead of the config's `eval.scales` ('1,1.25',
       or 'auto': from each image's FOV).
     adapt_bn: re-estimate BatchNorm statistics on the evaluated images
-      (labels unused) before predicting (`medclr.adapt_bn`).
+      (labels unused) before predicting (`medclr.evaluate.adapt_bn`).
 
   Returns:
     dict with 'per_image' (list), 'summary' (mean/std over images), 'pooled'

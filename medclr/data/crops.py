@@ -1,7 +1,7 @@
 """Host-side crops, run per example inside the Grain workers (numpy + Pillow).
 
 (`config.data.crops='device'` moves the pretraining crops to the device,
-`medclr/device_crops.py`; the host then only fits each image into a fixed
+`medclr/augment/crops.py`; the host then only fits each image into a fixed
 canvas once, `fit_into`.)
 
 Random cropping changes array shapes, so it happens on the host where shapes

@@ -3,7 +3,7 @@
 Kept low (imports only augment and errors) so configs and loops can both use
 them; each check raises errors.ConfigError naming the offending key.
 """
-from medclr import augment
+from medclr.augment import ops as augment
 from medclr import errors
 
 

@@ -18,12 +18,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from medclr import augment
-from medclr import ema
-from medclr import losses
-from medclr import normalize
-from medclr import pixel_contrast
-from medclr import steps
+from medclr.augment import ops as augment
+from medclr.methods import ema
+from medclr.methods import losses
+from medclr.data import normalize
+from medclr.train.arco import loss as pixel_contrast
+from medclr.train import steps
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,8 +16,8 @@ this differs from the reference code: docs/methods/arco.md.
 import jax
 import jax.numpy as jnp
 
-from medclr import losses
-from medclr import pixel_sampling
+from medclr.methods import losses
+from medclr.train.arco import sampling as pixel_sampling
 from medclr import sharding
 
 

@@ -15,10 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medclr import models
 from medclr import checkpointing
 from medclr import errors
 from medclr import sharding
-from medclr import steps
+from medclr.train import steps
 
 
 def init_state(make_model, tx, mesh, seed, make_aux=None):
@@ -39,7 +40,7 @@ def init_state(make_model, tx, mesh, seed, make_aux=None):
   """
   def init():
     model = make_model(nnx.Rngs(seed))
-    _, params, batch_stats = steps.split_model(model)
+    _, params, batch_stats = models.split_model(model)
     aux = None if make_aux is None else make_aux(params, batch_stats)
     return steps.init_state(params, batch_stats, tx, aux)
 

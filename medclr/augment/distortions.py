@@ -13,7 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from medclr import augment
+from medclr.augment import ops as augment
 
 REFERENCE_SIZE = 224
 NUM_BLOCKS = 10

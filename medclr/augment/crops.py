@@ -1,6 +1,6 @@
 """Random resized crops on the device (`config.data.crops='device'`).
 
-With host crops (`medclr/crops.py`) every view costs the host a Pillow
+With host crops (`medclr/data/crops.py`) every view costs the host a Pillow
 resize, and a TPU host would need tens of cores to keep its chips busy
 (benchmarks/results/projection.md). In device mode the host only ships each
 pool image once per step, fitted into a fixed `source x source` canvas
@@ -23,7 +23,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from medclr import augment
+from medclr.augment import ops as augment
 
 
 @dataclasses.dataclass(frozen=True)

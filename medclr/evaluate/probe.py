@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from medclr import crops
+from medclr.data import crops
 from medclr import errors
-from medclr import normalize
+from medclr.data import normalize
 from medclr.data import pipeline
 from medclr.data import sources as data_sources
 

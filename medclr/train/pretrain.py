@@ -7,18 +7,18 @@ from absl import logging
 import jax
 
 from medclr import checkpointing
-from medclr import config_checks
-from medclr import contrastive_crop
+from medclr.train import config_checks
+from medclr.data import contrastive_crop
 from medclr import errors
-from medclr import guard
-from medclr import loop
+from medclr.evaluate import guard
+from medclr.train import loop
 from medclr import methods
 from medclr import metric_writer
 from medclr import optim
-from medclr import probe
+from medclr.evaluate import probe
 from medclr import sharding
-from medclr import steps
-from medclr import warm_start
+from medclr.train import steps
+from medclr.train import warm_start
 from medclr.data import preprocess
 from medclr.data import sources as data_sources
 

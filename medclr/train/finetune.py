@@ -14,20 +14,20 @@ from etils import epath
 import jax
 import numpy as np
 
-from medclr import augment
+from medclr.augment import ops as augment
 from medclr import checkpointing
-from medclr import config_checks
+from medclr.train import config_checks
 from medclr import errors
-from medclr import inference
-from medclr import loop
+from medclr.evaluate import inference
+from medclr.train import loop
 from medclr import metric_writer
 from medclr import models
 from medclr import optim
-from medclr import pixel_sampling
-from medclr import semi_steps
+from medclr.train.arco import sampling as pixel_sampling
+from medclr.train.arco import step as semi_steps
 from medclr import sharding
-from medclr import steps
-from medclr import warm_start
+from medclr.train import steps
+from medclr.train import warm_start
 from medclr.data import pipeline
 from medclr.data import prepare as data_prepare
 from medclr.data import preprocess

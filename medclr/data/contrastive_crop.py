@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from medclr import crops
+from medclr.data import crops
 
 FULL_BOX = (0.0, 0.0, 1.0, 1.0)  # (h_min, w_min, h_max, w_max), relative
 

@@ -14,17 +14,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from medclr import augment
-from medclr import device_crops
-from medclr import ema
-from medclr import losses
-from medclr import normalize
-
-
-def split_model(model):
-  """(graphdef, params, batch_stats) of an NNX model, the last two pure dicts."""
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+from medclr.augment import ops as augment
+from medclr.augment import crops as device_crops
+from medclr.methods import ema
+from medclr.methods import losses
+from medclr.data import normalize
 
 
 def init_state(params, batch_stats, tx, aux=None):
@@ -175,12 +169,3 @@ def make_finetune_step(graphdef, tx, lr_fn, spec, seed, *, dice_weight=1.0,
 
   return step
 
-
-def make_predict_fn(graphdef):
-  """predict(params, batch_stats, images) -> logits, in eval mode."""
-
-  def predict(params, batch_stats, images):
-    model = nnx.merge(graphdef, params, batch_stats)
-    return model(images, train=False)
-
-  return predict

@@ -1,0 +1,4 @@
+"""Scoring: inference, metrics, checkpoint evaluation, the probe, the guard.
+
+May import: infrastructure, data, augment, models.
+"""
