@@ -14,24 +14,21 @@ from etils import epath
 import jax
 import numpy as np
 
-from medclr.augment import ops as augment
 from medclr import checkpointing
-from medclr.train import config_checks
 from medclr import errors
-from medclr.evaluate import inference
-from medclr.train import loop
-from medclr import metric_writer
 from medclr import models
-from medclr import optim
-from medclr.train.arco import sampling as pixel_sampling
-from medclr.train.arco import step as semi_steps
-from medclr import sharding
-from medclr.train import steps
-from medclr.train import warm_start
+from medclr.augment import ops as augment
 from medclr.data import pipeline
 from medclr.data import prepare as data_prepare
 from medclr.data import preprocess
 from medclr.data import sources as data_sources
+from medclr.evaluate import inference
+from medclr.train import config_checks
+from medclr.train import steps
+from medclr.train import trainer
+from medclr.train import warm_start
+from medclr.train.arco import sampling as pixel_sampling
+from medclr.train.arco import step as semi_steps
 
 LOADABLE_PARTS = ("encoder", "decoder")
 LABELED_FILE = "labeled.json"
@@ -235,55 +232,43 @@ def make_step(config, graphdef, tx, lr_fn, spec):
       freeze_steps=config.init.get("freeze_steps", 0))
 
 
+class FineTuning(trainer.Phase):
+  """The U-Net on `config.data.num_labeled` labelled images (and, with
+  `config.semi`, the unlabelled rest)."""
+
+  name = "finetune"
+
+  def __init__(self, config, workdir):
+    self.config = config
+    self.workdir = workdir
+    self.model_cfg = model_config(config)
+    self.spec = augment.get_spec(config.augment.preset,
+                                 config.augment.strength)
+
+  def data_iter(self, local_batch):
+    return make_data_iter(self.config, self.workdir, local_batch)
+
+  def make_model(self, rngs):
+    return models.make_unet(self.model_cfg, rngs)
+
+  def make_aux(self):
+    if self.config.optim.get("ema_decay", 0.0):
+      return lambda params, _: {"ema_params": params}
+    if semi_enabled(self.config):
+      return lambda params, _: {"teacher": params}
+    return None
+
+  def make_step(self, graphdef, tx, lr_fn):
+    return make_step(self.config, graphdef, tx, lr_fn, self.spec)
+
+  def warm_start(self, state, abstract):
+    if self.config.init.pretrain_dir:
+      state, _ = warm_start.init_from_pretrained(state, abstract,
+                                                 self.config.init)
+    return state
+
+
 def train_and_evaluate(config, workdir):
   """Fine-tunes the U-Net into `workdir`. Returns the last logged metrics."""
   validate_config(config)
-  config_dict = config.to_dict()
-  # Before anything is written into the workdir (labeled.json, ...).
-  checkpointing.check_same_run(workdir, config_dict)
-  mesh = sharding.make_mesh(config.mesh.data)
-  local_batch = sharding.check_batch_size(config.batch_size, mesh)
-  data_iter = make_data_iter(config, workdir, local_batch)
-  if jax.process_index() == 0:
-    checkpointing.write_config(workdir, config_dict)
-  spec = augment.get_spec(config.augment.preset, config.augment.strength)
-  tx, lr_fn = optim.make_optimizer(config.optim, config.num_steps,
-                                   config.batch_size)
-
-  model_cfg = model_config(config)
-
-  def make_model(rngs):
-    return models.make_unet(model_cfg, rngs)
-
-  make_aux = None
-  if config.optim.get("ema_decay", 0.0):
-    make_aux = lambda params, _: {"ema_params": params}
-  elif semi_enabled(config):
-    make_aux = lambda params, _: {"teacher": params}
-
-  with jax.set_mesh(mesh):
-    graphdef, abstract, init_fn = loop.init_state(
-        make_model, tx, mesh, config.seed, make_aux)
-    checkpointer = checkpointing.Checkpointer(
-        workdir, save_every=config.checkpoint_every,
-        keep=config.keep_checkpoints, async_save=config.async_checkpoints)
-    state, start = loop.restore_or_init(checkpointer, abstract, init_fn,
-                                        data_iter)
-    if start is None and config.init.pretrain_dir:
-      state, _ = warm_start.init_from_pretrained(state, abstract,
-                                                 config.init)
-    p_step = jax.jit(make_step(config, graphdef, tx, lr_fn, spec),
-                     donate_argnums=0)
-    writer = metric_writer.MetricWriter(
-        workdir, enabled=jax.process_index() == 0,
-        total_steps=config.num_steps, name="finetune",
-        drop_after=-1 if start is None else start)
-    try:
-      state, last = loop.run_loop(
-          config=config, workdir=workdir, state=state, start_step=start or 0,
-          p_step=p_step, data_iter=data_iter, mesh=mesh,
-          checkpointer=checkpointer, writer=writer, config_dict=config_dict)
-    finally:
-      checkpointer.close()
-      writer.close()
-  return last
+  return trainer.train(config, workdir, FineTuning(config, workdir))

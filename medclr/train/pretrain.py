@@ -1,26 +1,22 @@
 """Contrastive pretraining loop: `train_and_evaluate(config, workdir)`.
 
-Mesh -> data -> model/optimiser (shapes first, materialised replicated) ->
-restore-or-init -> jitted donated step -> loop with logging and checkpoints.
+`Pretraining` is the phase `trainer.train` runs: the method's data, model,
+extra state and step, with the online probe, the collapse guard and
+ContrastiveCrop's box updates as loop hooks.
 """
-from absl import logging
 import jax
 
-from medclr import checkpointing
-from medclr.train import config_checks
-from medclr.data import contrastive_crop
 from medclr import errors
-from medclr.evaluate import guard
-from medclr.train import loop
 from medclr import methods
-from medclr import metric_writer
-from medclr import optim
-from medclr.evaluate import probe
-from medclr import sharding
-from medclr.train import steps
-from medclr.train import warm_start
+from medclr.data import contrastive_crop
 from medclr.data import preprocess
 from medclr.data import sources as data_sources
+from medclr.evaluate import guard
+from medclr.evaluate import probe
+from medclr.train import config_checks
+from medclr.train import steps
+from medclr.train import trainer
+from medclr.train import warm_start
 
 
 def validate_config(config):
@@ -133,6 +129,50 @@ def make_step(config, graphdef, tx, lr_fn, method):
       freeze_steps=init_cfg.get("freeze_steps", 0) if init_cfg else 0)
 
 
+class Pretraining(trainer.Phase):
+  """`config.method` on its unlabelled pool, with the probe and the guard."""
+
+  name = "pretrain"
+
+  def __init__(self, config, workdir):
+    self.config = config
+    self.workdir = workdir
+    self.method = methods.get_method(config)
+    self.table = box_table(config) if uses_contrastive_crop(config) else None
+    self.dataset = self.opened = None
+
+  def data_iter(self, local_batch):
+    self.dataset, self.opened = make_dataset(self.config, local_batch,
+                                             self.method, self.table)
+    return iter(self.dataset)
+
+  def make_model(self, rngs):
+    return self.method.make_model(rngs)
+
+  def make_aux(self):
+    return self.method.init_aux
+
+  def make_step(self, graphdef, tx, lr_fn):
+    return make_step(self.config, graphdef, tx, lr_fn, self.method)
+
+  def warm_start(self, state, abstract):
+    return warm_started(state, abstract, self.config)
+
+  def hooks(self, run):
+    config = self.config
+    hooks = {"probe": make_probe(config, run.graphdef),
+             "guard": guard.Guard(guard.Limits.from_config(config),
+                                  self.workdir,
+                                  write=jax.process_index() == 0)}
+    if self.table is not None:
+      controller = contrastive_crop_controller(
+          config, run.graphdef, self.dataset, self.opened, self.table,
+          run.checkpointer, run.start, run.writer)
+      hooks.update(before_step=controller.before_step,
+                   extras_fn=lambda: {"ccrop": self.table.to_json()})
+    return hooks
+
+
 def train_and_evaluate(config, workdir):
   """Pretrains `config.method` into `workdir`; resumes if it has checkpoints.
 
@@ -140,56 +180,4 @@ def train_and_evaluate(config, workdir):
     The last logged metrics (dict of floats).
   """
   validate_config(config)
-  config_dict = config.to_dict()
-  checkpointing.check_same_run(workdir, config_dict)
-  mesh = sharding.make_mesh(config.mesh.data)
-  local_batch = sharding.check_batch_size(config.batch_size, mesh)
-  method = methods.get_method(config)
-  table = box_table(config) if uses_contrastive_crop(config) else None
-  dataset, opened = make_dataset(config, local_batch, method, table)
-  # Written only after the checks above: a refused run leaves no workdir.
-  if jax.process_index() == 0:
-    checkpointing.write_config(workdir, config_dict)
-  data_iter = iter(dataset)
-  tx, lr_fn = optim.make_optimizer(config.optim, config.num_steps,
-                                   config.batch_size)
-
-  with jax.set_mesh(mesh):
-    graphdef, abstract, init_fn = loop.init_state(
-        method.make_model, tx, mesh, config.seed, method.init_aux)
-    checkpointer = checkpointing.Checkpointer(
-        workdir, save_every=config.checkpoint_every,
-        keep=config.keep_checkpoints, async_save=config.async_checkpoints)
-    state, start = loop.restore_or_init(checkpointer, abstract, init_fn,
-                                        data_iter)
-    if start is None:
-      state = warm_started(state, abstract, config)
-    # Donate the state: its buffers become the next state's (no second copy).
-    p_step = jax.jit(make_step(config, graphdef, tx, lr_fn, method),
-                     donate_argnums=0)
-    writer = metric_writer.MetricWriter(
-        workdir, enabled=jax.process_index() == 0,
-        total_steps=config.num_steps, name="pretrain",
-        drop_after=-1 if start is None else start)
-    logging.info("pretraining %s for %d steps, global batch %d on %d devices",
-                 config.method, config.num_steps, config.batch_size,
-                 mesh.devices.size)
-    hooks = {"probe": make_probe(config, graphdef),
-             "guard": guard.Guard(guard.Limits.from_config(config), workdir,
-                                  write=jax.process_index() == 0)}
-    if table is not None:
-      controller = contrastive_crop_controller(
-          config, graphdef, dataset, opened, table, checkpointer, start,
-          writer)
-      hooks.update(before_step=controller.before_step,
-                   extras_fn=lambda: {"ccrop": table.to_json()})
-    try:
-      state, last = loop.run_loop(
-          config=config, workdir=workdir, state=state, start_step=start or 0,
-          p_step=p_step, data_iter=data_iter, mesh=mesh,
-          checkpointer=checkpointer, writer=writer, config_dict=config_dict,
-          **hooks)
-    finally:
-      checkpointer.close()
-      writer.close()
-  return last
+  return trainer.train(config, workdir, Pretraining(config, workdir))
