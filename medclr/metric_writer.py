@@ -28,11 +28,11 @@ import json
 import math
 import os
 import re
+import sys
 import time
 
 from absl import logging
 from etils import epath
-import tensorboardX
 
 _RESERVED_KEYS = ("name", "step", "time")
 
@@ -116,6 +116,24 @@ def _drop_rows_after(path, name, step):
   tmp.replace(path)
 
 
+
+def _tensorboardx():
+  """tensorboardX, imported without torch.
+
+  tensorboardX imports torch whenever it is installed (medclr's `bench`
+  extra installs it), only to accept torch tensors as values; medclr logs
+  Python floats, and the import costs every launcher about 3 CPU seconds.
+  """
+  if "torch" in sys.modules:
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+    return tensorboardX
+  sys.modules["torch"] = None  # makes `import torch` raise ImportError
+  try:
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+  finally:
+    del sys.modules["torch"]
+  return tensorboardX
+
 class MetricWriter:
   """Writes scalars to JSONL and TensorBoard, and prints progress lines.
 
@@ -186,7 +204,7 @@ class MetricWriter:
     self._jsonl = self.jsonl_path.open("a")
     # tensorboardX names files by the second and host only; the pid and loop
     # name keep a train and an eval writer opened together apart.
-    self._tensorboard = tensorboardX.SummaryWriter(
+    self._tensorboard = _tensorboardx().SummaryWriter(
         logdir=os.fspath(self.tensorboard_dir),
         filename_suffix=f".{os.getpid()}.{name}")
 
