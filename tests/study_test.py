@@ -273,13 +273,13 @@ def test_best_arm_waits_for_every_other_arm(tmp_path):
 
 
 def test_em_study_prepares_its_pool_and_held_out_split(shared_data, tmp_path):
-  """configs/study_em.py through the runner's own prepare step, on the real
+  """configs/study_em.py through the study's own prepare step, on the real
   ISBI 2012 stacks: the unlabelled test stack becomes the volume pool, the
   labelled stack 20 training and 10 test sections; no labelled section is
   in the pool."""
   from configs import study_em  # pylint: disable=g-import-not-at-top
   from medclr.data import sources  # pylint: disable=g-import-not-at-top
-  from medclr.study import runner  # pylint: disable=g-import-not-at-top
+  from medclr.study import sets  # pylint: disable=g-import-not-at-top
   config = study_em.get_config("quick")
   arms = grid.parse_arms(config.arms, config.pools)
   assert [a.name for a in arms] == ["scratch", "macl_volumes@em"]
@@ -288,7 +288,7 @@ def test_em_study_prepares_its_pool_and_held_out_split(shared_data, tmp_path):
   assert "--config=configs/pretrain_macl.py:quick," in command
   assert "--config.data.sources=isbi_em_stack:train" in command
   data_dir = tmp_path / "data"
-  runner.prepare_data(config, shared_data, data_dir, tmp_path / "log")
+  sets.prepare_data(config, shared_data, data_dir, tmp_path / "log")
   sizes = {split: len(sources.open_split(data_dir, "isbi_em", split))
            for split in ("train", "test")}
   assert sizes == {"train": 20, "test": 10}

@@ -19,64 +19,12 @@ import time
 from medclr.study import cells as cells_lib
 from medclr.study import grid
 from medclr.study import report
+from medclr.study import sets
 
-# Sets a study may use: `launch.prepare` flags and their folder in the shared
-# data directory (None: generated, needs no files).
-KNOWN_SETS = {
-    "drive": ("--dataset=drive", "drive"),
-    "stare": ("--dataset=folder --name=stare", "stare"),
-    "hrf": ("--dataset=hrf", "hrf_unlabeled"),
-    "fundus_pool": ("--dataset=unlabeled --name=fundus_pool", "fundus_pool"),
-    # STARE's training images at DRIVE's scale (long side 584, FOV about
-    # 540 px) for the pretraining pool; its test images never enter a pool.
-    "stare584": ("--dataset=folder --name=stare584 --long_side=584", "stare"),
-    "phantom": ("--dataset=phantom", None),
-    # ISBI 2012 EM: 20 labelled sections to fine-tune on, the last 10 to
-    # test on (the challenge's test labels are not public).
-    "isbi_em": ("--dataset=isbi2012 --name=isbi_em --test_slices=10",
-                "isbi2012_em"),
-}
-# Volume sets, written by launch.prepare_volumes: the challenge's 30
-# unlabelled test sections, one serial-section volume at native size (a
-# separate stack from the labelled one, so nothing labelled enters the pool).
-VOLUME_SETS = {
-    "isbi_em_stack": ("--name=isbi_em_stack --size=0",
-                      "isbi2012_em/test/image"),
-}
 # launch.runner.EXIT_STALLED: the guard stopped the run (not a failure).
 EXIT_STALLED = 3
 DIAGNOSTICS = ("loss", "loss_chance", "loss_over_chance", "embedding_std_rel",
                "teacher_entropy_rel", "probe_accuracy")
-
-
-def pool_sets(sources):
-  """'fundus_pool:train,drive:train' -> {'fundus_pool', 'drive'}."""
-  return {s.split(":")[0].strip() for s in sources.split(",") if s.strip()}
-
-
-def prepare_data(config, shared, data_dir, log):
-  """Prepares every set the study's pools, dataset and cross sets name."""
-  names = {config.dataset, *filter(None, config.cross.split(","))}
-  for sources in config.pools.values():
-    names |= pool_sets(sources)
-  for name in sorted(names):
-    if name in VOLUME_SETS:
-      module, (flags, folder) = "launch.prepare_volumes", VOLUME_SETS[name]
-    elif name in KNOWN_SETS:
-      module, (flags, folder) = "launch.prepare", KNOWN_SETS[name]
-    else:
-      raise ValueError(f"study set {name!r} is unknown; known: "
-                       f"{sorted({**KNOWN_SETS, **VOLUME_SETS})}")
-    cmd = [cells_lib.sys.executable, "-m", module, *flags.split(),
-           f"--data_dir={data_dir}"]
-    if folder:
-      if not (shared / folder).is_dir():
-        raise FileNotFoundError(
-            f"{shared / folder} not found: pass --shared_data=DIR (the folder "
-            "holding drive/, stare/, hrf_unlabeled/, fundus_pool/, "
-            "isbi2012_em/)")
-      cmd.append(f"--manual_dir={shared / folder}")
-    cells_lib.run(cmd, log)
 
 
 def pretrain_diagnostics(pretrain_dir):
@@ -253,7 +201,7 @@ class Study:
 
   def run(self):
     self.work.mkdir(parents=True, exist_ok=True)
-    prepare_data(self.config, self.shared, self.data_dir, self.log)
+    sets.prepare_data(self.config, self.shared, self.data_dir, self.log)
     stopped = {name for name, row in report.latest_pretrain(
         self.rows()).items() if row.get("status") == "stopped"
                and row["profile"] == self.config.profile}
