@@ -305,8 +305,8 @@ class Study:
 
 def write_report(config, jsonl):
   """The study's Markdown report and plots, from its rows (and baselines);
-  or, with config.report 'table', the rows table of benchmarks.drive_study's
-  results (tables over seeds and runs, cross-dataset lines, no plots)."""
+  or, with config.report 'table', the rows table of the recipe's results
+  (over seeds in domain and across sets, then runs; no plots)."""
   jsonl = pathlib.Path(jsonl)
   if config.report == "table":
     report.write_table(jsonl, jsonl.with_suffix(".md"))
