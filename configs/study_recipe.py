@@ -13,10 +13,11 @@ pool (`simclr_basic_medical`) pretrain on DRIVE training + HRF, so rows keep
 the arm names of the committed ones. Rows go to
 benchmarks/results/drive_study.jsonl (`smoke`: drive_study_smoke.jsonl;
 `--config.results_name` or `--results` to change) with the rows table
-beside it (`report=table`). A fine-tuning workdir that exists without a row is refused, as
-benchmarks.drive_study did: `--config.existing_cells=continue` resumes it
-(drive_study's --resume), `restart` starts it again. Arguments as
-configs/study_drive.py (`quick`, `full`, `smoke`).
+beside it (`report=table`). A fine-tuning workdir that exists without a
+row is refused, as benchmarks.drive_study did:
+`--config.existing_cells=continue` resumes it (drive_study's --resume),
+`restart` starts it again. Arguments as configs/study_drive.py (`quick`,
+`full`, `smoke`).
 """
 from configs import study_drive
 
