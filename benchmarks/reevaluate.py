@@ -1,30 +1,34 @@
 r"""Re-evaluates finished study runs with other evaluation flags (no training).
 
-  python -m benchmarks.reevaluate --work=/tmp/drive_study --git=54013ec \
+  python -m benchmarks.reevaluate --work=/tmp/recipe --git=54013ec \
       --variant=scales_1_1.25 --eval_flags="--scales=1,1.25" --k=1,2
 
 For every row of benchmarks/results/<source>.jsonl made at revision --git
 (arm --arm, variant --from_variant, k in --k) whose workdir exists under
---work, runs `launch.evaluate` on the same checkpoint with --eval_flags (in
-domain and on every set the row was cross-evaluated on), and appends a row
-that keeps the original's training fields, replaces its metrics and names
---variant, to benchmarks/results/<results>.jsonl. An evaluation-only change
+--work (the --workdir of the `launch.study` run, or the --work of a
+benchmarks.drive_study run before it), runs `launch.evaluate` on the same
+checkpoint with --eval_flags (in domain and on every set the row was
+cross-evaluated on), and appends a row that keeps the original's training
+fields, replaces its metrics and names --variant, to
+benchmarks/results/<results>.jsonl. An evaluation-only change
 (test-time augmentation, scales) is then measured on the very weights the
 original row scored, so the comparison is paired and costs no training.
+New cells with other evaluation flags are a study variant instead:
+`launch.study --config.variant=NAME --config.eval_overrides=FLAGS`.
 """
 import argparse
 import json
 import pathlib
 import sys
 
-from benchmarks import drive_study
 from medclr.study import cells
+from medclr.study import report
 
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--work", required=True,
-                      help="the --work directory of the original study")
+                      help="the --workdir of the original study")
   parser.add_argument("--git", required=True,
                       help="revision whose rows are re-evaluated")
   parser.add_argument("--variant", required=True, help="new rows' variant")
@@ -72,8 +76,8 @@ def reevaluate(row, ft_dir, args, log):
 def main():
   args = parse_args()
   work = pathlib.Path(args.work).absolute()
-  source = drive_study.RESULTS / f"{args.source}.jsonl"
-  out = drive_study.RESULTS / f"{args.results}.jsonl"
+  source = cells.RESULTS / f"{args.source}.jsonl"
+  out = cells.RESULTS / f"{args.results}.jsonl"
   ks = {int(k) for k in args.k.split(",")}
   rows = [json.loads(line) for line in open(source)]
   for row in rows:
@@ -91,7 +95,7 @@ def main():
     print(json.dumps({"k": new["k"], "seed": new["seed"],
                       "was": row["summary"]["dice"]["mean"],
                       "dice": new["summary"]["dice"]["mean"]}), flush=True)
-  drive_study.write_table(out, out.with_suffix(".md"))
+  report.write_table(out, out.with_suffix(".md"))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ def get_config(arg="quick"):
   config.seeds = "0,1,2"
   config.all_seeds_k = "1,2"
   config.pretrain_overrides = ""
+  driver_options(config)
   # Arms of another rows file beside this one shown in the report and
   # compared with (e.g. the decoder study against the first study's scratch
   # and best encoder-only arm): '<rows stem>:<arm>,<arm>', '' for none.
@@ -84,3 +85,26 @@ def get_config(arg="quick"):
     config.seeds = "0,1"
     config.all_seeds_k = "1"
   return config
+
+
+def driver_options(config):
+  """Keys of how cells run and rows are written (defaults: the study's)."""
+  # Extra launch.evaluate flags for every evaluation, e.g. '--scales=1,1.25'
+  # (the metrics are read from the default eval folders: no --out_dir).
+  config.eval_overrides = ""
+  # Name of this set of fine-tuning (or evaluation) overrides, an ablation
+  # row: rows and cell workdirs carry it, and a cell counts as done only
+  # with a row of the same variant.
+  config.variant = "default"
+  # The pool of a pretrained arm written without `@pool` ('' for none).
+  config.default_pool = ""
+  # A cell's fine-tuning workdir that exists without a row: 'restart' it
+  # from scratch (an interrupted cell), 'refuse' to touch it (it may be
+  # another study's), or 'continue' it (launch.finetune resumes).
+  config.existing_cells = "restart"
+  # 'study': the report with answers and plots; 'table': the rows table
+  # (over seeds, cross-dataset lines, runs) of configs/study_recipe.py.
+  config.report = "study"
+  # Rows go to benchmarks/results/<results_name>.jsonl unless --results is
+  # given; '' is study_<profile>.
+  config.results_name = ""

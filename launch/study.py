@@ -2,6 +2,9 @@ r"""Runs (or resumes) a few-label study; the work is `medclr.study.runner`.
 
   python -m launch.study --config=configs/study_drive.py:quick \
       --workdir=/tmp/study [--shared_data=../shared/data]
+  python -m launch.study --config=configs/study_recipe.py:quick \
+      --workdir=/tmp/recipe --config.cross=stare --config.variant=fov540 \
+      --config.finetune_overrides=--config.data.fov_diameter=540
 """
 import pathlib
 import sys
@@ -33,15 +36,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(_):
   config = _CONFIG.value
-  name = config.get("results_name") or f"study_{config.profile}"
-  results = pathlib.Path(_RESULTS.value or cells.REPO / "benchmarks" /
-                         "results" / f"{name}.jsonl")
+  results = runner.results_path(config, _RESULTS.value)
   try:
     if _REPORT_ONLY.value:
       runner.write_report(config, results)
     else:
       runner.run_study(config, _WORKDIR.value, _SHARED.value, results)
-  except (ValueError, FileNotFoundError, cells.CommandFailed) as e:
+  except (ValueError, FileNotFoundError, FileExistsError,
+          cells.CommandFailed) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   plots = sorted(results.parent.glob(f"{results.stem}_*.png"))

@@ -10,7 +10,6 @@ the peer-identity tests check that the PyTorch peer computes the same
 function as medclr's models once given the same weights.
 """
 import contextlib
-import importlib
 import importlib.util
 import io
 import json
@@ -292,23 +291,6 @@ def test_profile_step_reports_per_op_times(tmp_path):
     assert len(record["torch"]["conv_ms"]) == 4
 
 
-def test_drive_study_arms_name_real_configs():
-  """Every named arm's config file exists and takes its arguments."""
-  from benchmarks import drive_study  # pylint: disable=g-import-not-at-top
-  assert drive_study.arm_spec("scratch") is None
-  assert drive_study.arm_spec("simclr_basic_medical") == (
-      "simclr", "preset=basic_medical", [])
-  for arm in drive_study.NAMED_ARMS:
-    stem, config_args, extra = drive_study.arm_spec(arm)
-    module = importlib.import_module(f"configs.pretrain_{stem}")
-    config = module.get_config(f"quick,{config_args}")
-    assert config.num_steps > 0
-    for flag in extra:
-      key, value = flag.removeprefix("--config.").split("=")
-      section, field = key.split(".")
-      assert str(config[section][field]) != value  # the flag changes it
-
-
 def test_committed_results_hold_no_absolute_paths():
   """Results are shareable: no paths of the machine that produced them."""
   import re  # pylint: disable=g-import-not-at-top
@@ -321,44 +303,6 @@ def test_committed_results_hold_no_absolute_paths():
       if pattern.search(line):
         offenders.append(f"{path.name}:{number}")
   assert not offenders, f"absolute paths in {offenders[:10]}"
-
-
-def test_drive_study_table_aggregates_over_seeds(tmp_path):
-  """Seed std is the std of the per-seed means (not of images), and pooled
-  metrics and cross-dataset rows reach the table."""
-  from benchmarks import drive_study  # pylint: disable=g-import-not-at-top
-
-  def row(seed, dice, image_std):
-    summary = {m: {"mean": 0.9, "std": 0.01} for m in drive_study.METRICS}
-    summary["dice"] = {"mean": dice, "std": image_std}
-    pooled = {m: 0.5 for m in drive_study.METRICS}
-    return {"profile": "quick", "arm": "scratch", "variant": "v",
-            "dataset": "drive", "k": 2, "seed": seed, "summary": summary,
-            "pooled": pooled, "finetune_seconds": 1.0,
-            "cross": {"stare": {"summary": summary, "pooled": pooled}}}
-
-  jsonl, md = tmp_path / "s.jsonl", tmp_path / "s.md"
-  rows = [row(0, 0.70, 0.05), row(1, 0.80, 0.07), row(1, 0.90, 0.01)]
-  jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
-  drive_study.write_table(jsonl, md)
-  text = md.read_text()
-  # Seed 1's latest row (0.90) replaces its first: mean 0.80, seed std 0.10,
-  # image std the mean of 0.05 and 0.01.
-  assert "| 2 | **0.8000** | 0.1000 | 0.0300 |" in text
-  assert "drive -> stare" in text
-
-
-def test_drive_study_refuses_an_existing_finetune_workdir(tmp_path):
-  """An old workdir would be resumed under a new config: refuse it."""
-  from benchmarks import drive_study  # pylint: disable=g-import-not-at-top
-  old = tmp_path / "finetune_scratch_drive_k2_s0"
-  drive_study.check_fresh(str(old), resume=False)  # absent: fine
-  old.mkdir()
-  with pytest.raises(SystemExit, match=r"finetune_scratch_drive_k2_s0 exists"
-                     r".*--resume"):
-    drive_study.check_fresh(str(old), resume=False)
-  drive_study.check_fresh(str(old), resume=True)
-  assert drive_study.parse_args(["--work=w", "--resume"]).resume
 
 
 @pytest.mark.slow

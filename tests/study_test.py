@@ -1,5 +1,8 @@
 """The study command: arms and cells, resume from rows, report from rows."""
+import filecmp
+import importlib
 import json
+import shutil
 import subprocess
 import sys
 
@@ -8,9 +11,11 @@ import nbformat
 import pytest
 
 from configs import study_drive
+from configs import study_recipe
 from conftest import REPO_ROOT
 from medclr.study import grid
 from medclr.study import report
+from medclr.study import runner
 
 
 def test_parse_arm_and_cells():
@@ -62,12 +67,79 @@ def test_pretrain_command_carries_pool_and_strength():
 
 
 def test_study_configs_name_real_arms_and_pools():
-  for arg in ("quick", "full", "smoke"):
-    config = study_drive.get_config(arg)
-    arms = grid.parse_arms(config.arms, config.pools)
-    assert arms[0].name == "scratch"
+  for module in (study_drive, study_recipe):
+    for arg in ("quick", "full", "smoke"):
+      config = module.get_config(arg)
+      arms = grid.parse_arms(config.arms, config.pools)
+      assert arms[0].name == "scratch"
+      runner.check_config(config)
   with pytest.raises(ValueError, match="exactly one of smoke, quick, full"):
     study_drive.get_config("quick,full")
+
+
+def test_named_arms_name_real_configs():
+  """Every named arm's config file exists and takes its arguments."""
+  assert grid.arm_spec("scratch") is None
+  assert grid.arm_spec("simclr_basic_medical") == (
+      "simclr", "preset=basic_medical", [])
+  for arm in grid.NAMED_ARMS:
+    stem, config_args, extra = grid.arm_spec(arm)
+    module = importlib.import_module(f"configs.pretrain_{stem}")
+    config = module.get_config(f"quick,{config_args}")
+    assert config.num_steps > 0
+    for flag in extra:
+      key, value = flag.removeprefix("--config.").split("=")
+      section, field = key.split(".")
+      assert str(config[section][field]) != value  # the flag changes it
+
+
+def test_recipe_config_keeps_drive_study_defaults(tmp_path):
+  """configs/study_recipe.py runs what benchmarks.drive_study ran: the
+  recipe as it is, every seed at every k, unpooled arms on DRIVE + HRF,
+  rows and their table in drive_study.{jsonl,md}."""
+  config = study_recipe.get_config("quick")
+  config.k, config.seeds = "2,20", "0,1,2"
+  study = runner.Study(config, tmp_path / "w", tmp_path,
+                       runner.results_path(config))
+  assert study.config.finetune_overrides == ""
+  assert grid.cells(study.arms, study.ks, study.seeds, study.all_seeds_k)[
+      :6] == [("scratch", k, s) for k in (2, 20) for s in (0, 1, 2)]
+  arm = grid.parse_arm("simclr_basic_medical")
+  assert config.pools[study.pool(arm)] == "drive:train,hrf:train"
+  assert study.pool(grid.parse_arm("dino_weak@small")) == "small"
+  assert runner.results_path(config) == (
+      REPO_ROOT / "benchmarks" / "results" / "drive_study.jsonl")
+  assert runner.results_path(study_recipe.get_config("smoke")).name == (
+      "drive_study_smoke.jsonl")
+  config.variant = "fov540"
+  assert study.cell_dir(arm, 2, 1) == (
+      tmp_path / "w" / "finetune_simclr_basic_medical_fov540_drive_k2_s1")
+  for key, value, message in [
+      ("cross", "stare,hrf", "config.cross: 'hrf' is not a labelled set"),
+      ("dataset", "fundus_pool", "'fundus_pool' is not a labelled set"),
+      ("report", "html", "config.report='html': expected one of study"),
+      ("default_pool", "large", "default_pool='large' is not in")]:
+    bad = study_recipe.get_config("quick")
+    bad[key] = value
+    with pytest.raises(ValueError, match=message):
+      runner.Study(bad, tmp_path / "w", tmp_path, tmp_path / "rows.jsonl")
+
+
+def test_an_existing_cell_workdir_is_restarted_refused_or_continued(
+    tmp_path):
+  """A fine-tuning workdir without a row may be another study's, which
+  launch.finetune would resume under this cell's config."""
+  old = tmp_path / "finetune_scratch_drive_k2_s0"
+  runner.ready_cell_dir(old, "refuse", "rows.jsonl")  # absent: fine
+  (old / "checkpoints").mkdir(parents=True)
+  with pytest.raises(FileExistsError,
+                     match=r"finetune_scratch_drive_k2_s0 exists but "
+                     r"rows.jsonl has no row.*existing_cells=restart"):
+    runner.ready_cell_dir(old, "refuse", "rows.jsonl")
+  runner.ready_cell_dir(old, "continue", "rows.jsonl")
+  assert (old / "checkpoints").is_dir()
+  runner.ready_cell_dir(old, "restart", "rows.jsonl")
+  assert not old.exists()
 
 
 def _cell(arm, k, seed, dice):
@@ -76,6 +148,55 @@ def _cell(arm, k, seed, dice):
   return {"kind": "cell", "profile": "quick", "arm": arm, "variant": "default",
           "dataset": "drive", "k": k, "seed": seed, "summary": summary,
           "pooled": {m: 0.5 for m in report.METRICS}, "finetune_seconds": 1.0}
+
+
+def test_rows_table_aggregates_over_seeds(tmp_path):
+  """Seed std is the std of the per-seed means (not of images), and pooled
+  metrics and cross-dataset rows reach the table."""
+
+  def row(seed, dice, image_std):
+    summary = {m: {"mean": 0.9, "std": 0.01} for m in report.METRICS}
+    summary["dice"] = {"mean": dice, "std": image_std}
+    pooled = {m: 0.5 for m in report.METRICS}
+    return {"profile": "quick", "arm": "scratch", "variant": "v",
+            "dataset": "drive", "k": 2, "seed": seed, "summary": summary,
+            "pooled": pooled, "finetune_seconds": 1.0,
+            "cross": {"stare": {"summary": summary, "pooled": pooled}}}
+
+  jsonl, md = tmp_path / "s.jsonl", tmp_path / "s.md"
+  rows = [row(0, 0.70, 0.05), row(1, 0.80, 0.07), row(1, 0.90, 0.01)]
+  jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  report.write_table(jsonl, md)
+  text = md.read_text()
+  # Seed 1's latest row (0.90) replaces its first: mean 0.80, seed std 0.10,
+  # image std the mean of 0.05 and 0.01.
+  assert "| 2 | **0.8000** | 0.1000 | 0.0300 |" in text
+  assert "drive -> stare" in text
+  # Rows without a `kind` are benchmarks.drive_study's; once launch.study
+  # adds one, the table names launch.study.
+  assert "Written by `python -m benchmarks.drive_study`." in text
+  jsonl.write_text(jsonl.read_text() + json.dumps(
+      {**row(2, 0.8, 0.01), "kind": "cell"}) + "\n")
+  report.write_table(jsonl, md)
+  assert "Written by `python -m launch.study`." in md.read_text()
+
+
+# Rows tables committed by benchmarks.drive_study (and reevaluate).
+COMMITTED_TABLES = ("drive_study", "cross_camera", "ablation",
+                    "decoder_pretraining", "finetune_from_pretrained")
+
+
+def test_committed_rows_regenerate_their_tables_byte_for_byte(tmp_path):
+  """launch.study's rows-table report, from each committed rows file alone,
+  writes the committed table unchanged."""
+  results = REPO_ROOT / "benchmarks" / "results"
+  config = study_recipe.get_config("quick")
+  for stem in COMMITTED_TABLES:
+    jsonl = tmp_path / f"{stem}.jsonl"
+    shutil.copy(results / jsonl.name, jsonl)
+    runner.write_report(config, jsonl)
+    assert filecmp.cmp(jsonl.with_suffix(".md"), results / f"{stem}.md",
+                       shallow=False), f"{stem}.md differs"
 
 
 def test_report_is_built_from_rows_alone(tmp_path):
@@ -183,15 +304,23 @@ def test_two_stage_arm_pretrains_its_first_stage_and_loads_the_decoder(
 
 
 def _run_study(workdir, results,
-               arms="scratch,simclr_basic_medical@small"):
+               arms="scratch,simclr_basic_medical@small", extra=()):
   cmd = [sys.executable, "-m", "launch.study",
          "--config=configs/study_drive.py:smoke", f"--workdir={workdir}",
          f"--results={results}", "--config.k=1", "--config.seeds=0",
-         "--config.all_seeds_k=", f"--config.arms={arms}"]
+         "--config.all_seeds_k=", f"--config.arms={arms}", *extra]
   result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=900)
   assert result.returncode == 0, result.stderr[-2000:]
   return result.stdout
+
+
+# The smoke study is also an ablation row evaluated across sets: a variant
+# (its fine-tuning and evaluation flags) and a second labelled set.
+SMOKE_VARIANT = ("--config.variant=constant_lr",
+                 "--config.finetune_overrides=--config.optim.schedule=constant",
+                 "--config.eval_overrides=--tta=none",
+                 "--config.cross=phantom_cross")
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +328,7 @@ def smoke_study(tmp_path_factory):
   """A real two-cell study on the phantom: (workdir, rows file, stdout)."""
   root = tmp_path_factory.mktemp("study")
   results = root / "rows.jsonl"
-  out = _run_study(root / "w", results)
+  out = _run_study(root / "w", results, extra=SMOKE_VARIANT)
   return root / "w", results, out
 
 
@@ -219,7 +348,7 @@ def test_study_resumes_without_redoing_cells(smoke_study, tmp_path):
   # without pretraining again (the arm's cells are all done).
   results = tmp_path / "rows.jsonl"
   results.write_text("".join(json.dumps(r) + "\n" for r in rows[1:]))
-  out = _run_study(workdir, results)
+  out = _run_study(workdir, results, extra=SMOKE_VARIANT)
   assert "launch.pretrain" not in out and out.count("launch.finetune") == 1
   again = report.read_rows(results)
   assert [(r["kind"], r["arm"]) for r in again] == [
@@ -228,6 +357,37 @@ def test_study_resumes_without_redoing_cells(smoke_study, tmp_path):
   # Rows hold $WORK / $DATA, never this machine's paths.
   assert str(workdir) not in first.read_text() + results.read_text()
   assert results.with_suffix(".md").exists()
+
+
+@pytest.mark.slow  # Reads the smoke study's rows.
+def test_study_runs_a_variant_and_evaluates_across_sets(smoke_study,
+                                                        tmp_path):
+  workdir, results, out = smoke_study
+  cell = report.read_rows(results)[0]
+  assert (cell["arm"], cell["variant"], cell["schedule"]) == (
+      "scratch", "constant_lr", "constant")
+  # The cell's workdir carries its variant and labelled set; every
+  # evaluation takes the variant's flags; the cross set has its metrics.
+  ft_dir = "$WORK/finetune_scratch_constant_lr_phantom_k1_s0"
+  finetune, in_domain, across = cell["commands"]
+  assert f"--workdir={ft_dir} " in finetune
+  assert "--config.optim.schedule=constant" in finetune
+  assert in_domain == f"python -m launch.evaluate --workdir={ft_dir} --tta=none"
+  assert across == in_domain + " --dataset=phantom_cross"
+  assert (workdir / ft_dir.removeprefix("$WORK/") / "eval_phantom_cross" /
+          "metrics.json").is_file()
+  assert cell["cross"]["phantom_cross"]["num_test_images"] == 2
+  assert cell["cross"]["phantom_cross"]["summary"] != cell["summary"]
+  assert "[study] scratch constant_lr k=1 seed=0: Dice " in out
+  # The same rows as a rows table (configs/study_recipe.py): in domain and
+  # across, by variant.
+  copy = tmp_path / "rows.jsonl"
+  shutil.copy(results, copy)
+  runner.write_report(study_recipe.get_config("smoke"), copy)
+  table = copy.with_suffix(".md").read_text()
+  assert "Written by `python -m launch.study`." in table
+  assert "| smoke | scratch | constant_lr | phantom -> phantom_cross | 1 |" in (
+      table)
 
 
 @pytest.mark.slow  # Executes the notebook on the smoke study's rows.
@@ -254,7 +414,6 @@ def test_augmentation_study_notebook_executes(smoke_study, monkeypatch):
 
 
 def test_best_arm_waits_for_every_other_arm(tmp_path):
-  from medclr.study import runner  # pylint: disable=g-import-not-at-top
   config = study_drive.get_config("quick")
   config.arms = "scratch,simclr_basic_medical@large,best@small"
   config.k, config.seeds, config.all_seeds_k = "2", "0", ""
@@ -273,13 +432,13 @@ def test_best_arm_waits_for_every_other_arm(tmp_path):
 
 
 def test_em_study_prepares_its_pool_and_held_out_split(shared_data, tmp_path):
-  """configs/study_em.py through the runner's own prepare step, on the real
+  """configs/study_em.py through the study's own prepare step, on the real
   ISBI 2012 stacks: the unlabelled test stack becomes the volume pool, the
   labelled stack 20 training and 10 test sections; no labelled section is
   in the pool."""
   from configs import study_em  # pylint: disable=g-import-not-at-top
   from medclr.data import sources  # pylint: disable=g-import-not-at-top
-  from medclr.study import runner  # pylint: disable=g-import-not-at-top
+  from medclr.study import sets  # pylint: disable=g-import-not-at-top
   config = study_em.get_config("quick")
   arms = grid.parse_arms(config.arms, config.pools)
   assert [a.name for a in arms] == ["scratch", "macl_volumes@em"]
@@ -288,7 +447,7 @@ def test_em_study_prepares_its_pool_and_held_out_split(shared_data, tmp_path):
   assert "--config=configs/pretrain_macl.py:quick," in command
   assert "--config.data.sources=isbi_em_stack:train" in command
   data_dir = tmp_path / "data"
-  runner.prepare_data(config, shared_data, data_dir, tmp_path / "log")
+  sets.prepare_data(config, shared_data, data_dir, tmp_path / "log")
   sizes = {split: len(sources.open_split(data_dir, "isbi_em", split))
            for split in ("train", "test")}
   assert sizes == {"train": 20, "test": 10}

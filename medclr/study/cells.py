@@ -19,6 +19,8 @@ from medclr.study import grid
 from medclr.study import report
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+# Committed rows files and their reports.
+RESULTS = REPO / "benchmarks" / "results"
 
 
 class CommandFailed(RuntimeError):
@@ -142,15 +144,17 @@ def finetune_command(profile, ft_dir, data_dir, dataset, k, seed,
       f"--config.init.pretrain_dir={pretrain_dir}", *overrides]
 
 
-def finetune_and_evaluate(ft_cmd, ft_dir, log, cross=()):
-  """Runs the fine-tuning, then evaluation in domain and on `cross` sets.
+def finetune_and_evaluate(ft_cmd, ft_dir, log, cross=(), eval_flags=()):
+  """Runs the fine-tuning, then evaluation in domain and on `cross` sets,
+  each `launch.evaluate` with `eval_flags` (e.g. '--scales=1,1.25').
 
   Returns:
     (row fields: metrics, cross metrics, labelled names, recipe, seconds;
      the commands run after fine-tuning).
   """
   ft_s = run(ft_cmd, log, trained=ft_dir)
-  eval_cmd = [sys.executable, "-m", "launch.evaluate", f"--workdir={ft_dir}"]
+  eval_cmd = [sys.executable, "-m", "launch.evaluate", f"--workdir={ft_dir}",
+              *eval_flags]
   eval_s = run(eval_cmd, log)
   commands = [eval_cmd]
   cross_rows = {}

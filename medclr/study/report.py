@@ -134,16 +134,31 @@ def run_lines(cells):
   return lines
 
 
-def write_table(jsonl, md, writer="python -m benchmarks.drive_study"):
+def table_writer(rows):
+  """The command a rows table names as its writer: the driver of its rows.
+
+  Rows without a `kind` were written by `benchmarks.drive_study` (removed
+  for `launch.study`, issue 26) or copied from such rows by
+  `benchmarks.reevaluate`. A table of those rows alone keeps naming it, so
+  the committed tables regenerate from their rows byte for byte.
+  """
+  if rows and all("kind" not in row for row in rows):
+    return "python -m benchmarks.drive_study"
+  return "python -m launch.study"
+
+
+def write_table(jsonl, md):
   """Markdown: runs aggregated over seeds, then one line per run."""
   jsonl, md = pathlib.Path(jsonl), pathlib.Path(md)
-  cells = latest_cells(read_rows(jsonl))
+  rows = read_rows(jsonl)
+  cells = latest_cells(rows)
   crosses = sorted({name for row in cells.values()
                     for name in row.get("cross", {})})
   lines = [
       f"# {jsonl.stem}: few-label fundus segmentation (inside the FOV)", "",
-      f"Written by `{writer}`. Human reference on DRIVE: 2nd vs 1st observer "
-      f"Dice {HUMAN_DICE}. {DATA_CREDITS} Commands: see the `.jsonl` rows.",
+      f"Written by `{table_writer(rows)}`. Human reference on DRIVE: 2nd "
+      f"vs 1st observer Dice {HUMAN_DICE}. {DATA_CREDITS} Commands: see the "
+      "`.jsonl` rows.",
       "", "## Over seeds", "", *SEED_TABLE_HEAD]
   lines += seed_table(cells)
   for name in crosses:

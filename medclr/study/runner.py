@@ -3,7 +3,8 @@
 Resumable: a cell whose row is already in the rows file is never recomputed,
 so a study may run in parts, on several machines, from the committed rows
 alone. A cell that was interrupted leaves no row; its workdir is removed and
-the cell starts again. A training child that exits 0 short of its last step
+the cell starts again (`config.existing_cells` may instead refuse such a
+workdir, or resume it). A training child that exits 0 short of its last step
 (a SIGTERM reached it alone: docs/reliability.md) stops the study with
 `cells.Preempted` and writes no row; the next run resumes. Pretraining runs
 with the collapse guard in `stop` mode: an arm that stalls at chance or
@@ -19,64 +20,12 @@ import time
 from medclr.study import cells as cells_lib
 from medclr.study import grid
 from medclr.study import report
+from medclr.study import sets
 
-# Sets a study may use: `launch.prepare` flags and their folder in the shared
-# data directory (None: generated, needs no files).
-KNOWN_SETS = {
-    "drive": ("--dataset=drive", "drive"),
-    "stare": ("--dataset=folder --name=stare", "stare"),
-    "hrf": ("--dataset=hrf", "hrf_unlabeled"),
-    "fundus_pool": ("--dataset=unlabeled --name=fundus_pool", "fundus_pool"),
-    # STARE's training images at DRIVE's scale (long side 584, FOV about
-    # 540 px) for the pretraining pool; its test images never enter a pool.
-    "stare584": ("--dataset=folder --name=stare584 --long_side=584", "stare"),
-    "phantom": ("--dataset=phantom", None),
-    # ISBI 2012 EM: 20 labelled sections to fine-tune on, the last 10 to
-    # test on (the challenge's test labels are not public).
-    "isbi_em": ("--dataset=isbi2012 --name=isbi_em --test_slices=10",
-                "isbi2012_em"),
-}
-# Volume sets, written by launch.prepare_volumes: the challenge's 30
-# unlabelled test sections, one serial-section volume at native size (a
-# separate stack from the labelled one, so nothing labelled enters the pool).
-VOLUME_SETS = {
-    "isbi_em_stack": ("--name=isbi_em_stack --size=0",
-                      "isbi2012_em/test/image"),
-}
 # launch.runner.EXIT_STALLED: the guard stopped the run (not a failure).
 EXIT_STALLED = 3
 DIAGNOSTICS = ("loss", "loss_chance", "loss_over_chance", "embedding_std_rel",
                "teacher_entropy_rel", "probe_accuracy")
-
-
-def pool_sets(sources):
-  """'fundus_pool:train,drive:train' -> {'fundus_pool', 'drive'}."""
-  return {s.split(":")[0].strip() for s in sources.split(",") if s.strip()}
-
-
-def prepare_data(config, shared, data_dir, log):
-  """Prepares every set the study's pools, dataset and cross sets name."""
-  names = {config.dataset, *filter(None, config.cross.split(","))}
-  for sources in config.pools.values():
-    names |= pool_sets(sources)
-  for name in sorted(names):
-    if name in VOLUME_SETS:
-      module, (flags, folder) = "launch.prepare_volumes", VOLUME_SETS[name]
-    elif name in KNOWN_SETS:
-      module, (flags, folder) = "launch.prepare", KNOWN_SETS[name]
-    else:
-      raise ValueError(f"study set {name!r} is unknown; known: "
-                       f"{sorted({**KNOWN_SETS, **VOLUME_SETS})}")
-    cmd = [cells_lib.sys.executable, "-m", module, *flags.split(),
-           f"--data_dir={data_dir}"]
-    if folder:
-      if not (shared / folder).is_dir():
-        raise FileNotFoundError(
-            f"{shared / folder} not found: pass --shared_data=DIR (the folder "
-            "holding drive/, stare/, hrf_unlabeled/, fundus_pool/, "
-            "isbi2012_em/)")
-      cmd.append(f"--manual_dir={shared / folder}")
-    cells_lib.run(cmd, log)
 
 
 def pretrain_diagnostics(pretrain_dir):
@@ -102,6 +51,50 @@ def safe_name(arm_name):
   return arm_name.replace("*", "-x").replace("@", "-on-")
 
 
+# The values of a study config's choice keys (configs/study_drive.py).
+CHOICES = {"report": ("study", "table"),
+           "existing_cells": ("restart", "refuse", "continue")}
+
+
+def check_config(config):
+  """Raises ValueError for a study config no run could finish."""
+  for key, choices in CHOICES.items():
+    if config[key] not in choices:
+      raise ValueError(f"config.{key}={config[key]!r}: expected one of "
+                       f"{', '.join(choices)}")
+  sets.check_labeled(config)
+  if config.default_pool and config.default_pool not in config.pools:
+    raise ValueError(f"config.default_pool={config.default_pool!r} is not "
+                     f"in config.pools ({sorted(config.pools)})")
+
+
+def results_path(config, results=None):
+  """The rows file: `results` if given, else benchmarks/results/
+  <config.results_name>.jsonl, else study_<profile>.jsonl."""
+  name = config.results_name or f"study_{config.profile}"
+  return pathlib.Path(results or cells_lib.RESULTS / f"{name}.jsonl")
+
+
+def ready_cell_dir(ft_dir, existing, rows_name):
+  """Readies the fine-tuning workdir of a cell that has no row yet.
+
+  `existing` (config.existing_cells) says what to do if it exists:
+  'restart' removes it (what an interrupted cell of this study left),
+  'continue' keeps it for launch.finetune to resume, 'refuse' stops the
+  study, since the workdir may hold another study's run, which
+  launch.finetune would resume under this cell's config.
+  """
+  if not ft_dir.exists() or existing == "continue":
+    return
+  if existing == "refuse":
+    raise FileExistsError(
+        f"{ft_dir} exists but {rows_name} has no row for it; launch.finetune "
+        "would resume it even if it was made with another config. Remove "
+        "it, choose another --workdir, or pass --config.existing_cells="
+        "restart (start it again) or continue (resume it)")
+  shutil.rmtree(ft_dir)
+
+
 class Study:
   """One study: its config, paths, rows file and progress."""
 
@@ -112,10 +105,12 @@ class Study:
     self.log = self.work / "study.log"
     self.shared = pathlib.Path(shared_data).absolute()
     self.jsonl = pathlib.Path(results)
+    check_config(config)
     self.arms = grid.parse_arms(config.arms, config.pools)
     self.ks = [int(k) for k in config.k.split(",")]
     self.seeds = [int(s) for s in config.seeds.split(",")]
-    self.all_seeds_k = [int(k) for k in config.all_seeds_k.split(",") if k]
+    self.all_seeds_k = self.ks if config.all_seeds_k == "all" else [
+        int(k) for k in config.all_seeds_k.split(",") if k]
     self.cell_seconds = []
 
   # -- rows ------------------------------------------------------------------
@@ -124,11 +119,17 @@ class Study:
     return report.read_rows(self.jsonl)
 
   def done(self):
-    """(arm, k, seed) of the cells with a row for this study's profile."""
-    return {(r["arm"], r["k"], r["seed"])
-            for r in report.latest_cells(self.rows()).values()
-            if r["profile"] == self.config.profile
-            and r.get("dataset") == self.config.dataset}
+    """(arm, k, seed) of the cells with a row for this study's profile,
+    variant and dataset (rows of benchmarks.drive_study count too)."""
+    return {(arm, k, seed) for profile, arm, variant, dataset, k, seed
+            in report.latest_cells(self.rows())
+            if (profile, variant, dataset) == (
+                self.config.profile, self.config.variant,
+                self.config.dataset)}
+
+  def pool(self, arm):
+    """The pool `arm` pretrains on: its own, else config.default_pool."""
+    return arm.pool or self.config.default_pool or None
 
   def append(self, row):
     self.jsonl.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +142,8 @@ class Study:
   def pretrain(self, arm):
     """Pretrains `arm` (resuming its workdir); returns its pretraining row."""
     pretrain_dir = self.work / f"pretrain_{safe_name(arm.name)}"
-    sources = self.config.pools[arm.pool] if arm.pool else ""
+    pool = self.pool(arm)
+    sources = self.config.pools[pool] if pool else ""
     overrides = ["--config.guard.mode=stop",
                  f"--config.probe.dataset={self.config.dataset}",
                  *self.config.pretrain_overrides.split()]
@@ -150,7 +152,7 @@ class Study:
       if first["status"] == "stopped":
         row = {"kind": "pretrain", "time": cells_lib.now(),
                "profile": self.config.profile, "arm": arm.name,
-               "pool": arm.pool, "status": "stopped", "seconds": None,
+               "pool": pool, "status": "stopped", "seconds": None,
                "message": f"its first stage {first['arm']} was stopped: "
                           f"{first['message']}", "diagnostics": {}}
         self.append(row)
@@ -160,7 +162,7 @@ class Study:
                                 self.data_dir, sources, overrides)
     row = {"kind": "pretrain", "time": cells_lib.now(),
            "git": cells_lib.git_revision(), "profile": self.config.profile,
-           "arm": arm.name, "pool": arm.pool,
+           "arm": arm.name, "pool": pool,
            "sources": sources, "dir": str(pretrain_dir),
            "command": cells_lib.placeholders(cmd, self.work, self.data_dir)}
     try:
@@ -178,18 +180,25 @@ class Study:
 
   # -- cells -----------------------------------------------------------------
 
+  def cell_dir(self, arm, k, seed):
+    """finetune_<arm>[_<variant>]_<dataset>_k<k>_s<seed>: variants and
+    labelled sets may share a --workdir without sharing a cell's."""
+    tag = "" if self.config.variant == "default" else (
+        f"_{self.config.variant}")
+    return self.work / (f"finetune_{safe_name(arm.name)}{tag}_"
+                        f"{self.config.dataset}_k{k}_s{seed}")
+
   def run_cell(self, arm, k, seed, pretrain):
-    """Fine-tunes and evaluates one cell from a clean workdir; appends it."""
-    ft_dir = self.work / f"finetune_{safe_name(arm.name)}_k{k}_s{seed}"
-    if ft_dir.exists():  # an interrupted cell: start it again
-      shutil.rmtree(ft_dir)
+    """Fine-tunes and evaluates one cell; appends its row."""
+    ft_dir = self.cell_dir(arm, k, seed)
+    ready_cell_dir(ft_dir, self.config.existing_cells, self.jsonl.name)
     ft_cmd = cells_lib.finetune_command(
         self.config.profile, str(ft_dir), self.data_dir, self.config.dataset,
         k, seed, pretrain["dir"] if pretrain else "",
         self.config.finetune_overrides.split() + arm.finetune_flags)
     fields, eval_cmds = cells_lib.finetune_and_evaluate(
-        ft_cmd, str(ft_dir), self.log,
-        cross=list(filter(None, self.config.cross.split(","))))
+        ft_cmd, str(ft_dir), self.log, cross=sets.cross_sets(self.config),
+        eval_flags=self.config.eval_overrides.split())
     commands = ([pretrain["command"]] if pretrain else []) + [
         cells_lib.placeholders(c, self.work, self.data_dir)
         for c in [ft_cmd, *eval_cmds]]
@@ -197,10 +206,16 @@ class Study:
         "kind": "cell", "time": cells_lib.now(),
         "git": cells_lib.git_revision(), "profile": self.config.profile,
         "arm": arm.name, "base": arm.base, "strength": arm.strength,
-        "pool": arm.pool, "variant": "default",
+        "pool": self.pool(arm) if arm.pretrained else None,
+        "variant": self.config.variant,
         "dataset": self.config.dataset, "k": k, "seed": seed, **fields,
         "pretrain_seconds": pretrain["seconds"] if pretrain else 0.0,
         "commands": commands})
+    print(f"[study] {arm.name} {self.config.variant} k={k} seed={seed}: "
+          f"Dice {fields['summary']['dice']['mean']:.4f}, pooled AUC "
+          f"{fields['pooled']['auc_roc']:.4f}; fine-tuning "
+          f"{fields['finetune_seconds']} s, evaluation "
+          f"{fields['eval_seconds']} s", flush=True)
     return fields
 
   def progress(self, done_before):
@@ -223,10 +238,10 @@ class Study:
   def mean_k2_dice(self):
     """{arm: mean Dice at k=2} over this profile's finished cells."""
     groups = {}
-    for (profile, arm, _, dataset, k), results in report.seed_groups(
+    for (profile, arm, variant, dataset, k), results in report.seed_groups(
         report.latest_cells(self.rows())).items():
-      if (profile, dataset, k) == (self.config.profile, self.config.dataset,
-                                   2):
+      if (profile, variant, dataset, k) == (
+          self.config.profile, self.config.variant, self.config.dataset, 2):
         groups[arm] = sum(r["summary"]["dice"]["mean"]
                           for r in results) / len(results)
     return groups
@@ -253,7 +268,7 @@ class Study:
 
   def run(self):
     self.work.mkdir(parents=True, exist_ok=True)
-    prepare_data(self.config, self.shared, self.data_dir, self.log)
+    sets.prepare_data(self.config, self.shared, self.data_dir, self.log)
     stopped = {name for name, row in report.latest_pretrain(
         self.rows()).items() if row.get("status") == "stopped"
                and row["profile"] == self.config.profile}
@@ -289,9 +304,15 @@ class Study:
 
 
 def write_report(config, jsonl):
-  """The study's Markdown report and plots, from its rows (and baselines)."""
-  report.write_study_report(jsonl, jsonl.with_suffix(".md"),
-                            config.get("baselines", ""))
+  """The study's Markdown report and plots, from its rows (and baselines);
+  or, with config.report 'table', the rows table of the recipe's results
+  (over seeds in domain and across sets, then runs; no plots)."""
+  jsonl = pathlib.Path(jsonl)
+  if config.report == "table":
+    report.write_table(jsonl, jsonl.with_suffix(".md"))
+  else:
+    report.write_study_report(jsonl, jsonl.with_suffix(".md"),
+                              config.get("baselines", ""))
 
 
 def run_study(config, workdir, shared_data, results):
