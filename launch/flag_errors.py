@@ -3,7 +3,7 @@
 absl parses flags inside `app.run`, before a launcher's main: a mistyped
 flag, a missing config file, an unknown `--config.a.b` key or a value of the
 wrong type would end there in a usage dump or a traceback from
-ml_collections. `parse(argv)` is the flags parser `launch.runner.run` hands
+ml_collections. `parse(argv)` is the flags parser `launch.cli.run` hands
 to `app.run`: it parses as absl would and turns each of those mistakes into
 `error: <one line>` on stderr and exit status 1, before anything is written.
 

@@ -43,7 +43,7 @@ VOLUME_SETS = {
     "isbi_em_stack": ("--name=isbi_em_stack --size=0",
                       "isbi2012_em/test/image"),
 }
-# launch.runner.EXIT_STALLED: the guard stopped the run (not a failure).
+# launch.cli.EXIT_STALLED: the guard stopped the run (not a failure).
 EXIT_STALLED = 3
 DIAGNOSTICS = ("loss", "loss_chance", "loss_over_chance", "embedding_std_rel",
                "teacher_entropy_rel", "probe_accuracy")
