@@ -11,6 +11,7 @@ import ml_collections
 
 from medclr import errors
 from medclr import models
+from medclr.train import renames
 
 # Named model sizes live with the models (unet2d-32 is the canonical model
 # of docs/protocol.md section 2).
@@ -23,6 +24,9 @@ def parse_arg(arg, **defaults):
   for item in filter(None, (arg or "").split(",")):
     key, eq, value = item.partition("=")
     if key not in defaults:
+      renamed = renames.renamed_arg_message(key, arg, defaults)
+      if renamed:
+        raise errors.ConfigError(renamed)
       close = difflib.get_close_matches(key, list(defaults), n=1)
       raise errors.ConfigError(
           f"unknown config argument {key!r} in {arg!r}; known: "
@@ -109,7 +113,8 @@ def pretrain_config(method, args, *, preset="simclr_strong", in_channels=3,
       `apply_pretrain_profiles`.
 
   Returns:
-    ConfigDict with data, augment, model, head, loss, optim, crop, batch,
+    ConfigDict with data, augment, model, head, loss, optim,
+    contrastive_crop, batch,
     run, guard and probe fields; method configs add their own on top.
   """
   config = shared_blocks(method, args.preset or preset, in_channels)
@@ -124,7 +129,8 @@ def pretrain_config(method, args, *, preset="simclr_strong", in_channels=3,
 
 
 def shared_blocks(method, preset, in_channels):
-  """Data, augment, model, head, loss, optim, crop, batch and run blocks."""
+  """Data, augment, model, head, loss, optim, contrastive_crop, batch and run
+  blocks."""
   config = ml_collections.ConfigDict()
   config.method = method
   config.data = ml_collections.ConfigDict({
@@ -134,10 +140,11 @@ def shared_blocks(method, preset, in_channels):
       "image_size": 128,
       "in_channels": in_channels,
       "worker_count": 0,
+      # Where the two-view random resized crops are cut: 'host' (Grain) or
       # 'device': the host ships whole images fitted into a crop_canvas
       # square (0: from image_size and the smallest crop area) and the step
       # cuts the views (medclr/augment/crops.py); for accelerator hosts.
-      "crops": "host",
+      "crop_site": "host",
       "crop_canvas": 0,
       **preprocess_fields(),
   })
@@ -157,7 +164,7 @@ def shared_blocks(method, preset, in_channels):
   # xyupeng/ContrastiveCrop): mode 'ccrop' turns it on. alpha 0.6 /
   # box_thresh 0.1 are its ImageNet values (0.1 for its small-data
   # configs); warm-up and interval are in steps here.
-  config.crop = ml_collections.ConfigDict({
+  config.contrastive_crop = ml_collections.ConfigDict({
       "mode": "rrc", "alpha": 0.6, "box_thresh": 0.1, "warmup_steps": 100,
       "loc_interval": 100, "loc_size": 0, "loc_batch": 16})
   config.batch_size = 16  # images; each gives two views
@@ -182,9 +189,9 @@ def apply_pretrain_profiles(config, args):
     smoke_profile(config)
     config.head.hidden_dim = 32
     config.head.out_dim = 16
-    config.crop.warmup_steps = 1
-    config.crop.loc_interval = 1
-    config.crop.loc_batch = 8
+    config.contrastive_crop.warmup_steps = 1
+    config.contrastive_crop.loc_interval = 1
+    config.contrastive_crop.loc_batch = 8
 
 
 def diagnostics_blocks(config, smoke):

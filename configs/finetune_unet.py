@@ -23,7 +23,8 @@ def get_config(arg=None):
   config.data = data_block()
   config.init = ml_collections.ConfigDict({
       "pretrain_dir": "",
-      "pretrain_step": -1,  # -1: latest
+      # Step of the checkpoint in pretrain_dir to start from; -1: latest.
+      "pretrain_checkpoint_step": -1,
       "load": "encoder",  # comma list of U-Net parts: encoder[,decoder]
       # U-Net parts (encoder, decoder, head) that get no update for the
       # first freeze_steps steps, e.g. to fit a new decoder to a pretrained

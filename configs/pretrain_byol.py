@@ -34,7 +34,7 @@ def get_config(arg=None):
                                   blocks=byol_blocks)
   config.augment.views = args.views
   del config.loss  # BYOL's loss has no settings
-  del config.crop  # its own two host crops
+  del config.contrastive_crop  # its own two host crops
   if args.smoke:
     config.head.predictor_hidden_dim = 32
   return config

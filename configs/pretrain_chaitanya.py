@@ -37,7 +37,7 @@ def get_config(arg=None):
   config = common.pretrain_config(
       "volume_supcon", args, preset="chaitanya_global", in_channels=1,
       blocks=chaitanya_blocks, volume=True)
-  del config.crop  # its own host crops (volume pipeline)
+  del config.contrastive_crop  # its own host crops (volume pipeline)
   config.loss = loss_block(args.positives)
   return config
 

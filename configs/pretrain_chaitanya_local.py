@@ -30,7 +30,7 @@ def get_config(arg=None):
   config = common.pretrain_config(
       "chaitanya_local", args, preset="chaitanya_local", in_channels=3,
       blocks=local_blocks)
-  del config.crop  # one crop per image, seen twice
+  del config.contrastive_crop  # one crop per image, seen twice
   del config.head  # g_2 and the region map replace the projection head
   # Decoder blocks trained: the reference trains 3 of its 5 (features at a
   # quarter of the input size); here all but the shallowest level.
@@ -46,7 +46,7 @@ def local_blocks(config):
   # the reference's optimiser: decoder and g_2 only; BatchNorm statistics
   # still adapt).
   config.init = ml_collections.ConfigDict({
-      "pretrain_dir": "", "pretrain_step": -1, "load": "encoder",
+      "pretrain_dir": "", "pretrain_checkpoint_step": -1, "load": "encoder",
       "freeze": "encoder", "freeze_steps": -1})
   config.local = ml_collections.ConfigDict({
       "blocks": 3,

@@ -20,7 +20,7 @@ def get_config(arg=None):
   """DiRA config; see the module docstring for `arg`."""
   config = pretrain_mocov2.get_config(arg)
   config.method = "dira"
-  del config.crop  # its own distortions; no ContrastiveCrop
+  del config.contrastive_crop  # its own distortions; no ContrastiveCrop
   config.dira = ml_collections.ConfigDict({
       # --contrastive_weight 1, --mse_weight 10, --adv_weight 0.001.
       "contrast_weight": 1.0, "restore_weight": 10.0,

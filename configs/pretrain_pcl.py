@@ -38,7 +38,7 @@ def get_config(arg=None):
   config = common.pretrain_config(
       "volume_supcon", args, preset="basic_medical", in_channels=1,
       blocks=pcl_blocks, volume=True)
-  del config.crop  # its own host crops (volume pipeline)
+  del config.contrastive_crop  # its own host crops (volume pipeline)
   config.loss = ml_collections.ConfigDict({
       "positives": "pcl",
       # --slice_threshold 0.1 (CHD and KiTS; BraTS 0.05; myconfig default

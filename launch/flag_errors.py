@@ -9,7 +9,9 @@ to `app.run`: it parses as absl would and turns each of those mistakes into
 
 The diagnosis replays the config flags itself (load the file, call
 `get_config`, look up each overridden key) rather than reading the
-libraries' messages, which name the key only inside a traceback.
+libraries' messages, which name the key only inside a traceback. A config
+key given by a name it no longer has is refused with its new name
+(medclr.train.renames).
 """
 import difflib
 import importlib.util
@@ -24,6 +26,7 @@ from ml_collections.config_flags import config_flags
 from ml_collections.config_flags import config_path
 
 from medclr import errors
+from medclr.train import renames
 
 FLAGS = flags.FLAGS
 
@@ -128,7 +131,9 @@ def _check_config(name, argv, error):
     try:
       config_path.get_value(path, config)
     except (AttributeError, KeyError, IndexError, ValueError):
-      return _unknown_key(name, path, config)
+      what = "config key" if name == "config" else f"--{name} key"
+      return (renames.renamed_key_message(path, what) or
+              _unknown_key(name, path, config))
   if isinstance(error, flags.IllegalFlagValueError):
     return _bad_value(name, overrides, config)
   return None

@@ -58,7 +58,7 @@ def test_pretrain_command_carries_pool_and_strength():
   assert "--config.augment.strength=0.5" in cmd
   full = grid.pretrain_command(grid.parse_arm("dino_weak@large"), "full",
                                "/w/p", "/d", "x:train")
-  assert "--config=configs/pretrain_dino.py:,crops=weak" in full
+  assert "--config=configs/pretrain_dino.py:,multicrop=weak" in full
 
 
 def test_study_configs_name_real_arms_and_pools():

@@ -17,10 +17,11 @@ import sys
 # args after the colon, extra --config flags).
 NAMED_ARMS = {
     # ContrastiveCrop is a crop option; with MoCo v2, one of its papers' hosts.
-    "ccrop_mocov2": ("mocov2", "preset=mocov2", ["--config.crop.mode=ccrop"]),
-    "dino_default": ("dino", "crops=dino_default", []),
-    "dino_weak": ("dino", "crops=weak", []),
-    "dino_strong": ("dino", "crops=strong", []),
+    "ccrop_mocov2": ("mocov2", "preset=mocov2",
+                     ["--config.contrastive_crop.mode=ccrop"]),
+    "dino_default": ("dino", "multicrop=dino_default", []),
+    "dino_weak": ("dino", "multicrop=weak", []),
+    "dino_strong": ("dino", "multicrop=strong", []),
     "chaitanya_gd": ("chaitanya", "positives=gd", []),
     "chaitanya_gd-": ("chaitanya", "positives=gd-", []),
     "pcl": ("pcl", "threshold=0.1", []),

@@ -23,6 +23,7 @@ from medclr.train import loop
 from medclr import metric_writer
 from medclr import models
 from medclr import optim
+from medclr.train import renames
 from medclr.train.arco import sampling as pixel_sampling
 from medclr.train.arco import step as semi_steps
 from medclr import sharding
@@ -72,8 +73,9 @@ def validate_config(config):
   inference.check_scales(config.eval.get("scales", "1"))
   if config.init.pretrain_dir:
     # Fails now, naming the directory, rather than after data loading.
-    checkpointing.saved_tree_shapes(config.init.pretrain_dir,
-                                    warm_start.pretrain_step(config.init))
+    checkpointing.saved_tree_shapes(
+        config.init.pretrain_dir,
+        warm_start.pretrained_checkpoint_step(config.init))
 
 
 SEMI_MODES = ("", "arco")
@@ -240,7 +242,7 @@ def train_and_evaluate(config, workdir):
   validate_config(config)
   config_dict = config.to_dict()
   # Before anything is written into the workdir (labeled.json, ...).
-  checkpointing.check_same_run(workdir, config_dict)
+  checkpointing.check_same_run(workdir, config_dict, rename=renames.current_key)
   mesh = sharding.make_mesh(config.mesh.data)
   local_batch = sharding.check_batch_size(config.batch_size, mesh)
   data_iter = make_data_iter(config, workdir, local_batch)
