@@ -10,7 +10,7 @@ to `app.run`: it parses as absl would and turns each of those mistakes into
 The diagnosis replays the config flags itself (load the file, call
 `get_config`, look up each overridden key) rather than reading the
 libraries' messages, which name the key only inside a traceback. A config
-key given by a name it no longer has is refused with its new name
+file or key given by a name it no longer has is refused with its new name
 (medclr.train.renames).
 """
 import difflib
@@ -168,6 +168,9 @@ def _load(name, value):
   path, *arg = value.split(":", 1)
   flag = f"--{name}={value}"
   if not os.path.isfile(path):
+    renamed = renames.renamed_file_message(path, *arg)
+    if renamed:
+      return None, f"{flag}: {renamed}"
     return None, f"{flag}: no such config file {path}{_nearest_file(path)}"
   try:
     spec = importlib.util.spec_from_file_location(f"_checked_{name}", path)

@@ -1,6 +1,7 @@
 """Every config file loads for each documented argument and locks its keys;
-old names are refused with the new."""
+the profile tables apply in order; old names are refused with the new."""
 import importlib
+import pathlib
 
 import ml_collections
 import pytest
@@ -15,8 +16,12 @@ CONFIGS = {"pretrain_simclr": ["", "smoke", "quick", "demo",
            "pretrain_adco": ["", "smoke", "quick"],
            "pretrain_byol": ["", "smoke", "quick"],
            "pretrain_dino": ["", "smoke", "quick", "multicrop=weak"],
-           "pretrain_chaitanya": ["", "smoke", "quick"],
-           "pretrain_pcl": ["", "smoke", "quick"],
+           "pretrain_volume_supcon": ["chaitanya", "chaitanya,smoke",
+                                      "chaitanya,quick", "pcl", "pcl,smoke",
+                                      "pcl,quick"],
+           "pretrain_chaitanya_local": ["", "smoke", "quick"],
+           "pretrain_dira": ["", "smoke", "quick", "demo"],
+           "pretrain_macl": ["", "smoke", "quick", "quick,volumes=0"],
            "finetune_unet": ["", "smoke", "quick", "demo"]}
 
 
@@ -35,6 +40,12 @@ def test_config_loads_and_locks(module, arg):
   renames.check_no_renamed_keys(config)  # no key under an old name
 
 
+def test_every_config_file_is_tested():
+  files = {p.stem for p in (pathlib.Path(common.__file__).parent).glob(
+      "*.py")} - {"__init__", "common", "study_drive", "study_em"}
+  assert files == set(CONFIGS)
+
+
 def test_preset_argument_reaches_augment():
   config = importlib.import_module("configs.pretrain_simclr").get_config(
       "quick,preset=basic_medical")
@@ -46,6 +57,34 @@ def test_preset_argument_reaches_augment():
 def test_unknown_argument_is_named():
   with pytest.raises(ValueError, match="smok"):
     importlib.import_module("configs.pretrain_simclr").get_config("smok")
+
+
+def test_profiles_run_in_table_order_with_combinations_and_default():
+  ran = []
+  table = {"a": (lambda c: ran.append("a"),),
+           "b": (lambda c: ran.append("b1"), lambda c: ran.append("b2")),
+           "a+b": (lambda c: ran.append("a+b"),),
+           common.DEFAULT: (lambda c: ran.append("default"),)}
+  assert common.profile_args(table) == {"a": False, "b": False}
+  for arg, want in [("b,a", ["a", "b1", "b2", "a+b"]), ("b", ["b1", "b2"]),
+                    ("", ["default"])]:
+    ran.clear()
+    common.apply_profiles(None, common.parse_arg(
+        arg, **common.profile_args(table)), table)
+    assert ran == want, arg
+
+
+def test_extend_appends_overrides_and_keeps_only_the_named():
+  first, second, third = (lambda c: None for _ in range(3))
+  table = common.extend({"quick": (first,), "demo": (second,)},
+                        only=("quick",), quick=(third,), smoke=(second,))
+  assert table == {"quick": (first, third), "smoke": (second,)}
+
+
+def test_setting_override_sets_a_dotted_field():
+  config = ml_collections.ConfigDict({"moco": {"queue_size": 4096}})
+  common.setting("moco.queue_size", 16)(config)
+  assert config.moco.queue_size == 16
 
 
 def test_renamed_config_argument_names_the_new_one():
@@ -85,3 +124,14 @@ def test_renamed_keys_map_to_their_new_names(old, new):
   with pytest.raises(errors.ConfigError, match=(
       rf"^config key {block} was renamed to {renames.current_key(block)} ")):
     renames.check_no_renamed_keys(config)
+
+
+def test_renamed_config_files_name_the_new_file_and_argument():
+  assert renames.renamed_file_message(
+      "configs/pretrain_chaitanya.py", "quick") == (
+          "config file configs/pretrain_chaitanya.py was renamed to "
+          "configs/pretrain_volume_supcon.py:chaitanya,quick "
+          "(see CHANGELOG.md)")
+  assert renames.renamed_file_message("/x/configs/pretrain_pcl.py").endswith(
+      "renamed to /x/configs/pretrain_volume_supcon.py:pcl (see CHANGELOG.md)")
+  assert renames.renamed_file_message("configs/pretrain_simclr.py") is None

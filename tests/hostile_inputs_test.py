@@ -256,7 +256,7 @@ FINETUNE_SMOKE = ["--config=configs/finetune_unet.py:smoke", "--workdir={w}"]
     pytest.param(
         "launch.pretrain", ["--config=configs/pretrain_simclr.py:smoke"],
         r"error: --workdir is required$", id="missing-workdir"),
-    # A key or argument under the name it had before issue 26
+    # A key, argument or config file under the name it had before issue 26
     # is refused with its new name (medclr/train/renames.py).
     pytest.param(
         "launch.pretrain", [*PRETRAIN_SMOKE, "--config.data.crops=device"],
@@ -284,6 +284,19 @@ FINETUNE_SMOKE = ["--config=configs/finetune_unet.py:smoke", "--workdir={w}"]
         r"error: --config=configs/pretrain_dino\.py:smoke,crops=weak: config "
         r"argument 'crops' in 'smoke,crops=weak' was renamed to 'multicrop' "
         r"\(see CHANGELOG\.md\)$", id="renamed-argument"),
+    pytest.param(
+        "launch.pretrain",
+        ["--config=configs/pretrain_chaitanya.py:smoke", "--workdir={w}"],
+        r"error: --config=configs/pretrain_chaitanya\.py:smoke: config file "
+        r"configs/pretrain_chaitanya\.py was renamed to "
+        r"configs/pretrain_volume_supcon\.py:chaitanya,smoke "
+        r"\(see CHANGELOG\.md\)$", id="renamed-config-file"),
+    pytest.param(
+        "launch.pretrain", ["--config=configs/pretrain_pcl.py", "--workdir={w}"],
+        r"error: --config=configs/pretrain_pcl\.py: config file "
+        r"configs/pretrain_pcl\.py was renamed to "
+        r"configs/pretrain_volume_supcon\.py:pcl \(see CHANGELOG\.md\)$",
+        id="renamed-config-file-no-argument"),
 ])
 def test_command_line_mistakes_are_one_line_and_write_nothing(
     tmp_path, launcher, args, message):

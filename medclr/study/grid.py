@@ -22,9 +22,9 @@ NAMED_ARMS = {
     "dino_default": ("dino", "multicrop=dino_default", []),
     "dino_weak": ("dino", "multicrop=weak", []),
     "dino_strong": ("dino", "multicrop=strong", []),
-    "chaitanya_gd": ("chaitanya", "positives=gd", []),
-    "chaitanya_gd-": ("chaitanya", "positives=gd-", []),
-    "pcl": ("pcl", "threshold=0.1", []),
+    "chaitanya_gd": ("volume_supcon", "chaitanya,positives=gd", []),
+    "chaitanya_gd-": ("volume_supcon", "chaitanya,positives=gd-", []),
+    "pcl": ("volume_supcon", "pcl,threshold=0.1", []),
     # Decoder pretraining (issue 11). MACL on a 2D pool: positives are the
     # other view only (docs/methods/macl.md).
     "macl": ("macl", "volumes=0", []),
@@ -56,7 +56,7 @@ UNPRETRAINED = ("scratch", "arco")
 # Volume-aware methods need slices with volume ids: DRIVE and HRF are single
 # 2D images, so these arms pretrain on their config's own volume set (the
 # procedural synthetic volumes unless overridden) and fine-tune on DRIVE.
-VOLUME_CONFIGS = ("chaitanya", "pcl")
+VOLUME_CONFIGS = ("volume_supcon",)
 BEST = "best"
 
 

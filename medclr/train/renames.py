@@ -1,4 +1,4 @@
-"""Config keys and config arguments that were renamed.
+"""Config keys, config arguments and config files that were renamed.
 
 The one place that knows the old names (CHANGELOG.md lists the same
 renames). An old name is refused with an error that gives the new one;
@@ -6,6 +6,8 @@ there are no silent aliases, so a command or config written for the old
 name fails instead of running something else. Kept low (imports only
 errors) so configs, trainers and launchers can all use it.
 """
+import os
+
 from medclr import errors
 
 # Old dotted config key -> new; a key under an old block is renamed with it
@@ -19,6 +21,12 @@ RENAMED_KEYS = {
 }
 # Old argument after a config file's colon -> new.
 RENAMED_ARGS = {"crops": "multicrop"}
+# Old config file name -> (new file name, argument that selects the old
+# file's settings).
+RENAMED_FILES = {
+    "pretrain_chaitanya.py": ("pretrain_volume_supcon.py", "chaitanya"),
+    "pretrain_pcl.py": ("pretrain_volume_supcon.py", "pcl"),
+}
 SEE = "(see CHANGELOG.md)"
 
 
@@ -65,3 +73,14 @@ def renamed_arg_message(key, arg, known):
     return None
   return f"config argument {key!r} in {arg!r} was renamed to {new!r} {SEE}"
 
+
+def renamed_file_message(path, arg=None):
+  """The error for config file `path` (argument `arg`) if it was renamed,
+  naming the new file and argument, else None."""
+  renamed = RENAMED_FILES.get(os.path.basename(path))
+  if renamed is None:
+    return None
+  new_name, variant = renamed
+  new = os.path.join(os.path.dirname(path), new_name)
+  new_arg = ",".join(a for a in (variant, arg) if a)
+  return f"config file {path} was renamed to {new}:{new_arg} {SEE}"
