@@ -48,9 +48,9 @@ LABELED_SETS = {"drive": ("--dataset=drive", "drive"),
 NAMED_ARMS = grid.NAMED_ARMS
 
 
-def arm_spec(arm):
+def arm_pretrain_config(arm):
   """Arm name -> (config stem, config args, extra flags); 'scratch' -> None."""
-  return grid.arm_spec(arm)
+  return grid.arm_pretrain_config(arm)
 
 
 def parse_args(argv=None):

@@ -295,11 +295,11 @@ def test_profile_step_reports_per_op_times(tmp_path):
 def test_drive_study_arms_name_real_configs():
   """Every named arm's config file exists and takes its arguments."""
   from benchmarks import drive_study  # pylint: disable=g-import-not-at-top
-  assert drive_study.arm_spec("scratch") is None
-  assert drive_study.arm_spec("simclr_basic_medical") == (
+  assert drive_study.arm_pretrain_config("scratch") is None
+  assert drive_study.arm_pretrain_config("simclr_basic_medical") == (
       "simclr", "preset=basic_medical", [])
   for arm in drive_study.NAMED_ARMS:
-    stem, config_args, extra = drive_study.arm_spec(arm)
+    stem, config_args, extra = drive_study.arm_pretrain_config(arm)
     module = importlib.import_module(f"configs.pretrain_{stem}")
     config = module.get_config(f"quick,{config_args}")
     assert config.num_steps > 0

@@ -18,7 +18,8 @@ def test_parse_arm_and_cells():
   arm = grid.parse_arm("simclr_simclr_strong*0.5@large", pools)
   assert (arm.base, arm.strength, arm.pool) == ("simclr_simclr_strong", 0.5,
                                                 "large")
-  assert grid.arm_spec(arm.base) == ("simclr", "preset=simclr_strong", [])
+  assert grid.arm_pretrain_config(arm.base) == (
+      "simclr", "preset=simclr_strong", [])
   assert not grid.parse_arm("scratch").pretrained
   arms = grid.parse_arms("scratch,dino_weak@small", pools)
   assert grid.cells(arms, [1, 2, 20], [0, 1, 2], [1, 2]) == [

@@ -60,7 +60,7 @@ VOLUME_CONFIGS = ("volume_supcon",)
 BEST = "best"
 
 
-def arm_spec(base):
+def arm_pretrain_config(base):
   """Base arm name -> (config stem, config args, extra flags); scratch: None.
 
   'simclr_basic_medical' -> ('simclr', 'preset=basic_medical', []); named
@@ -115,7 +115,7 @@ def parse_arm(text, pools=None):
     raise ValueError(f"arm {name!r}: {base} pretrains nothing, so it takes "
                      "no pool or strength")
   if base != BEST:
-    arm_spec(base)  # validates the name
+    arm_pretrain_config(base)  # validates the name
   try:
     value = float(strength) if strength else None
   except ValueError:
@@ -172,7 +172,7 @@ def pretrain_command(arm, profile, pretrain_dir, data_dir, sources,
   `sources` is the pool (`name:split` list); volume-aware configs keep their
   own volume set.
   """
-  stem, config_args, extra = arm_spec(arm.base)
+  stem, config_args, extra = arm_pretrain_config(arm.base)
   flags = [] if stem in VOLUME_CONFIGS else [f"--config.data.sources={sources}"]
   if arm.strength is not None:
     flags.append(f"--config.augment.strength={arm.strength:g}")
