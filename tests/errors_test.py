@@ -138,9 +138,9 @@ def test_divergence_stops_before_a_bad_checkpoint(tmp_path, phantom_data_dir):
 
 def test_contrastive_crop_needs_a_two_view_method(tmp_path, phantom_data_dir):
   config = smoke_config("pretrain_dino", phantom_data_dir)
-  crop = smoke_config("pretrain_simclr", phantom_data_dir).contrastive_crop
-  crop.mode = "ccrop"
-  config.contrastive_crop = crop
+  ccrop = smoke_config("pretrain_simclr", phantom_data_dir).contrastive_crop
+  ccrop.mode = "ccrop"
+  config.contrastive_crop = ccrop
   with pytest.raises(errors.ConfigError, match="makes its own host crops"):
     pretrain.train_and_evaluate(config, str(tmp_path / "work"))
 

@@ -43,8 +43,8 @@ def validate_config(config):
 
 
 def uses_contrastive_crop(config):
-  crop = config.get("contrastive_crop")
-  return crop is not None and crop.mode == "ccrop"
+  settings = config.get("contrastive_crop")
+  return settings is not None and settings.mode == "ccrop"
 
 
 def box_table(config):
