@@ -10,8 +10,8 @@ For each preset of `medclr.augment.PRESETS` it times, in two-view images/s
     two random resized crops per image with the preset's crop ranges,
     batching), `next()` on the iterator;
   * device: `augment.two_views` jitted on a batch already on device;
-    with --crops=device the host only ships each image fitted into a canvas
-    (`config.data.crops='device'`) and the device also cuts the two views
+    with --crop_site=device the host only ships each image fitted into a canvas
+    (`config.data.crop_site='device'`) and the device also cuts the two views
     (`medclr.augment.crops`) before augmenting them;
   * pipeline: both in sequence as the training loop runs them (host batch ->
     `sharding.to_global` -> device augmentation, blocking).
@@ -51,9 +51,10 @@ def parse_args(argv):
   parser.add_argument("--size", type=int, default=128)
   parser.add_argument("--worker_count", type=int, default=0,
                       help="Grain worker processes (config.data.worker_count)")
-  parser.add_argument("--crops", choices=("host", "device"), default="host",
+  parser.add_argument("--crop_site", choices=("host", "device"),
+                      default="host",
                       help="where the random resized crops are cut "
-                           "(config.data.crops)")
+                           "(config.data.crop_site)")
   parser.add_argument("--steps", type=int, default=10, help="timed batches")
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--devices", type=int, default=1)
@@ -118,7 +119,7 @@ def measure_preset(args, mesh, data_dir, sources, preset):
 
   spec = augment.get_spec(preset)
   canvas = (device_crops.canvas_side(args.size, spec.crop_area)
-            if args.crops == "device" else 0)
+            if args.crop_site == "device" else 0)
   dataset = pipeline.pretrain_dataset(
       data_dir, sources, image_size=args.size, in_channels=3,
       area=spec.crop_area, aspect=spec.crop_aspect, local_batch=args.batch,
@@ -186,7 +187,7 @@ def main(argv=None):
   result = {
       "batch": args.batch, "size": args.size, "devices": mesh.devices.size,
       "backend": jax.default_backend(), "data": data,
-      "worker_count": args.worker_count, "crops": args.crops,
+      "worker_count": args.worker_count, "crop_site": args.crop_site,
       "step_images_per_s": consumption, "step_source": source,
       "presets": presets,
       "all_outrun_step": all(p["outruns_step"] for p in presets.values()),

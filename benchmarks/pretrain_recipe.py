@@ -1,7 +1,7 @@
 r"""One pretraining recipe, measured: collapse diagnostics and the probe.
 
   python -m benchmarks.pretrain_recipe --work=/tmp/recipes --variant=adam \
-      --config=configs/pretrain_dino.py:quick,crops=weak \
+      --config=configs/pretrain_dino.py:quick,multicrop=weak \
       --data_dir=$DATA --overrides="--config.optim.learning_rate=1e-3"
 
 Runs `launch.pretrain` (online probe on DRIVE training patches) and appends

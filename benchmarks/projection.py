@@ -325,18 +325,21 @@ def cores_needed(views_per_s, per_core_views_per_s):
   return math.ceil(views_per_s / per_core_views_per_s)
 
 
-def input_rates(path=None, crops="host"):
+def input_rates(path=None, crop_site="host"):
   """(preset -> measured host-side views/s of one process, record info).
 
-  `crops` picks records of `input_pipeline --crops`; host records written
-  before that flag existed have no 'crops' field.
+  `crop_site` picks records of `input_pipeline --crop_site`. Committed
+  records name the field as the flag was named when they were written:
+  'crops' before issue 26's renames, none before the flag existed (host).
   """
   path = path or common.default_results_path(input_pipeline.NAME)
   match = {"benchmark": input_pipeline.NAME, "batch": 16, "size": SIZE,
            "worker_count": 0}
-  record = common.latest_record(path, crops=crops, **match)
-  if record is None and crops == "host":
-    record = common.latest_record(path, crops=None, **match)
+  record = common.latest_record(path, crop_site=crop_site, **match)
+  if record is None:
+    record = common.latest_record(path, crops=crop_site, **match)
+  if record is None and crop_site == "host":
+    record = common.latest_record(path, crops=None, crop_site=None, **match)
   if record is None:
     return {}, None
   rates = {name: values["host_images_per_s"]
@@ -361,7 +364,7 @@ def chip_cost(costs, chip, precision, batch):
 
 def rows_for(costs, precisions, batches, rates, device_rates=None):
   """One projected row per (chip, precision, batch); `device_rates` are the
-  host rates with `config.data.crops='device'`."""
+  host rates with `config.data.crop_site='device'`."""
   rows = []
   for key, chip in HARDWARE.items():
     for precision in precisions:
@@ -485,7 +488,7 @@ is what one host's input pipeline must deliver to keep all its chips busy.
 "host cores" is how many host cores, at the measured Grain rate per core
 (decode + random resized crops, one process each; below), deliver that, for
 SimCLR's preset and the range over all presets; "device crops" is the same
-with `config.data.crops='device'`, where the host only ships each image
+with `config.data.crop_site='device'`, where the host only ships each image
 fitted into a fixed canvas and the step cuts the views. The device-side
 augmentation (and, with device crops, the crops) runs inside the step on
 the chip and is not in the step cost above (preset `none`).
@@ -498,7 +501,7 @@ Measured host-side input rate, views/s per core (one Python process,
 `worker_count=0`, `host_images_per_s` of `benchmarks/input_pipeline.py`),
 host crops: {_rates_text(*host)}.
 
-Device crops (`--crops=device`): {_rates_text(*device)}.
+Device crops (`--crop_site=device`): {_rates_text(*device)}.
 
 {hardware_lines()}
 

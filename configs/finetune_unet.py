@@ -7,7 +7,8 @@ r"""Few-label U-Net fine-tuning (docs/protocol.md section 1).
 Without `init.pretrain_dir` the U-Net trains from scratch. Resume order: (1)
 this workdir's latest checkpoint, (2) the encoder (and decoder, if listed in
 `init.load` and saved) from `init.pretrain_dir`, (3) random init.
-Arguments: `smoke` (tiny, phantom, two steps), `quick` (2-core CPU profile), `demo` (make quickstart).
+Arguments: `smoke` (tiny, phantom, two steps), `quick` (2-core CPU
+profile), `demo` (make quickstart).
 """
 import ml_collections
 
@@ -18,12 +19,13 @@ FOV_DIAMETER = 540
 
 def get_config(arg=None):
   """Fine-tuning config; see the module docstring for `arg`."""
-  args = common.parse_arg(arg, smoke=False, quick=False, demo=False)
+  args = common.parse_arg(arg, **common.profile_args(PROFILES))
   config = ml_collections.ConfigDict()
   config.data = data_block()
   config.init = ml_collections.ConfigDict({
       "pretrain_dir": "",
-      "pretrain_step": -1,  # -1: latest
+      # Step of the checkpoint in pretrain_dir to start from; -1: latest.
+      "pretrain_checkpoint_step": -1,
       "load": "encoder",  # comma list of U-Net parts: encoder[,decoder]
       # U-Net parts (encoder, decoder, head) that get no update for the
       # first freeze_steps steps, e.g. to fit a new decoder to a pretrained
@@ -58,7 +60,7 @@ def get_config(arg=None):
   config.eval = ml_collections.ConfigDict(
       {"window": 0, "overlap": 0.5, "batch_size": 4, "save_predictions": True,
        "tta": "flips", "scales": "auto"})
-  apply_profiles(config, args)
+  common.apply_profiles(config, args, PROFILES)
   return config
 
 
@@ -112,35 +114,40 @@ def semi_block():
   })
 
 
-def apply_profiles(config, args):
-  """The `quick`, `demo` and `smoke` profiles over the default config."""
-  if args.quick:
-    # Chosen one factor at a time: benchmarks/results/ablation.md.
-    config.model = common.model_config("small")
-    config.data.crop_size = 96
-    config.batch_size = 16
-    # Under 5 minutes on an idle 2-core CPU (about 0.4 s a step); 700
-    # steps took 316 s and scored no better (benchmarks/results/ablation.md).
-    config.num_steps = 600
-    config.optim.learning_rate = 2e-3
-    config.optim.warmup_steps = 30
-    config.eval.window = -1
-    config.semi.rampup_steps = 200
-  if args.demo:  # make quickstart: a few minutes on 2 CPU cores
-    config.data.dataset = "phantom"
-    config.data.fov_diameter = 0  # the phantom at its own 64-128 px
-    config.data.crop_size = 64
-    config.model = common.model_config("small")
-    config.num_steps = 300
-    config.optim.warmup_steps = 30
-    config.checkpoint_every = 100
-  if args.smoke:
-    config.data.dataset = "phantom"
-    config.data.fov_diameter = 0
-    config.data.crop_size = 32
-    config.model = common.model_config("tiny")
-    config.batch_size = 8
-    config.num_steps = 2
-    config.optim.warmup_steps = 0  # step 0 must update (common.smoke_profile)
-    config.log_every = 1
-    config.checkpoint_every = 1
+def quick_run(config):
+  """The 2-core CPU profile, chosen one factor at a time:
+  benchmarks/results/ablation.md."""
+  config.model = common.model_config("small")
+  config.data.crop_size = 96
+  config.batch_size = 16
+  # Under 5 minutes on an idle 2-core CPU (about 0.4 s a step); 700
+  # steps took 316 s and scored no better (benchmarks/results/ablation.md).
+  config.num_steps = 600
+  config.optim.learning_rate = 2e-3
+  config.optim.warmup_steps = 30
+  config.eval.window = -1
+  config.semi.rampup_steps = 200
+
+
+def phantom_set(config):
+  config.data.dataset = "phantom"
+  config.data.fov_diameter = 0  # the phantom at its own 64-128 px
+
+
+def demo_run(config):
+  """make quickstart: a few minutes on 2 CPU cores."""
+  config.data.crop_size = 64
+  config.model = common.model_config("small")
+  config.num_steps = 300
+  config.optim.warmup_steps = 30
+  config.checkpoint_every = 100
+
+
+# The pretraining profiles' `tiny_run` (model, batch, steps, no warm-up,
+# intervals) is the smoke fine-tune's too.
+PROFILES = {
+    "quick": (quick_run,),
+    "demo": (phantom_set, demo_run),
+    "smoke": (phantom_set, common.setting("data.crop_size", 32),
+              common.tiny_run),
+}

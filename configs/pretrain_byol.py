@@ -17,10 +17,14 @@ import ml_collections
 
 from configs import common
 
+PROFILES = common.extend(
+    common.PRETRAIN_PROFILES, only=("quick", "smoke"),
+    smoke=(common.setting("head.predictor_hidden_dim", 32),))
+
 
 def get_config(arg=None):
   """BYOL config; see the module docstring for `arg`."""
-  args = common.parse_arg(arg, smoke=False, quick=False, preset="",
+  args = common.parse_arg(arg, **common.profile_args(PROFILES), preset="",
                           views="byol_asym")
   # The base preset gives the host crop and the geometry: simclr_strong's
   # random resized crop (0.08, 1) x (3/4, 4/3) and flip p 0.5 are BYOL's
@@ -29,14 +33,11 @@ def get_config(arg=None):
   # VIEW_PAIRS): jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2, blur
   # 1.0 / 0.1, solarize 0 / 0.2. `views='same'`: both views = base preset.
   # Batch 16 images, each giving two views (as pretrain_simclr); `quick` is
-  # the shared study profile and optimiser (common.py).
-  config = common.pretrain_config("byol", args, preset="simclr_strong",
-                                  blocks=byol_blocks)
+  # the shared study profile and optimiser (common.py). BYOL's loss has no
+  # settings (no config.loss).
+  config = common.pretrain_config("byol", args, PROFILES,
+                                  preset="simclr_strong", blocks=(byol_blocks,))
   config.augment.views = args.views
-  del config.loss  # BYOL's loss has no settings
-  del config.crop  # its own two host crops
-  if args.smoke:
-    config.head.predictor_hidden_dim = 32
   return config
 
 

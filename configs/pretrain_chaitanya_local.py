@@ -1,9 +1,10 @@
 r"""Chaitanya et al. 2020 local contrastive loss: the decoder stage.
 
 Method page: docs/methods/chaitanya_local.md. The second of two launches:
-it starts from a global-stage checkpoint (configs/pretrain_chaitanya.py or
-any pretraining run with the same encoder), freezes its encoder, and trains
-the deepest decoder blocks with the local loss.
+it starts from a global-stage checkpoint (configs/pretrain_volume_supcon.py
+with its `chaitanya` recipe, or any pretraining run with the same encoder),
+freezes its encoder, and trains the deepest decoder blocks with the local
+loss.
 
   python -m launch.pretrain --config=configs/pretrain_simclr.py:quick \
       --workdir=/tmp/global
@@ -24,19 +25,22 @@ import ml_collections
 from configs import common
 
 
+PROFILES = common.extend(
+    common.PRETRAIN_PROFILES, only=("quick", "smoke"),
+    smoke=(common.setting("local.region_dim", 16),))
+
+
 def get_config(arg=None):
   """Local-stage config; see the module docstring for `arg`."""
-  args = common.parse_arg(arg, smoke=False, quick=False, preset="")
+  args = common.pretrain_args(arg, PROFILES)
+  # One crop per image, seen twice (no ContrastiveCrop); g_2 and the region
+  # map replace the projection head (no config.head).
   config = common.pretrain_config(
-      "chaitanya_local", args, preset="chaitanya_local", in_channels=3,
-      blocks=local_blocks)
-  del config.crop  # one crop per image, seen twice
-  del config.head  # g_2 and the region map replace the projection head
+      "chaitanya_local", args, PROFILES, preset="chaitanya_local",
+      in_channels=3, blocks=(local_blocks,))
   # Decoder blocks trained: the reference trains 3 of its 5 (features at a
   # quarter of the input size); here all but the shallowest level.
   config.local.blocks = max(1, len(config.model.widths) - 2)
-  if args.smoke:
-    config.local.region_dim = 16
   return config
 
 
@@ -46,7 +50,7 @@ def local_blocks(config):
   # the reference's optimiser: decoder and g_2 only; BatchNorm statistics
   # still adapt).
   config.init = ml_collections.ConfigDict({
-      "pretrain_dir": "", "pretrain_step": -1, "load": "encoder",
+      "pretrain_dir": "", "pretrain_checkpoint_step": -1, "load": "encoder",
       "freeze": "encoder", "freeze_steps": -1})
   config.local = ml_collections.ConfigDict({
       "blocks": 3,

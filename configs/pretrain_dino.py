@@ -5,16 +5,20 @@ r"""DINO pretraining of the U-Net encoder (docs/methods/dino.md, dino.py).
 
 Arguments after the colon: `smoke` (a couple of steps on the embedded phantom,
 tiny model; used by the tests), `quick` (the 2-core CPU DRIVE profile, same
-model and global view size as pretrain_simclr quick), `crops=<preset>` (the
-multi-crop preset: dino_default, strong, weak; it fills config.crops),
-`preset=<augment preset>` (base preset: flips, rotation and crop aspect
-ratio), e.g. `--config=configs/pretrain_dino.py:quick,crops=weak`.
-For explicit scales: `--config.crops.preset=custom
---config.crops.global_scale=(0.5,1.0) --config.crops.local_scale=(0.1,0.5)`.
+model and global view size as pretrain_simclr quick), `multicrop=<preset>`
+(the multi-crop preset: dino_default, strong, weak; it fills
+config.multicrop), `preset=<augment preset>` (base preset: flips, rotation
+and crop aspect ratio), e.g.
+`--config=configs/pretrain_dino.py:quick,multicrop=weak`. For explicit
+scales: `--config.multicrop.preset=custom
+--config.multicrop.global_scale=(0.5,1.0)
+--config.multicrop.local_scale=(0.1,0.5)`.
 
 Sources: facebookresearch/dino main_dino.py (code defaults) and README;
 each value says where it is from.
 """
+import functools
+
 import ml_collections
 
 from configs import common
@@ -24,31 +28,30 @@ from medclr import errors
 
 def get_config(arg=None):
   """DINO config; see the module docstring for `arg`."""
-  args = common.parse_arg(arg, smoke=False, quick=False, preset="",
-                          crops="dino_default")
-  if args.crops not in crop_presets.CROP_PRESETS:
+  args = common.parse_arg(arg, **common.profile_args(PROFILES), preset="",
+                          multicrop="dino_default")
+  if args.multicrop not in crop_presets.CROP_PRESETS:
     raise errors.ConfigError(
-        f"unknown crops preset {args.crops!r} in {arg!r}; known: "
+        f"unknown multicrop preset {args.multicrop!r} in {arg!r}; known: "
         f"{sorted(crop_presets.CROP_PRESETS)}")
   # The base preset gives flips (simclr_strong: hflip 0.5, as DINO's
   # RandomHorizontalFlip) and the crop aspect range (3/4, 4/3), torchvision's
   # RandomResizedCrop default that DINO uses. Its crop area is not used:
-  # config.crops has the global/local scales. DINO's per-view intensity
+  # config.multicrop has the global/local scales. DINO's per-view intensity
   # (methods/dino.py _VIEW_PROBS) replaces the preset's.
   # data.image_size is the side of the 2 global crops (224 in DINO; medclr's
   # canonical 128); batch_size counts images, each gives 2 + num_local crops.
-  config = common.pretrain_config("dino", args, preset="simclr_strong",
-                                  blocks=dino_blocks)
-  del config.crop  # its own multi-crop host crops
-  config.crops = crops_block(args.crops)
-  apply_profiles(config, args)
-  return config
+  # Its own multi-crop host crops: no ContrastiveCrop.
+  return common.pretrain_config(
+      "dino", args, PROFILES, preset="simclr_strong",
+      blocks=(dino_blocks,
+              functools.partial(multicrop_block, name=args.multicrop)))
 
 
-def crops_block(name):
-  """`config.crops`, filled from the multi-crop preset `name`."""
+def multicrop_block(config, name):
+  """`config.multicrop`, filled from the multi-crop preset `name`."""
   preset = crop_presets.CROP_PRESETS[name]
-  return ml_collections.ConfigDict({
+  config.multicrop = ml_collections.ConfigDict({
       # dino_default | strong | weak | custom (medclr/augment/crop_presets.py).
       "preset": name,
       # Filled from the preset; read as given only with preset 'custom'.
@@ -97,35 +100,37 @@ def dino_blocks(config):
       "weight_decay_on": "kernels", "grad_clip_norm": 3.0})
 
 
-def apply_profiles(config, args):
-  """DINO's part of `quick` and `smoke`.
+def quick_run(config):
+  """DINO's part of `quick`, after the shared study profile's."""
+  # CPU budget: 4 local crops (48 px) instead of 8, and K = 4096 outputs
+  # instead of 65536 for a 65-image pool.
+  config.multicrop.num_local = 4
+  config.head.out_dim = 4096
+  config.head.freeze_last_layer_steps = 2  # 1 epoch of 65 images at 32
+  config.loss.warmup_teacher_temp_steps = 30  # 10% of the steps
+  # A recipe for 300 steps on a CNN encoder (docs/methods/dino.md,
+  # benchmarks/results/pretrain_recipes.jsonl): without BatchNorm in the
+  # head the pooled CNN features give nearly the same head output for
+  # every image (mean cosine 0.75 at step 0), so the centred teacher is
+  # uniform within 50 steps; with it (main_dino.py's use_bn_in_head) the
+  # teacher sharpens. Teacher temperature 0.04 throughout (main_dino.py's
+  # code default), a faster teacher (0.99: DINO's 0.996 leaves it about
+  # half at its initial weights after 300 steps) and DINO's clip 3.
+  config.head.use_bn = True
+  config.loss.teacher_temp = 0.04
+  config.ema.base_momentum = 0.99
+  config.optim.grad_clip_norm = 3.0
 
-  common.pretrain_config has already applied the shared study and smoke
-  profiles (common.quick_profile, common.smoke_profile).
-  """
-  if args.quick:
-    # CPU budget: 4 local crops (48 px) instead of 8, and K = 4096 outputs
-    # instead of 65536 for a 65-image pool.
-    config.crops.num_local = 4
-    config.head.out_dim = 4096
-    config.head.freeze_last_layer_steps = 2  # 1 epoch of 65 images at 32
-    config.loss.warmup_teacher_temp_steps = 30  # 10% of the steps
-    # A recipe for 300 steps on a CNN encoder (docs/methods/dino.md,
-    # benchmarks/results/pretrain_recipes.jsonl): without BatchNorm in the
-    # head the pooled CNN features give nearly the same head output for
-    # every image (mean cosine 0.75 at step 0), so the centred teacher is
-    # uniform within 50 steps; with it (main_dino.py's use_bn_in_head) the
-    # teacher sharpens. Teacher temperature 0.04 throughout (main_dino.py's
-    # code default), a faster teacher (0.99: DINO's 0.996 leaves it about
-    # half at its initial weights after 300 steps) and DINO's clip 3.
-    config.head.use_bn = True
-    config.loss.teacher_temp = 0.04
-    config.ema.base_momentum = 0.99
-    config.optim.grad_clip_norm = 3.0
-  if args.smoke:
-    config.crops.num_local = 2
-    config.head.hidden_dim = 32
-    config.head.bottleneck_dim = 16
-    config.head.out_dim = 64
-    config.head.freeze_last_layer_steps = 1
-    config.loss.warmup_teacher_temp_steps = 1
+
+def smoke_run(config):
+  """DINO's part of `smoke`, after the shared smoke profile's."""
+  config.multicrop.num_local = 2
+  config.head.hidden_dim = 32
+  config.head.bottleneck_dim = 16
+  config.head.out_dim = 64
+  config.head.freeze_last_layer_steps = 1
+  config.loss.warmup_teacher_temp_steps = 1
+
+
+PROFILES = common.extend(common.PRETRAIN_PROFILES, only=("quick", "smoke"),
+                         quick=(quick_run,), smoke=(smoke_run,))

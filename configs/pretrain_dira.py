@@ -13,14 +13,16 @@ DiRA_models.py, transformation.py; arXiv 2204.10437.
 """
 import ml_collections
 
+from configs import common
 from configs import pretrain_mocov2
 
 
 def get_config(arg=None):
   """DiRA config; see the module docstring for `arg`."""
-  config = pretrain_mocov2.get_config(arg)
-  config.method = "dira"
-  del config.crop  # its own distortions; no ContrastiveCrop
+  # MoCo v2's config and profiles, without ContrastiveCrop (DiRA makes its
+  # own distortions).
+  config = pretrain_mocov2.mocov2_config(
+      common.pretrain_args(arg, pretrain_mocov2.PROFILES), "dira")
   config.dira = ml_collections.ConfigDict({
       # --contrastive_weight 1, --mse_weight 10, --adv_weight 0.001.
       "contrast_weight": 1.0, "restore_weight": 10.0,

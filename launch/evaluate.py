@@ -9,7 +9,7 @@ metrics over all field-of-view pixels of the split.
 """
 from absl import flags
 
-from launch import runner
+from launch import cli
 from medclr.evaluate import evaluate
 
 _WORKDIR = flags.DEFINE_string(
@@ -42,7 +42,7 @@ SHOWN = ("dice", "iou", "auc_roc", "sensitivity", "specificity", "accuracy",
 
 
 def main(_):
-  result = runner.run_user_errors_clean(
+  result = cli.run_user_errors_clean(
       lambda: evaluate.evaluate(_WORKDIR.value, split=_SPLIT.value,
                                 out_dir=_OUT.value, step=_STEP.value,
                                 dataset=_DATASET.value,
@@ -56,4 +56,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-  runner.run(main, log_dir=lambda: _WORKDIR.value)
+  cli.run(main, log_dir=lambda: _WORKDIR.value)

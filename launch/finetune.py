@@ -4,10 +4,10 @@ r"""Launches few-label U-Net fine-tuning; the work is `medclr.train.finetune`.
       --workdir=/tmp/ft --config.init.pretrain_dir=/tmp/simclr \
       --config.data.num_labeled=2
 """
-from launch import runner
+from launch import cli
 from medclr.train import finetune
 
-main = runner.train_main(finetune.train_and_evaluate, "fine-tuning")
+main = cli.train_main(finetune.train_and_evaluate, "fine-tuning")
 
 if __name__ == "__main__":
-  runner.run(main)
+  cli.run(main)

@@ -3,13 +3,15 @@
 absl parses flags inside `app.run`, before a launcher's main: a mistyped
 flag, a missing config file, an unknown `--config.a.b` key or a value of the
 wrong type would end there in a usage dump or a traceback from
-ml_collections. `parse(argv)` is the flags parser `launch.runner.run` hands
+ml_collections. `parse(argv)` is the flags parser `launch.cli.run` hands
 to `app.run`: it parses as absl would and turns each of those mistakes into
 `error: <one line>` on stderr and exit status 1, before anything is written.
 
 The diagnosis replays the config flags itself (load the file, call
 `get_config`, look up each overridden key) rather than reading the
-libraries' messages, which name the key only inside a traceback.
+libraries' messages, which name the key only inside a traceback. A config
+file or key given by a name it no longer has is refused with its new name
+(medclr.train.renames).
 """
 import difflib
 import importlib.util
@@ -24,6 +26,7 @@ from ml_collections.config_flags import config_flags
 from ml_collections.config_flags import config_path
 
 from medclr import errors
+from medclr.train import renames
 
 FLAGS = flags.FLAGS
 
@@ -128,7 +131,9 @@ def _check_config(name, argv, error):
     try:
       config_path.get_value(path, config)
     except (AttributeError, KeyError, IndexError, ValueError):
-      return _unknown_key(name, path, config)
+      what = "config key" if name == "config" else f"--{name} key"
+      return (renames.renamed_key_message(path, what) or
+              _unknown_key(name, path, config))
   if isinstance(error, flags.IllegalFlagValueError):
     return _bad_value(name, overrides, config)
   return None
@@ -163,6 +168,9 @@ def _load(name, value):
   path, *arg = value.split(":", 1)
   flag = f"--{name}={value}"
   if not os.path.isfile(path):
+    renamed = renames.renamed_file_message(path, *arg)
+    if renamed:
+      return None, f"{flag}: {renamed}"
     return None, f"{flag}: no such config file {path}{_nearest_file(path)}"
   try:
     spec = importlib.util.spec_from_file_location(f"_checked_{name}", path)

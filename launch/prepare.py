@@ -9,7 +9,7 @@
 from absl import flags
 import tensorflow_datasets as tfds
 
-from launch import runner
+from launch import cli
 from medclr.data import prepare as prepare_lib
 from medclr.data import sources
 
@@ -44,7 +44,7 @@ def main(_):
   tfds.disable_progress_bar()  # One summary line per split is enough.
   phantom_kwargs = dict(num_train=_NUM_TRAIN.value, num_test=_NUM_TEST.value,
                         size=_SIZE.value, seed=_SEED.value)
-  return runner.run_user_errors_clean(lambda: prepare_lib.prepare(
+  return cli.run_user_errors_clean(lambda: prepare_lib.prepare(
       _DATASET.value, _MANUAL_DIR.value, _DATA_DIR.value, name=_NAME.value,
       long_side=_LONG_SIDE.value, overwrite=_OVERWRITE.value,
       estimate_fov=_ESTIMATE_FOV.value, test_slices=_TEST_SLICES.value,
@@ -52,4 +52,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-  runner.run(main, log_dir=lambda: _DATA_DIR.value)
+  cli.run(main, log_dir=lambda: _DATA_DIR.value)

@@ -10,7 +10,7 @@ and relative position for the volume-aware methods (chaitanya, pcl configs).
 from absl import flags
 import tensorflow_datasets as tfds
 
-from launch import runner
+from launch import cli
 from medclr.data import sources
 from medclr.data import tfds_builder
 from medclr.data import volume_builder
@@ -42,7 +42,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False,
 
 def main(_):
   tfds.disable_progress_bar()
-  summary = runner.run_user_errors_clean(
+  summary = cli.run_user_errors_clean(
       lambda: volume_builder.prepare_from_flags(
           _MANUAL_DIR.value, _DATA_DIR.value,
           _NAME.value, synthetic=_SYNTHETIC.value, axis=_AXIS.value,
@@ -54,4 +54,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-  runner.run(main, log_dir=lambda: _DATA_DIR.value)
+  cli.run(main, log_dir=lambda: _DATA_DIR.value)

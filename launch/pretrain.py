@@ -3,10 +3,10 @@ r"""Launches contrastive pretraining; the work is `medclr.train.pretrain`.
   python -m launch.pretrain --config=configs/pretrain_simclr.py \
       --workdir=/tmp/simclr [--config.num_steps=500]
 """
-from launch import runner
+from launch import cli
 from medclr.train import pretrain
 
-main = runner.train_main(pretrain.train_and_evaluate, "pretraining")
+main = cli.train_main(pretrain.train_and_evaluate, "pretraining")
 
 if __name__ == "__main__":
-  runner.run(main)
+  cli.run(main)

@@ -13,7 +13,7 @@ from absl import app
 from absl import flags
 from PIL import Image
 
-from launch import runner
+from launch import cli
 from medclr.augment import preview as augment_preview
 from medclr.data import readers
 from medclr.data import sources
@@ -54,4 +54,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  runner.run(main)
+  cli.run(main)

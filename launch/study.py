@@ -12,7 +12,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from launch import runner as launch_runner
+from launch import cli
 from medclr.study import cells
 from medclr.study import runner
 
@@ -52,5 +52,5 @@ def main(_):
 
 
 if __name__ == "__main__":
-  launch_runner.run(main, log_dir=lambda: None if _REPORT_ONLY.value
-                    else _WORKDIR.value)
+  cli.run(main, log_dir=lambda: None if _REPORT_ONLY.value
+          else _WORKDIR.value)

@@ -267,12 +267,18 @@ def _flat_config(tree, prefix=""):
   return flat
 
 
-def check_same_run(workdir, config_dict):
+def check_same_run(workdir, config_dict, rename=None):
   """Refuses to resume `workdir` under a config it was not made with.
 
   Only checked when the workdir holds checkpoints. Changes to
   RESUMABLE_CHANGES are allowed (e.g. more steps), and so are fields the
   saved config lacks (added by a later medclr; a warning lists them).
+
+  Args:
+    workdir: the run's directory.
+    config_dict: the config it is to resume under, as a dict.
+    rename: saved key -> its current name (medclr.train.renames), so a run
+      saved before a key was renamed resumes under the new name.
 
   Raises:
     CheckpointError: naming every changed field, old and new value.
@@ -281,6 +287,8 @@ def check_same_run(workdir, config_dict):
   if not path.exists() or not _ckpt_dir(workdir).exists():
     return
   old = _flat_config(json.loads(path.read_text()))
+  if rename is not None:
+    old = {rename(key): value for key, value in old.items()}
   new = _flat_config(json.loads(json.dumps(config_dict)))
   # Options added to medclr after the checkpoint was written: their
   # defaults keep the old behaviour, so an upgrade does not strand a run.
@@ -340,8 +348,8 @@ def _unreadable(workdir, step, state_dir, error):
                   if p.name.isdigit() and int(p.name) < int(step)),
                  reverse=True)
   hint = (f"; older checkpoints there: steps {', '.join(map(str, older))} "
-          "(choose one with config.init.pretrain_step when starting from "
-          "it, --step when evaluating)" if older else
+          "(choose one with config.init.pretrain_checkpoint_step when "
+          "starting from it, --step when evaluating)" if older else
           "; it holds no older checkpoint")
   return UnreadableCheckpoint(step, state_dir, _reason(error) + hint)
 

@@ -104,9 +104,15 @@ def phantom_data_dir(tmp_path_factory):
 
 
 def smoke_config(module, data_dir, **overrides):
-  """`configs/<module>.py:smoke` pointed at `data_dir`, with field overrides."""
+  """`configs/<module>.py:smoke` pointed at `data_dir`, with field overrides.
+
+  `module` may name a variant: 'pretrain_volume_supcon:pcl' is
+  `configs/pretrain_volume_supcon.py:pcl,smoke`.
+  """
   import importlib  # pylint: disable=g-import-not-at-top
-  config = importlib.import_module(f"configs.{module}").get_config("smoke")
+  module, _, variant = module.partition(":")
+  config = importlib.import_module(f"configs.{module}").get_config(
+      f"{variant},smoke" if variant else "smoke")
   config.data.data_dir = data_dir
   for key, value in overrides.items():
     target = config

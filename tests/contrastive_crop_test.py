@@ -54,9 +54,10 @@ def test_ccrop_run_logs_box_area_and_resumes_exactly(tmp_path,
   config = smoke_config("pretrain_simclr", phantom_data_dir, num_steps=4,
                         checkpoint_every=1, keep_checkpoints=10,
                         async_checkpoints=False,
-                        **{"crop.mode": "ccrop", "crop.warmup_steps": 1,
-                           "crop.loc_interval": 2,
-                           "crop.box_thresh": 0.5})
+                        **{"contrastive_crop.mode": "ccrop",
+                           "contrastive_crop.warmup_steps": 1,
+                           "contrastive_crop.loc_interval": 2,
+                           "contrastive_crop.box_thresh": 0.5})
   full = tmp_path / "full"
   pretrain.train_and_evaluate(config, str(full))
   rows = [json.loads(l) for l in open(full / "metrics.jsonl")]

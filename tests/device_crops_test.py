@@ -1,4 +1,4 @@
-"""Device-side random resized crops (`config.data.crops='device'`).
+"""Device-side random resized crops (`config.data.crop_site='device'`).
 
 References are the host implementations they replace: `crops._resize_window`
 (Pillow's bilinear box resize) and `crops.sample_crop_window`
@@ -173,15 +173,16 @@ def test_pipeline_ships_fitted_images_from_real_records(phantom_data_dir):
 
 def test_pretraining_runs_with_device_crops(phantom_data_dir, tmp_path):
   config = smoke_config("pretrain_simclr", phantom_data_dir,
-                        **{"data.crops": "device"})
+                        **{"data.crop_site": "device"})
   last = pretrain.train_and_evaluate(config, str(tmp_path / "run"))
   assert np.isfinite(last["loss"]) and last["grad_norm"] > 0
 
 
 @pytest.mark.parametrize("overrides, names", [
-    ({"data.crops": "gpu"}, "config.data.crops='gpu'"),
+    ({"data.crop_site": "gpu"}, "config.data.crop_site='gpu'"),
     ({"data.crop_canvas": -1}, "config.data.crop_canvas=-1"),
-    ({"data.crops": "device", "crop.mode": "ccrop"}, "ccrop"),
+    ({"data.crop_site": "device", "contrastive_crop.mode": "ccrop"},
+     "ccrop"),
 ])
 def test_bad_device_crop_settings_are_refused_before_any_output(
     phantom_data_dir, tmp_path, overrides, names):
@@ -195,7 +196,7 @@ def test_bad_device_crop_settings_are_refused_before_any_output(
 def test_methods_with_their_own_host_crops_refuse_device_crops(
     phantom_data_dir, tmp_path):
   config = smoke_config("pretrain_dino", phantom_data_dir,
-                        **{"data.crops": "device"})
+                        **{"data.crop_site": "device"})
   with pytest.raises(errors.ConfigError, match="'dino' makes its own host"):
     pretrain.train_and_evaluate(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()

@@ -59,17 +59,17 @@ def _reference_dino_loss(student_crops, teacher_crops, center, student_temp,
   return total / terms
 
 
-@pytest.mark.parametrize("arg", ["", "smoke", "quick", "quick,crops=weak",
-                                 "crops=strong,preset=basic_medical"])
+@pytest.mark.parametrize("arg", ["", "smoke", "quick", "quick,multicrop=weak",
+                                 "multicrop=strong,preset=basic_medical"])
 def test_config_loads_and_locks(arg):
   config = importlib.import_module("configs.pretrain_dino").get_config(
       arg or None)
   assert isinstance(config, ml_collections.ConfigDict)
   config.lock()
   with pytest.raises(AttributeError):
-    config.crops.global_scal = (0.5, 1.0)  # a typo must not create a field
-  preset = dino.resolve_crops(config.crops)
-  assert preset == crop_presets.CROP_PRESETS[config.crops.preset]
+    config.multicrop.global_scal = (0.5, 1.0)  # a typo must not create a field
+  preset = dino.resolve_multicrop(config.multicrop)
+  assert preset == crop_presets.CROP_PRESETS[config.multicrop.preset]
   method = dino.make(config)  # validates the whole config
   assert method.local_size % 2 ** (len(config.model.widths) - 1) == 0
   if "quick" in arg:  # the fine-tune quick profile expects these
@@ -78,9 +78,10 @@ def test_config_loads_and_locks(arg):
     assert config.data.image_size == finetune_quick.data.crop_size
 
 
-def test_unknown_crops_argument_is_named():
-  with pytest.raises(ValueError, match="crops preset 'wek'"):
-    importlib.import_module("configs.pretrain_dino").get_config("crops=wek")
+def test_unknown_multicrop_argument_is_named():
+  with pytest.raises(ValueError, match="multicrop preset 'wek'"):
+    importlib.import_module("configs.pretrain_dino").get_config(
+        "multicrop=wek")
 
 
 def test_loss_matches_dino_loss_pair_by_pair():
@@ -168,16 +169,18 @@ def test_head_with_batch_norm_matches_numpy():
 
 
 def test_crop_presets_and_custom_fields():
-  crops = _config().crops
-  assert dino.resolve_crops(crops) == crop_presets.CROP_PRESETS["dino_default"]
-  crops.global_scale = (0.5, 1.0)
-  with pytest.raises(errors.ConfigError, match="config.crops.global_scale"):
-    dino.resolve_crops(crops)
-  crops.preset = "custom"
-  assert dino.resolve_crops(crops).global_scale == (0.5, 1.0)
-  crops.preset = "weakest"
-  with pytest.raises(errors.ConfigError, match="config.crops.preset"):
-    dino.resolve_crops(crops)
+  multicrop = _config().multicrop
+  assert dino.resolve_multicrop(multicrop) == crop_presets.CROP_PRESETS[
+      "dino_default"]
+  multicrop.global_scale = (0.5, 1.0)
+  with pytest.raises(errors.ConfigError,
+                     match="config.multicrop.global_scale"):
+    dino.resolve_multicrop(multicrop)
+  multicrop.preset = "custom"
+  assert dino.resolve_multicrop(multicrop).global_scale == (0.5, 1.0)
+  multicrop.preset = "weakest"
+  with pytest.raises(errors.ConfigError, match="config.multicrop.preset"):
+    dino.resolve_multicrop(multicrop)
   weak = crop_presets.CROP_PRESETS["weak"]
   default = crop_presets.CROP_PRESETS["dino_default"]
   assert weak.global_scale[0] > default.global_scale[0]
@@ -193,14 +196,15 @@ def test_default_local_size(image_size, levels, want):
 
 def test_method_checks_local_size():
   assert dino.make(_config()).local_size == 12  # 32 * 96/224 -> 4 * 3
-  with pytest.raises(errors.ConfigError, match="config.crops.local_size=10"):
-    dino.make(_config(**{"crops.local_size": 10}))
+  with pytest.raises(errors.ConfigError,
+                     match="config.multicrop.local_size=10"):
+    dino.make(_config(**{"multicrop.local_size": 10}))
 
 
 def test_view_specs_follow_dino_per_crop():
   config = _config()
   global1, global2, local = dino.view_specs(
-      config.augment, dino.resolve_crops(config.crops))
+      config.augment, dino.resolve_multicrop(config.multicrop))
   assert (global1.blur_p, global1.solarize_p) == (1.0, 0.0)
   assert (global2.blur_p, global2.solarize_p) == (0.1, 0.2)
   assert (local.blur_p, local.solarize_p) == (0.5, 0.0)

@@ -97,6 +97,29 @@ def test_resume_accepts_fields_added_since_the_checkpoint(
     finetune.train_and_evaluate(changed, str(workdir))
 
 
+def test_resume_of_a_run_saved_before_keys_were_renamed(tmp_path,
+                                                       phantom_data_dir):
+  # Its config.json names data.crop_site and contrastive_crop by their old
+  # names (issue 26); it resumes under the new ones, and a changed value is
+  # still refused under its new name.
+  workdir = tmp_path / "work"
+  pretrain.train_and_evaluate(
+      smoke_config("pretrain_simclr", phantom_data_dir), str(workdir))
+  saved = json.loads((workdir / "config.json").read_text())
+  saved["crop"] = saved.pop("contrastive_crop")
+  saved["data"]["crops"] = saved["data"].pop("crop_site")
+  (workdir / "config.json").write_text(json.dumps(saved))
+  changed = smoke_config("pretrain_simclr", phantom_data_dir, num_steps=3,
+                         **{"contrastive_crop.alpha": 0.5})
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"another config \(contrastive_crop.alpha: "
+                     r"0.6 -> 0.5\)"):
+    pretrain.train_and_evaluate(changed, str(workdir))
+  longer = smoke_config("pretrain_simclr", phantom_data_dir, num_steps=3)
+  assert pretrain.train_and_evaluate(longer, str(workdir))
+  assert checkpointing.latest_complete_step(str(workdir)) == 3
+
+
 def test_divergence_stops_before_a_bad_checkpoint(tmp_path, phantom_data_dir):
   # A NaN learning rate makes every parameter NaN in the first update.
   # Logged steps stop on the non-finite metrics; a checkpoint step that is
@@ -115,9 +138,9 @@ def test_divergence_stops_before_a_bad_checkpoint(tmp_path, phantom_data_dir):
 
 def test_contrastive_crop_needs_a_two_view_method(tmp_path, phantom_data_dir):
   config = smoke_config("pretrain_dino", phantom_data_dir)
-  crop = smoke_config("pretrain_simclr", phantom_data_dir).crop
-  crop.mode = "ccrop"
-  config.crop = crop
+  ccrop = smoke_config("pretrain_simclr", phantom_data_dir).contrastive_crop
+  ccrop.mode = "ccrop"
+  config.contrastive_crop = ccrop
   with pytest.raises(errors.ConfigError, match="makes its own host crops"):
     pretrain.train_and_evaluate(config, str(tmp_path / "work"))
 

@@ -256,6 +256,47 @@ FINETUNE_SMOKE = ["--config=configs/finetune_unet.py:smoke", "--workdir={w}"]
     pytest.param(
         "launch.pretrain", ["--config=configs/pretrain_simclr.py:smoke"],
         r"error: --workdir is required$", id="missing-workdir"),
+    # A key, argument or config file under the name it had before issue 26
+    # is refused with its new name (medclr/train/renames.py).
+    pytest.param(
+        "launch.pretrain", [*PRETRAIN_SMOKE, "--config.data.crops=device"],
+        r"error: config key data\.crops was renamed to data\.crop_site "
+        r"\(see CHANGELOG\.md\)$", id="renamed-key-crop-site"),
+    pytest.param(
+        "launch.pretrain", [*PRETRAIN_SMOKE, "--config.crop.mode=ccrop"],
+        r"error: config key crop\.mode was renamed to contrastive_crop\.mode "
+        r"\(see CHANGELOG\.md\)$", id="renamed-key-contrastive-crop"),
+    pytest.param(
+        "launch.pretrain", ["--config=configs/pretrain_dino.py:smoke",
+                            "--workdir={w}", "--config.crops.num_local=2"],
+        r"error: config key crops\.num_local was renamed to "
+        r"multicrop\.num_local \(see CHANGELOG\.md\)$",
+        id="renamed-key-multicrop"),
+    pytest.param(
+        "launch.finetune",
+        [*FINETUNE_SMOKE, "--config.init.pretrain_step=3"],
+        r"error: config key init\.pretrain_step was renamed to "
+        r"init\.pretrain_checkpoint_step \(see CHANGELOG\.md\)$",
+        id="renamed-key-checkpoint-step"),
+    pytest.param(
+        "launch.pretrain",
+        ["--config=configs/pretrain_dino.py:smoke,crops=weak", "--workdir={w}"],
+        r"error: --config=configs/pretrain_dino\.py:smoke,crops=weak: config "
+        r"argument 'crops' in 'smoke,crops=weak' was renamed to 'multicrop' "
+        r"\(see CHANGELOG\.md\)$", id="renamed-argument"),
+    pytest.param(
+        "launch.pretrain",
+        ["--config=configs/pretrain_chaitanya.py:smoke", "--workdir={w}"],
+        r"error: --config=configs/pretrain_chaitanya\.py:smoke: config file "
+        r"configs/pretrain_chaitanya\.py was renamed to "
+        r"configs/pretrain_volume_supcon\.py:chaitanya,smoke "
+        r"\(see CHANGELOG\.md\)$", id="renamed-config-file"),
+    pytest.param(
+        "launch.pretrain", ["--config=configs/pretrain_pcl.py", "--workdir={w}"],
+        r"error: --config=configs/pretrain_pcl\.py: config file "
+        r"configs/pretrain_pcl\.py was renamed to "
+        r"configs/pretrain_volume_supcon\.py:pcl \(see CHANGELOG\.md\)$",
+        id="renamed-config-file-no-argument"),
 ])
 def test_command_line_mistakes_are_one_line_and_write_nothing(
     tmp_path, launcher, args, message):
@@ -270,6 +311,32 @@ def test_command_line_mistakes_are_one_line_and_write_nothing(
   assert len(lines) == 1, result.stderr
   assert lines[0].startswith("error: ")
   assert re.match(message, lines[0]), lines[0]
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize("module, old, value, new", [
+    ("pretrain_simclr", "data.crops", "device", "data.crop_site"),
+    ("pretrain_simclr", "crop", {"mode": "ccrop"}, "contrastive_crop"),
+    ("pretrain_dino", "crops", {"num_local": 2}, "multicrop"),
+    ("finetune_unet", "init.pretrain_step", 3,
+     "init.pretrain_checkpoint_step"),
+])
+def test_a_config_with_a_renamed_key_is_refused_and_writes_nothing(
+    tmp_path, phantom_data_dir, module, old, value, new):
+  # E.g. a config file of one's own, or one built in a notebook, that still
+  # sets a key by its old name: it would otherwise be ignored silently.
+  config = smoke_config(module, phantom_data_dir)
+  *parents, leaf = old.split(".")
+  node = config
+  for parent in parents:
+    node = node[parent]
+  node[leaf] = value
+  train = finetune if module == "finetune_unet" else pretrain
+  workdir = tmp_path / "w"
+  with pytest.raises(errors.ConfigError, match=(
+      rf"^config key {re.escape(old)} was renamed to {re.escape(new)} "
+      r"\(see CHANGELOG\.md\)$")):
+    train.train_and_evaluate(config, str(workdir))
   assert not workdir.exists()
 
 

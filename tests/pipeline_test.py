@@ -142,7 +142,7 @@ def test_launch_finetune_starts_from_the_pretrained_encoder(
        f"--workdir={tmp_path / 'bad'}",
        f"--config.data.data_dir={phantom_data_dir}",
        f"--config.init.pretrain_dir={pretrained_dir}",
-       "--config.init.pretrain_step=7"],
+       "--config.init.pretrain_checkpoint_step=7"],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
       env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert bad.returncode == 1

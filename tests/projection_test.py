@@ -59,6 +59,13 @@ def test_input_rates_pick_host_or_device_crop_records(tmp_path):
   device, info = projection.input_rates(path, "device")
   assert host == {"none": 700.0} and device == {"none": 9000.0}
   assert info["git_commit"] == "abc1234"
+  # A record written since the flag became --crop_site wins over the older
+  # ones, which name the field as the flag was named then.
+  with path.open("a") as f:
+    f.write(json.dumps(dict(base, crop_site="device", presets={
+        "none": {"host_images_per_s": 8000.0}})) + "\n")
+  assert projection.input_rates(path, "device")[0] == {"none": 8000.0}
+  assert projection.input_rates(path)[0] == {"none": 700.0}
   rows = projection.rows_for(
       {projection.cost_key("cpu", "float32", 32):
        {"flops": 1e12, "bytes_accessed": 1e10, "conv_dtypes_lowered": {},

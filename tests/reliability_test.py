@@ -289,11 +289,11 @@ def test_unreadable_pretrained_checkpoint_is_named_not_replaced(
       checkpointing.CheckpointError,
       match=re.escape(f"{pretrained}/checkpoints/{DAMAGED_STEPS}/state") +
       r" could not be read: .*older checkpoints there: steps "
-      r"3, 2, 1 \(choose one with config.init.pretrain_step"):
+      r"3, 2, 1 \(choose one with config.init.pretrain_checkpoint_step"):
     finetune.train_and_evaluate(config, str(tmp_path / "tuned"))
   assert _contents(pretrained) == before
   # The named way out works.
-  config.init.pretrain_step = DAMAGED_STEPS - 1
+  config.init.pretrain_checkpoint_step = DAMAGED_STEPS - 1
   finetune.train_and_evaluate(config, str(tmp_path / "tuned"))
 
 

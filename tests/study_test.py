@@ -23,7 +23,8 @@ def test_parse_arm_and_cells():
   arm = grid.parse_arm("simclr_simclr_strong*0.5@large", pools)
   assert (arm.base, arm.strength, arm.pool) == ("simclr_simclr_strong", 0.5,
                                                 "large")
-  assert grid.arm_spec(arm.base) == ("simclr", "preset=simclr_strong", [])
+  assert grid.arm_pretrain_config(arm.base) == (
+      "simclr", "preset=simclr_strong", [])
   assert not grid.parse_arm("scratch").pretrained
   arms = grid.parse_arms("scratch,dino_weak@small", pools)
   assert grid.cells(arms, [1, 2, 20], [0, 1, 2], [1, 2]) == [
@@ -63,7 +64,7 @@ def test_pretrain_command_carries_pool_and_strength():
   assert "--config.augment.strength=0.5" in cmd
   full = grid.pretrain_command(grid.parse_arm("dino_weak@large"), "full",
                                "/w/p", "/d", "x:train")
-  assert "--config=configs/pretrain_dino.py:,crops=weak" in full
+  assert "--config=configs/pretrain_dino.py:,multicrop=weak" in full
 
 
 def test_study_configs_name_real_arms_and_pools():
@@ -79,11 +80,11 @@ def test_study_configs_name_real_arms_and_pools():
 
 def test_named_arms_name_real_configs():
   """Every named arm's config file exists and takes its arguments."""
-  assert grid.arm_spec("scratch") is None
-  assert grid.arm_spec("simclr_basic_medical") == (
+  assert grid.arm_pretrain_config("scratch") is None
+  assert grid.arm_pretrain_config("simclr_basic_medical") == (
       "simclr", "preset=basic_medical", [])
   for arm in grid.NAMED_ARMS:
-    stem, config_args, extra = grid.arm_spec(arm)
+    stem, config_args, extra = grid.arm_pretrain_config(arm)
     module = importlib.import_module(f"configs.pretrain_{stem}")
     config = module.get_config(f"quick,{config_args}")
     assert config.num_steps > 0

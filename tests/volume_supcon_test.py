@@ -22,6 +22,7 @@ import pytest
 
 from configs import finetune_unet
 from conftest import finetune_from, saved_subtrees, smoke_config
+from medclr import errors
 from medclr.methods import losses
 from medclr.train import pretrain
 from medclr.data import volumes
@@ -278,14 +279,13 @@ def test_mni_template_masks_for_each_variant(mni_slices):
 # Configs and end to end.
 
 
-@pytest.mark.parametrize("module,arg", [
-    ("pretrain_chaitanya", ""), ("pretrain_chaitanya", "smoke"),
-    ("pretrain_chaitanya", "quick"), ("pretrain_chaitanya", "positives=gd-"),
-    ("pretrain_pcl", ""), ("pretrain_pcl", "smoke"), ("pretrain_pcl", "quick"),
-    ("pretrain_pcl", "threshold=0.05")])
-def test_configs_load_lock_and_validate(module, arg):
-  config = importlib.import_module(f"configs.{module}").get_config(
-      arg or None)
+@pytest.mark.parametrize("arg", [
+    "chaitanya", "chaitanya,smoke", "chaitanya,quick",
+    "chaitanya,positives=gd-", "pcl", "pcl,smoke", "pcl,quick",
+    "pcl,threshold=0.05"])
+def test_configs_load_lock_and_validate(arg):
+  config = importlib.import_module(
+      "configs.pretrain_volume_supcon").get_config(arg)
   assert isinstance(config, ml_collections.ConfigDict)
   config.lock()
   with pytest.raises(AttributeError):
@@ -302,18 +302,36 @@ def test_configs_load_lock_and_validate(module, arg):
     finetune_quick = finetune_unet.get_config("quick")
     assert config.model.widths == finetune_quick.model.widths
     assert config.data.image_size == finetune_quick.data.crop_size
-  if module == "pretrain_chaitanya":
+  if arg.startswith("chaitanya"):
     assert (spec.positives, spec.temperature) == (
         "gd-" if "gd-" in arg else "gd", 0.1)
   else:
+    assert spec.positives == "pcl"
     assert spec.threshold == (0.05 if "0.05" in arg else 0.1)
     assert spec.scale == pytest.approx(0.1 / 0.07)
+
+
+@pytest.mark.parametrize("arg", [None, "smoke", "chaitanya,pcl,quick"])
+def test_config_needs_exactly_one_recipe(arg):
+  with pytest.raises(errors.ConfigError, match="chaitanya or pcl"):
+    importlib.import_module("configs.pretrain_volume_supcon").get_config(arg)
+
+
+def test_recipe_arguments_override_its_loss():
+  module = importlib.import_module("configs.pretrain_volume_supcon")
+  config = module.get_config("chaitanya,positives=pcl,threshold=0.2")
+  assert (config.loss.positives, config.loss.threshold) == ("pcl", 0.2)
+  assert config.loss.form == "pairwise"  # still Chaitanya's recipe
+  # PCL's quick head is its own; Chaitanya's quick keeps the reference's.
+  assert module.get_config("pcl,quick").head.out_dim == 256
+  assert module.get_config("chaitanya,quick").head.out_dim == 128
 
 
 @pytest.mark.slow
 def test_chaitanya_smoke_pretrains_resumes_and_finetunes(tmp_path,
                                                          phantom_data_dir):
-  config = smoke_config("pretrain_chaitanya", str(tmp_path / "data"),
+  config = smoke_config("pretrain_volume_supcon:chaitanya",
+                        str(tmp_path / "data"),
                         num_steps=3, checkpoint_every=1, keep_checkpoints=10,
                         async_checkpoints=False)
   full = tmp_path / "full"
@@ -339,7 +357,7 @@ def test_chaitanya_smoke_pretrains_resumes_and_finetunes(tmp_path,
 
 @pytest.mark.slow
 def test_pcl_smoke_pretrains(tmp_path):
-  config = smoke_config("pretrain_pcl", str(tmp_path / "data"))
+  config = smoke_config("pretrain_volume_supcon:pcl", str(tmp_path / "data"))
   last = pretrain.train_and_evaluate(config, str(tmp_path / "run"))
   assert np.isfinite(last["loss"])
   assert last["positives_per_anchor"] >= 1.0

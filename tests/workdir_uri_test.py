@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 from PIL import Image
 import pytest
 
-from launch import runner as launch_runner
+from launch import cli
 from medclr import checkpointing
 from medclr.evaluate import evaluate
 from medclr.train import finetune
@@ -321,10 +321,10 @@ def test_launcher_prints_done_only_for_a_finished_run(tmp_path, capsys):
   (workdir / "checkpoints" / "50.unreadable").mkdir()
   assert checkpointing.latest_complete_step(str(workdir)) == 12
   # Preempted at 12 of 40: the loop's 'preempted' line stays the last.
-  assert not launch_runner.print_result("pretraining", {"loss": 1.0},
+  assert not cli.print_result("pretraining", {"loss": 1.0},
                                         str(workdir), 40)
   assert capsys.readouterr().out == ""
-  assert launch_runner.print_result("pretraining", {"loss": 1.0},
+  assert cli.print_result("pretraining", {"loss": 1.0},
                                     str(workdir), 12)
   assert capsys.readouterr().out == "pretraining done: {'loss': 1.0}\n"
   assert checkpointing.latest_complete_step(str(tmp_path / "none")) is None

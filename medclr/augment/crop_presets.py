@@ -1,8 +1,9 @@
 """DINO's multi-crop presets: crop scales and colour-jitter strengths.
 
 A plain table (no JAX, no data) so configs/pretrain_dino.py can fill
-`config.crops` from it without importing the method; medclr/methods/dino.py
-checks `config.crops` against it (docs/methods/dino.md).
+`config.multicrop` from it without importing the method;
+medclr/methods/dino.py checks `config.multicrop` against it
+(docs/methods/dino.md).
 """
 import dataclasses
 
@@ -16,7 +17,7 @@ class CropPreset:
   jitter: tuple[float, float, float, float]
 
 
-# `config.crops.preset` values ('custom' reads the config fields instead).
+# `config.multicrop.preset` values ('custom' reads the config fields instead).
 CROP_PRESETS = {
     # facebookresearch/dino main_dino.py defaults: --global_crops_scale
     # (0.4, 1), --local_crops_scale (0.05, 0.4), ColorJitter(0.4, 0.4, 0.2,

@@ -1,4 +1,4 @@
-"""Random resized crops on the device (`config.data.crops='device'`).
+"""Random resized crops on the device (`config.data.crop_site='device'`).
 
 With host crops (`medclr/data/crops.py`) every view costs the host a Pillow
 resize, and a TPU host would need tens of cores to keep its chips busy

@@ -7,7 +7,7 @@ accelerator instead of the host's few CPU cores:
 * the host (Grain, `medclr/data/crops.py`) does the random-resized crop to a
   fixed
   view size, using the `crop_area` / `crop_aspect` numbers of an `AugmentSpec`
-  (or, with `config.data.crops='device'`, `medclr/augment/crops.py` does it
+  (or, with `config.data.crop_site='device'`, `medclr/augment/crops.py` does it
   on the device from fixed-size canvases);
 * this module does everything else on device with dm-pix: flips, rotations,
   colour jitter, grayscale, Gaussian blur and solarisation.

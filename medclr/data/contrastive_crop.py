@@ -141,8 +141,8 @@ class Controller:
   """Runs localisation on schedule and keeps crops and checkpoints in step.
 
   Args:
-    crop_cfg: `config.crop` (warmup_steps, loc_interval, box_thresh,
-      loc_size, loc_batch).
+    crop_cfg: `config.contrastive_crop` (warmup_steps, loc_interval,
+      box_thresh, loc_size, loc_batch).
     graphdef: graph of the method's online model (has `encoder`).
     images: `pool_images(...)` of the whole pool, in `sources` order.
     dataset: the Grain dataset whose crops read `table`.

@@ -1,6 +1,6 @@
 """Host-side crops, run per example inside the Grain workers (numpy + Pillow).
 
-(`config.data.crops='device'` moves the pretraining crops to the device,
+(`config.data.crop_site='device'` moves the pretraining crops to the device,
 `medclr/augment/crops.py`; the host then only fits each image into a fixed
 canvas once, `fit_into`.)
 

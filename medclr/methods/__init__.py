@@ -18,7 +18,7 @@ donation and sharding. A method only says what is special about it:
   init_aux(params, stats)   non-parameter state kept in the train state and
                             checkpointed: EMA targets, queues, centres, banks.
   device_views(key, batch)  the views from the host crops (dm-pix on device);
-                            with `data.crops='device'` the step first cuts
+                            with `data.crop_site='device'` the step first cuts
                             them from whole images (`crop_spec()`).
   loss(model, aux, views, step) -> (loss, (aux, metrics))
                             inside jit, differentiated w.r.t. the model.
@@ -60,7 +60,7 @@ class Method:
   # do not).
   contrastive_crop = True
   # Whether the views come from the shared two-view pipeline, so their crops
-  # can move onto the device (`config.data.crops='device'`).
+  # can move onto the device (`config.data.crop_site='device'`).
   device_crops = True
   # Host crops per image: 1 for methods that view one crop twice.
   host_views = 2
@@ -96,7 +96,7 @@ class Method:
         num_views=self.host_views)
 
   def crop_spec(self):
-    """The device crops' `CropSpec` (`config.data.crops='device'`)."""
+    """The device crops' `CropSpec` (`config.data.crop_site='device'`)."""
     return device_crops.CropSpec(self.config.data.image_size,
                                  tuple(self.spec.crop_area),
                                  tuple(self.spec.crop_aspect))
@@ -127,8 +127,9 @@ class Method:
 
 
 def uses_device_crops(config):
-  """Whether `config.data.crops` moves the two-view crops onto the device."""
-  return config.data.get("crops", "host") == "device"
+  """Whether `config.data.crop_site` moves the two-view crops onto the
+  device."""
+  return config.data.get("crop_site", "host") == "device"
 
 
 def pretrain_preprocess(config):

@@ -24,7 +24,7 @@ vision_transformer.py (`DINOHead`, here medclr/models/dino_head.py):
 * the last layer gets no gradient during the first `freeze_last_layer`
   epochs (`cancel_gradients_last_layer`), here `freeze_last_layer_steps`;
 * multi-crop: global crops at config.data.image_size, local crops at
-  `config.crops.local_size`; the student sees crops of one size in one
+  `config.multicrop.local_size`; the student sees crops of one size in one
   forward pass (`MultiCropWrapper`), the teacher only the global crops.
   Device augmentation (`DataAugmentationDINO`): flip, ColorJitter(0.4, 0.4,
   0.2, 0.1) p 0.8, grayscale p 0.2; global crop 1 blur p 1.0; global crop 2
@@ -78,8 +78,8 @@ def _as_tuple(value):
   return tuple(float(v) for v in value)
 
 
-def resolve_crops(crops_cfg):
-  """The `CropPreset` that `config.crops` selects.
+def resolve_multicrop(multicrop_cfg):
+  """The `CropPreset` that `config.multicrop` selects.
 
   A named preset must agree with the explicit fields (the config files copy
   the preset's values into them), so the saved config always shows what
@@ -88,15 +88,15 @@ def resolve_crops(crops_cfg):
   Raises:
     errors.ConfigError: unknown preset, or fields that contradict it.
   """
-  name = crops_cfg.preset
-  fields = crop_presets.CropPreset(_as_tuple(crops_cfg.global_scale),
-                                   _as_tuple(crops_cfg.local_scale),
-                                   _as_tuple(crops_cfg.jitter))
+  name = multicrop_cfg.preset
+  fields = crop_presets.CropPreset(_as_tuple(multicrop_cfg.global_scale),
+                                   _as_tuple(multicrop_cfg.local_scale),
+                                   _as_tuple(multicrop_cfg.jitter))
   if name == "custom":
     return fields
   if name not in crop_presets.CROP_PRESETS:
     raise errors.ConfigError(
-        f"config.crops.preset={name!r}: expected one of "
+        f"config.multicrop.preset={name!r}: expected one of "
         f"{sorted(crop_presets.CROP_PRESETS) + ['custom']}")
   preset = crop_presets.CROP_PRESETS[name]
   for field in ("global_scale", "local_scale", "jitter"):
@@ -104,10 +104,11 @@ def resolve_crops(crops_cfg):
     if not all(math.isclose(a, b) for a, b in zip(want, got)) or len(
         want) != len(got):
       raise errors.ConfigError(
-          f"config.crops.{field}={got} but crops preset {name!r} uses "
-          f"{want}: set config.crops.preset='custom' to run the explicit "
-          f"fields, or choose the preset with configs/pretrain_dino.py:"
-          f"crops={name} (which fills the fields)")
+          f"config.multicrop.{field}={got} but multi-crop preset {name!r} "
+          f"uses {want}: set config.multicrop.preset='custom' to run the "
+          f"explicit fields, or choose the preset with "
+          f"configs/pretrain_dino.py:multicrop={name} (which fills the "
+          f"fields)")
   return preset
 
 
@@ -183,23 +184,23 @@ class DINO(methods.Method):
 
   def __init__(self, config):
     super().__init__(config)
-    self.crop_preset = resolve_crops(config.crops)
+    self.crop_preset = resolve_multicrop(config.multicrop)
     self.global_spec, self.global2_spec, self.local_spec = view_specs(
         config.augment, self.crop_preset)
     self.model_kwargs = models.model_kwargs(config.model)
     levels = len(self.model_kwargs["widths"])
-    self.num_local = int(config.crops.num_local)
+    self.num_local = int(config.multicrop.num_local)
     if self.num_local < 0:
       raise errors.ConfigError(
-          f"config.crops.num_local={self.num_local}: must be >= 0")
-    self.local_size = int(config.crops.local_size) or default_local_size(
+          f"config.multicrop.num_local={self.num_local}: must be >= 0")
+    self.local_size = int(config.multicrop.local_size) or default_local_size(
         config.data.image_size, levels)
     multiple = 2 ** (levels - 1)
     if self.local_size % multiple:
       raise errors.ConfigError(
-          f"config.crops.local_size={self.local_size} must be a multiple of "
-          f"2**{levels - 1}={multiple} for a {levels}-level encoder (0 picks "
-          f"image_size * 96/224 rounded to one)")
+          f"config.multicrop.local_size={self.local_size} must be a multiple "
+          f"of 2**{levels - 1}={multiple} for a {levels}-level encoder (0 "
+          f"picks image_size * 96/224 rounded to one)")
     head = config.head
     self.head_kwargs = dict(
         out_dim=int(head.out_dim), hidden_dim=int(head.hidden_dim),
@@ -226,10 +227,10 @@ class DINO(methods.Method):
     # The teacher is the student's architecture.
     self.teacher_graphdef = nnx.graphdef(
         nnx.eval_shape(lambda: self.make_model(nnx.Rngs(0))))
-    logging.info("DINO crops %r: global %s scale %s, %d local %s scale %s, "
-                 "jitter %s", config.crops.preset, config.data.image_size,
-                 self.crop_preset.global_scale, self.num_local,
-                 self.local_size, self.crop_preset.local_scale,
+    logging.info("DINO multi-crop %r: global %s scale %s, %d local %s "
+                 "scale %s, jitter %s", config.multicrop.preset,
+                 config.data.image_size, self.crop_preset.global_scale,
+                 self.num_local, self.local_size, self.crop_preset.local_scale,
                  self.crop_preset.jitter)
 
   def host_dataset(self, config, local_batch, boxes=None, crop_alpha=1.0):

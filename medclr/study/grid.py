@@ -17,13 +17,14 @@ import sys
 # args after the colon, extra --config flags).
 NAMED_ARMS = {
     # ContrastiveCrop is a crop option; with MoCo v2, one of its papers' hosts.
-    "ccrop_mocov2": ("mocov2", "preset=mocov2", ["--config.crop.mode=ccrop"]),
-    "dino_default": ("dino", "crops=dino_default", []),
-    "dino_weak": ("dino", "crops=weak", []),
-    "dino_strong": ("dino", "crops=strong", []),
-    "chaitanya_gd": ("chaitanya", "positives=gd", []),
-    "chaitanya_gd-": ("chaitanya", "positives=gd-", []),
-    "pcl": ("pcl", "threshold=0.1", []),
+    "ccrop_mocov2": ("mocov2", "preset=mocov2",
+                     ["--config.contrastive_crop.mode=ccrop"]),
+    "dino_default": ("dino", "multicrop=dino_default", []),
+    "dino_weak": ("dino", "multicrop=weak", []),
+    "dino_strong": ("dino", "multicrop=strong", []),
+    "chaitanya_gd": ("volume_supcon", "chaitanya,positives=gd", []),
+    "chaitanya_gd-": ("volume_supcon", "chaitanya,positives=gd-", []),
+    "pcl": ("volume_supcon", "pcl,threshold=0.1", []),
     # Decoder pretraining (issue 11). MACL on a 2D pool: positives are the
     # other view only (docs/methods/macl.md).
     "macl": ("macl", "volumes=0", []),
@@ -55,11 +56,11 @@ UNPRETRAINED = ("scratch", "arco")
 # Volume-aware methods need slices with volume ids: DRIVE and HRF are single
 # 2D images, so these arms pretrain on their config's own volume set (the
 # procedural synthetic volumes unless overridden) and fine-tune on DRIVE.
-VOLUME_CONFIGS = ("chaitanya", "pcl")
+VOLUME_CONFIGS = ("volume_supcon",)
 BEST = "best"
 
 
-def arm_spec(base):
+def arm_pretrain_config(base):
   """Base arm name -> (config stem, config args, extra flags); scratch: None.
 
   'simclr_basic_medical' -> ('simclr', 'preset=basic_medical', []); named
@@ -114,7 +115,7 @@ def parse_arm(text, pools=None):
     raise ValueError(f"arm {name!r}: {base} pretrains nothing, so it takes "
                      "no pool or strength")
   if base != BEST:
-    arm_spec(base)  # validates the name
+    arm_pretrain_config(base)  # validates the name
   try:
     value = float(strength) if strength else None
   except ValueError:
@@ -171,7 +172,7 @@ def pretrain_command(arm, profile, pretrain_dir, data_dir, sources,
   `sources` is the pool (`name:split` list); volume-aware configs keep their
   own volume set.
   """
-  stem, config_args, extra = arm_spec(arm.base)
+  stem, config_args, extra = arm_pretrain_config(arm.base)
   flags = [] if stem in VOLUME_CONFIGS else [f"--config.data.sources={sources}"]
   if arm.strength is not None:
     flags.append(f"--config.augment.strength={arm.strength:g}")

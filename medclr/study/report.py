@@ -285,26 +285,26 @@ def pretrain_lines(rows):
   return lines
 
 
-def baseline_stats(jsonl, spec, ks):
+def baseline_stats(jsonl, baselines, ks):
   """Arms of another study's rows, shown beside this study's.
 
   Args:
     jsonl: this study's rows file; the other one lies beside it.
-    spec: '<rows stem>:<arm>,<arm>' (e.g. 'study_quick:scratch,dino_weak@small'),
-      '' for none.
+    baselines: `config.baselines`, '<rows stem>:<arm>,<arm>' (e.g.
+      'study_quick:scratch,dino_weak@small'), '' for none.
     ks: the label budgets to keep.
 
   Returns:
     {'<arm> (<stem>)': {k: stat}} like `arm_k_stats`.
   """
-  if not spec:
+  if not baselines:
     return {}
-  stem, _, arms = spec.partition(":")
+  stem, _, arms = baselines.partition(":")
   path = pathlib.Path(jsonl).with_name(f"{stem}.jsonl")
   if not path.exists() or not arms:
     raise FileNotFoundError(
-        f"config.baselines={spec!r}: expected '<rows stem>:<arm>,...' naming "
-        f"a rows file beside {pathlib.Path(jsonl).name}; {path.name} "
+        f"config.baselines={baselines!r}: expected '<rows stem>:<arm>,...' "
+        f"naming a rows file beside {pathlib.Path(jsonl).name}; {path.name} "
         + ("has no arms named" if path.exists() else "does not exist"))
   stats = arm_k_stats(latest_cells(read_rows(path)))
   out = {}

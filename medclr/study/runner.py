@@ -22,7 +22,7 @@ from medclr.study import grid
 from medclr.study import report
 from medclr.study import sets
 
-# launch.runner.EXIT_STALLED: the guard stopped the run (not a failure).
+# launch.cli.EXIT_STALLED: the guard stopped the run (not a failure).
 EXIT_STALLED = 3
 DIAGNOSTICS = ("loss", "loss_chance", "loss_over_chance", "embedding_std_rel",
                "teacher_entropy_rel", "probe_accuracy")

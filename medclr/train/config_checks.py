@@ -1,10 +1,11 @@
 """Config checks the pretraining and fine-tuning phases share.
 
-Kept low (imports only augment and errors) so configs and loops can both use
-them; each check raises errors.ConfigError naming the offending key.
+Kept low (imports only augment, errors and renames) so configs and loops can
+both use them; each check raises errors.ConfigError naming the offending key.
 """
 from medclr.augment import ops as augment
 from medclr import errors
+from medclr.train import renames
 
 
 def check_common_config(config, size_key):
@@ -13,6 +14,9 @@ def check_common_config(config, size_key):
   Raises:
     errors.ConfigError naming the offending key.
   """
+  # A key under its old name would otherwise be ignored, or fail later as
+  # a missing field.
+  renames.check_no_renamed_keys(config)
   try:
     augment.get_spec(config.augment.preset, config.augment.strength)
   except ValueError as e:

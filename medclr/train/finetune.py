@@ -69,8 +69,9 @@ def validate_config(config):
   inference.check_scales(config.eval.get("scales", "1"))
   if config.init.pretrain_dir:
     # Fails now, naming the directory, rather than after data loading.
-    checkpointing.saved_tree_shapes(config.init.pretrain_dir,
-                                    warm_start.pretrain_step(config.init))
+    checkpointing.saved_tree_shapes(
+        config.init.pretrain_dir,
+        warm_start.pretrained_checkpoint_step(config.init))
 
 
 SEMI_MODES = ("", "arco")

@@ -25,11 +25,11 @@ def validate_config(config):
     raise errors.ConfigError(f"config.method={config.method!r}: known methods "
                              f"are {sorted(methods.REGISTRY)}")
   config_checks.check_common_config(config, "image_size")
-  crops = config.data.get("crops", "host")
-  if crops not in ("host", "device"):
+  site = config.data.get("crop_site", "host")
+  if site not in ("host", "device"):
     raise errors.ConfigError(
-        f"config.data.crops={crops!r}: expected 'host' (Grain cuts the views)"
-        " or 'device' (the step cuts them from whole images)")
+        f"config.data.crop_site={site!r}: expected 'host' (Grain cuts the "
+        "views) or 'device' (the step cuts them from whole images)")
   canvas = config.data.get("crop_canvas", 0)
   if not isinstance(canvas, int) or canvas < 0:
     raise errors.ConfigError(
@@ -38,8 +38,8 @@ def validate_config(config):
 
 
 def uses_contrastive_crop(config):
-  crop = config.get("crop")
-  return crop is not None and crop.mode == "ccrop"
+  settings = config.get("contrastive_crop")
+  return settings is not None and settings.mode == "ccrop"
 
 
 def box_table(config):
@@ -61,22 +61,24 @@ def make_dataset(config, local_batch, method, boxes=None):
   if methods.uses_device_crops(config):
     if not method.device_crops:
       raise errors.ConfigError(
-          f"config.data.crops='device': method {config.method!r} makes its "
+          f"config.data.crop_site='device': method {config.method!r} makes its "
           "own host crops; device crops work with the two-view methods "
           "(simclr, mocov2, byol, adco, dira, macl without volumes)")
     if boxes is not None:
       raise errors.ConfigError(
-          "config.data.crops='device' with config.crop.mode='ccrop': "
+          "config.data.crop_site='device' with "
+          "config.contrastive_crop.mode='ccrop': "
           "ContrastiveCrop places its crops on the host; use "
-          "config.data.crops='host'")
+          "config.data.crop_site='host'")
   if boxes is None:
     return method.host_dataset(config, local_batch), opened
   if not method.contrastive_crop:
     raise errors.ConfigError(
-        f"config.crop.mode='ccrop': method {config.method!r} makes its own "
-        "host crops; ContrastiveCrop works with two-view methods")
+        f"config.contrastive_crop.mode='ccrop': method {config.method!r} "
+        "makes its own host crops; ContrastiveCrop works with two-view "
+        "methods")
   return method.host_dataset(config, local_batch, boxes=boxes,
-                             crop_alpha=config.crop.alpha), opened
+                             crop_alpha=config.contrastive_crop.alpha), opened
 
 
 def contrastive_crop_controller(config, graphdef, dataset, opened, table,
@@ -86,11 +88,11 @@ def contrastive_crop_controller(config, graphdef, dataset, opened, table,
     saved = checkpointer.restore_extras(start)
     if saved and "ccrop" in saved:
       table.load_json(saved["ccrop"])
-  loc_size = config.crop.loc_size or config.data.image_size
+  loc_size = config.contrastive_crop.loc_size or config.data.image_size
   images = contrastive_crop.pool_images(opened, loc_size,
                                         config.data.in_channels)
-  return contrastive_crop.Controller(config.crop, graphdef, images, dataset,
-                                     table, writer)
+  return contrastive_crop.Controller(config.contrastive_crop, graphdef,
+                                     images, dataset, table, writer)
 
 
 def probe_set_of(config):

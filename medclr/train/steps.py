@@ -81,7 +81,8 @@ def make_pretrain_step(graphdef, tx, lr_fn, method, seed, *, frozen=(),
 
   def step(state, batch):
     key = jax.random.fold_in(base_key, state["step"])
-    if "extent" in batch:  # data.crops='device': the host sent whole images
+    # data.crop_site='device': the host sent whole images.
+    if "extent" in batch:
       batch = device_crops.two_crops(jax.random.fold_in(key, _CROP_STREAM),
                                      batch, method.crop_spec())
     views = normalize_views(method.device_views(key, batch), batch.get("norm"))

@@ -17,6 +17,7 @@ from medclr import metric_writer
 from medclr import optim
 from medclr import sharding
 from medclr.train import loop
+from medclr.train import renames
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +68,8 @@ def train(config, workdir, phase: Phase):
   """
   config_dict = config.to_dict()
   # Before anything is written: a refused run leaves no workdir behind.
-  checkpointing.check_same_run(workdir, config_dict)
+  checkpointing.check_same_run(workdir, config_dict,
+                               rename=renames.current_key)
   mesh = sharding.make_mesh(config.mesh.data)
   local_batch = sharding.check_batch_size(config.batch_size, mesh)
   data_iter = phase.data_iter(local_batch)

@@ -25,8 +25,11 @@ def frozen_parts(init_cfg):
                if p.strip())
 
 
-def pretrain_step(init_cfg):
-  return None if init_cfg.pretrain_step < 0 else init_cfg.pretrain_step
+def pretrained_checkpoint_step(init_cfg):
+  """The step of the checkpoint in `init_cfg.pretrain_dir` to start from
+  (None: the latest)."""
+  step = init_cfg.pretrain_checkpoint_step
+  return None if step < 0 else step
 
 
 def _wanted(abstract, parts, saved):
@@ -55,20 +58,21 @@ def init_from_pretrained(state, abstract, init_cfg):
   Args:
     state: freshly initialised train state.
     abstract: its abstract state (shapes and shardings).
-    init_cfg: `config.init` (pretrain_dir, pretrain_step, load).
+    init_cfg: `config.init` (pretrain_dir, pretrain_checkpoint_step, load).
 
   Returns:
     (state, step of the checkpoint used).
   """
   saved, _ = checkpointing.saved_tree_shapes(init_cfg.pretrain_dir,
-                                             pretrain_step(init_cfg))
+                                             pretrained_checkpoint_step(
+                                                 init_cfg))
   wanted = _wanted(abstract, load_parts(init_cfg), saved)
   if "params" not in wanted:
     raise errors.ConfigError(
         f"config.init.load={init_cfg.load!r}: {init_cfg.pretrain_dir} holds "
         "none of these parts")
   restored, step = checkpointing.restore_subtrees(
-      init_cfg.pretrain_dir, wanted, pretrain_step(init_cfg))
+      init_cfg.pretrain_dir, wanted, pretrained_checkpoint_step(init_cfg))
   for collection, parts in restored.items():
     for part, tree in parts.items():
       state[collection][part] = dict(state[collection][part], **tree)

@@ -1,4 +1,4 @@
-"""What every launcher shares: distributed flags, start-up and clean errors.
+"""The launchers' command line: distributed flags, start-up, clean errors.
 
 A user error (a mistyped flag, unknown config key, bad data folder, missing
 checkpoint, invalid config value) is printed as one `error:` line naming
