@@ -31,7 +31,7 @@ def get_config(arg=None):
                      if v not in (False, ""))
   config = pretrain_pcl.get_config(pcl_arg or None)
   config.method = "macl"
-  del config.head  # MACL's own projectors (medclr/models/macl_head.py)
+  del config.head  # MACL's own projectors (medclr/methods/macl.py)
   config.macl = ml_collections.ConfigDict({
       "volumes": bool(args.volumes),
       # scale_factor 0.25: the dominant branch sees the views downscaled.

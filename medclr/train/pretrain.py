@@ -25,9 +25,7 @@ from medclr.data import sources as data_sources
 
 def validate_config(config):
   """Checks that fail fast, before any device work or data reading."""
-  if config.method not in methods.REGISTRY:
-    raise errors.ConfigError(f"config.method={config.method!r}: known methods "
-                             f"are {sorted(methods.REGISTRY)}")
+  methods.method_class(config.method)  # unknown names list the known ones
   config_checks.check_common_config(config, "image_size")
   crops = config.data.get("crops", "host")
   if crops not in ("host", "device"):
@@ -66,8 +64,9 @@ def make_dataset(config, local_batch, method, boxes=None):
     if not method.device_crops:
       raise errors.ConfigError(
           f"config.data.crops='device': method {config.method!r} makes its "
-          "own host crops; device crops work with the two-view methods "
-          "(simclr, mocov2, byol, adco, dira, macl without volumes)")
+          f"own host crops ({method.host_pipeline!r} pipeline); device crops "
+          "work with the methods declaring device_crops: "
+          f"{methods.supporting('device_crops')}")
     if boxes is not None:
       raise errors.ConfigError(
           "config.data.crops='device' with config.crop.mode='ccrop': "
@@ -78,7 +77,8 @@ def make_dataset(config, local_batch, method, boxes=None):
   if not method.contrastive_crop:
     raise errors.ConfigError(
         f"config.crop.mode='ccrop': method {config.method!r} makes its own "
-        "host crops; ContrastiveCrop works with two-view methods")
+        "host crops; ContrastiveCrop works with the methods declaring "
+        f"contrastive_crop: {methods.supporting('contrastive_crop')}")
   return method.host_dataset(config, local_batch, boxes=boxes,
                              crop_alpha=config.crop.alpha), opened
 
