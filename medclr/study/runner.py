@@ -36,13 +36,8 @@ KNOWN_SETS = {
     "isbi_em": ("--dataset=isbi2012 --name=isbi_em --test_slices=10",
                 "isbi2012_em"),
 }
-# Volume sets, written by launch.prepare_volumes: the challenge's 30
-# unlabelled test sections, one serial-section volume at native size (a
-# separate stack from the labelled one, so nothing labelled enters the pool).
-VOLUME_SETS = {
-    "isbi_em_stack": ("--name=isbi_em_stack --size=0",
-                      "isbi2012_em/test/image"),
-}
+# Volume sets a pool may hold: the grid also reads them (`trains_on_pool`).
+VOLUME_SETS = grid.VOLUME_SETS
 # launch.runner.EXIT_STALLED: the guard stopped the run (not a failure).
 EXIT_STALLED = 3
 DIAGNOSTICS = ("loss", "loss_chance", "loss_over_chance", "embedding_std_rel",
