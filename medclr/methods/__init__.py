@@ -185,7 +185,7 @@ def fact_errors(cls):
   # Only the shared two-view pipeline ships whole images for the step to
   # cut (`pipeline.pretrain_dataset(device_crops=...)`).
   if cls.device_crops and cls.host_pipeline != "two_views":
-    problems.append(f"device_crops=True needs host_pipeline='two_views', "
+    problems.append("device_crops=True needs host_pipeline='two_views', "
                     f"not {cls.host_pipeline!r}")
   return problems
 
@@ -238,16 +238,21 @@ def method_class(name):
   if not cls:
     raise errors.ConfigError(
         f"config.method={name!r}: known methods are {names()}")
+  return _checked(cls)
+
+
+def _checked(cls):
+  """`cls`, once its facts are sound; a TypeError naming them otherwise."""
   problems = fact_errors(cls)
   if problems:
-    raise TypeError(f"method {name!r} ({module.__file__}) declares wrong "
-                    "facts: " + "; ".join(problems))
+    raise TypeError(f"method class {cls.__module__}.{cls.__qualname__} "
+                    "declares wrong facts: " + "; ".join(problems))
   return cls
 
 
 def class_for(config):
   """The class whose facts hold for `config` (`Method.for_config`)."""
-  return method_class(config.method).for_config(config)
+  return _checked(method_class(config.method).for_config(config))
 
 
 def supporting(fact):
