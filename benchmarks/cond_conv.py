@@ -15,12 +15,12 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import common
-from medclr.models import dira_head
+from medclr.methods import dira
 
 
 def _functions(batch, size):
   """(plain, in_cond, params, images) for the critic's value and gradient."""
-  critic = dira_head.PatchCritic(3, rngs=nnx.Rngs(0))
+  critic = dira.PatchCritic(3, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(critic, nnx.Param)
   images = jax.random.normal(jax.random.key(0), (batch, size, size, 3))
 

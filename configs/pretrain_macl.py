@@ -29,7 +29,7 @@ def get_config(arg=None):
   args = common.parse_arg(arg, **common.profile_args(PROFILES), preset="",
                           threshold=0.1, volumes=True)
   # PCL's recipe (volume_supcon:pcl) without its projection head: MACL has
-  # its own projectors (medclr/models/macl_head.py).
+  # its own projectors (medclr/methods/macl.py).
   config = common.pretrain_config(
       "macl", args, PROFILES, preset="basic_medical", in_channels=1,
       blocks=(volume_supcon.pcl_blocks, volume_supcon.pcl_loss, macl_block))

@@ -24,7 +24,7 @@ from medclr import errors
 from medclr import methods
 from medclr.train import pretrain
 from medclr.methods import adco
-from medclr.methods import moco
+from medclr.methods import mocov2
 
 IMAGE_SIZE = 16
 BATCH = 8
@@ -146,7 +146,7 @@ def _reference(method, params, stats, aux, views):
   """Queries, keys and the gradients of the loss with constant keys."""
 
   def embed(p, s, x):
-    return moco.l2_normalize(
+    return mocov2.l2_normalize(
         nnx.merge(method.graphdef, p, s)(x, train=True)[0])
 
   def loss(p):
@@ -199,7 +199,7 @@ def test_initialisation_fills_bank_with_keys_then_copies_key_encoder():
     (loss, new_aux), _ = _run(method, params, stats, aux, views, step)
     # `init_memory`: MoCo loss, own key vs the (normalised) bank only.
     np.testing.assert_allclose(
-        loss, moco.queue_loss(q1, k2, moco.l2_normalize(aux["bank"]),
+        loss, mocov2.queue_loss(q1, k2, mocov2.l2_normalize(aux["bank"]),
                               method.temperature), rtol=1e-5)
     np.testing.assert_allclose(new_aux["bank"][rows],
                                k2[:rows.stop - rows.start], rtol=1e-5,

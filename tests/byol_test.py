@@ -59,7 +59,7 @@ def test_config_loads_and_locks(arg):
   with pytest.raises(AttributeError):
     config.ema.base_momentun = 0.9  # a typo must not create a field
   assert config.method == "byol" and config.ema.base_momentum == 0.996
-  byol.make(config)  # validates the whole config
+  byol.BYOL(config)  # validates the whole config
   if "quick" in arg:  # the fine-tune quick profile expects these
     finetune_quick = finetune_unet.get_config("quick")
     assert config.model.widths == finetune_quick.model.widths
@@ -79,7 +79,7 @@ def test_regression_loss_is_two_minus_two_cosine():
 
 
 def test_loss_regresses_each_prediction_on_the_other_views_target():
-  method = byol.make(_config())
+  method = byol.BYOL(_config())
   graphdef, params, stats = models.split_model(method.make_model(nnx.Rngs(0)))
   aux = method.init_aux(params, stats)
   view1, view2 = _images(1), _images(2)
@@ -120,7 +120,7 @@ def test_loss_regresses_each_prediction_on_the_other_views_target():
 
 def test_target_starts_from_its_own_initialisation():
   """deepmind byol initialises the target with its own key (module doc)."""
-  method = byol.make(_config())
+  method = byol.BYOL(_config())
   _, params, stats = models.split_model(method.make_model(nnx.Rngs(0)))
   aux = method.init_aux(params, stats)
   assert sorted(aux["target_params"]) == ["encoder", "projector"]
@@ -181,7 +181,7 @@ def test_pretrain_ema_resume_on_one_device_and_finetune(tmp_path,
   # target after step 1 and the online network after step 2.
   before, after = _saved(full, 1), _saved(full, 2)
   assert sorted(after["aux"]) == ["target_params", "target_stats"]
-  tau = float(byol.make(config).momentum(1))
+  tau = float(byol.BYOL(config).momentum(1))
   assert tau == pytest.approx(1 - 0.004 / 2)  # halfway through 2 steps
   assert last["ema_momentum"] == pytest.approx(tau)
   for part in byol.TARGET_PARTS:

@@ -157,7 +157,7 @@ def test_host_cuts_one_crop_the_same_as_the_first_of_two(phantom_data_dir):
   the same crop the two-view pipeline cuts first."""
   from medclr.data import pipeline  # pylint: disable=g-import-not-at-top
   config = smoke_config("pretrain_chaitanya_local", phantom_data_dir)
-  method = chaitanya_local.make(config)
+  method = chaitanya_local.ChaitanyaLocal(config)
   one = next(iter(method.host_dataset(config, local_batch=2)))
   assert set(one) - {"norm"} == {"view1"}
   two = next(iter(pipeline.pretrain_dataset(

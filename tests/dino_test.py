@@ -25,7 +25,7 @@ from medclr.augment import crop_presets
 from medclr import errors
 from medclr.train import pretrain
 from medclr.methods import dino
-from medclr.models import dino_head
+
 
 BATCH = 4
 
@@ -70,7 +70,7 @@ def test_config_loads_and_locks(arg):
     config.multicrop.global_scal = (0.5, 1.0)  # a typo must not create a field
   preset = dino.resolve_multicrop(config.multicrop)
   assert preset == crop_presets.CROP_PRESETS[config.multicrop.preset]
-  method = dino.make(config)  # validates the whole config
+  method = dino.DINO(config)  # validates the whole config
   assert method.local_size % 2 ** (len(config.model.widths) - 1) == 0
   if "quick" in arg:  # the fine-tune quick profile expects these
     finetune_quick = finetune_unet.get_config("quick")
@@ -123,8 +123,8 @@ def test_center_is_ema_of_global_batch_mean():
 
 @pytest.mark.parametrize("learn_scale", [False, True])
 def test_last_layer_is_weight_normalised(learn_scale):
-  layer = dino_head.WeightNormLinear(6, 10, learn_scale=learn_scale,
-                                     rngs=nnx.Rngs(0))
+  layer = dino.WeightNormLinear(6, 10, learn_scale=learn_scale,
+                                rngs=nnx.Rngs(0))
   params = nnx.to_pure_dict(nnx.state(layer, nnx.Param))
   assert sorted(params) == (["direction", "scale"] if learn_scale else
                             ["direction"])
@@ -138,9 +138,9 @@ def test_last_layer_is_weight_normalised(learn_scale):
 
 def test_head_with_batch_norm_matches_numpy():
   """DINOHead(use_bn=True): Linear -> BatchNorm1d -> GELU per hidden layer."""
-  head = dino_head.DINOHead(6, 10, hidden_dim=8, bottleneck_dim=5,
-                            num_layers=3, norm_last_layer=True, use_bn=True,
-                            rngs=nnx.Rngs(0))
+  head = dino.DINOHead(6, 10, hidden_dim=8, bottleneck_dim=5,
+                       num_layers=3, norm_last_layer=True, use_bn=True,
+                       rngs=nnx.Rngs(0))
   params = nnx.to_pure_dict(nnx.state(head, nnx.Param))
   assert sorted(params) == ["last_layer", "layer0", "layer1", "layer2",
                             "norm0", "norm1"]
@@ -195,10 +195,10 @@ def test_default_local_size(image_size, levels, want):
 
 
 def test_method_checks_local_size():
-  assert dino.make(_config()).local_size == 12  # 32 * 96/224 -> 4 * 3
+  assert dino.DINO(_config()).local_size == 12  # 32 * 96/224 -> 4 * 3
   with pytest.raises(errors.ConfigError,
                      match="config.multicrop.local_size=10"):
-    dino.make(_config(**{"multicrop.local_size": 10}))
+    dino.DINO(_config(**{"multicrop.local_size": 10}))
 
 
 def test_view_specs_follow_dino_per_crop():
@@ -219,7 +219,7 @@ def test_view_specs_follow_dino_per_crop():
 def test_method_loss_centre_and_frozen_last_layer():
   """method.loss against separate forwards laid out as DINO lays them out."""
   config = _config()
-  method = dino.make(config)
+  method = dino.DINO(config)
   graphdef, params, stats = models.split_model(method.make_model(nnx.Rngs(0)))
   aux = method.init_aux(params, stats)
   aux["center"] = 0.1 * jax.random.normal(jax.random.key(5), (1, 64))
@@ -306,7 +306,7 @@ def test_pretrain_ema_resume_and_finetune(tmp_path, phantom_data_dir):
   before, after = _saved(full, 1), _saved(full, 2)
   assert sorted(after["aux"]) == ["center", "teacher_params",
                                   "teacher_stats"]
-  momentum = float(dino.make(config).momentum(1))
+  momentum = float(dino.DINO(config).momentum(1))
   assert momentum == pytest.approx(1 - 0.004 / 2)  # halfway through 2 steps
   want = jax.tree.map(lambda old, student: momentum * old +
                       (1 - momentum) * student,

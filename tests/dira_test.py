@@ -14,7 +14,6 @@ from conftest import resume_after_kill, saved_state, smoke_config
 from medclr.augment import distortions
 from medclr.train import pretrain
 from medclr.methods import dira
-from medclr.models import dira_head
 
 DRAWS = 2000
 
@@ -68,7 +67,7 @@ def test_distortions_are_the_same_on_1_and_8_devices():
 
 
 def test_critic_scores_28x28_patches_of_a_224_image():
-  critic = dira_head.PatchCritic(1, rngs=nnx.Rngs(0))
+  critic = dira.PatchCritic(1, rngs=nnx.Rngs(0))
   assert critic(jnp.zeros((2, 224, 224, 1))).shape == (2, 28, 28, 1)
 
 
@@ -141,7 +140,7 @@ def _restoration_grads(num_devices, restored, target, critic_params,
 
 
 def test_restoration_and_critic_losses_equal_on_1_and_8_devices():
-  critic = dira_head.PatchCritic(3, rngs=nnx.Rngs(0))
+  critic = dira.PatchCritic(3, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(critic, nnx.Param)
   params = nnx.to_pure_dict(params)
   keys = jax.random.split(jax.random.key(5))

@@ -5,7 +5,8 @@ alike, via ast.walk) into the graph of its imports of other modules of the
 project. The graph must have no cycle, and each module may import only
 modules of its own layer or a lower one (LAYERS, by package). A new
 package must be added to LAYERS before this test passes. Imports by string
-(`importlib.import_module`, as medclr.methods.REGISTRY does) are not seen.
+(`importlib.import_module`, as medclr.methods.method_class does) are not
+seen.
 """
 import ast
 import pathlib

@@ -1,4 +1,4 @@
-"""Tests for MoCo v2 (medclr.methods.moco).
+"""Tests for MoCo v2 (medclr.methods.mocov2).
 
 The loss is checked against a float64 loop over the InfoNCE formula
 (docs/methods/mocov2.md), the method's loss/gradients/state on 1 and 8
@@ -24,7 +24,7 @@ from medclr import errors
 from medclr import methods
 from medclr.train import pretrain
 from medclr.train import steps
-from medclr.methods import moco
+from medclr.methods import mocov2
 
 IMAGE_SIZE = 16
 BATCH = 8
@@ -52,7 +52,7 @@ def test_queue_loss_matches_brute_force(temperature):
   q, k, queue = (_unit_rows(keys[0], (5, 4)), _unit_rows(keys[1], (5, 4)),
                  _unit_rows(keys[2], (12, 4)))
   np.testing.assert_allclose(
-      moco.queue_loss(jnp.float32(q), jnp.float32(k), jnp.float32(queue),
+      mocov2.queue_loss(jnp.float32(q), jnp.float32(k), jnp.float32(queue),
                       temperature),
       _brute_force_queue_loss(q, k, queue, temperature), rtol=1e-5)
 
@@ -67,7 +67,7 @@ def test_enqueue_writes_all_gathered_keys_at_pointer_and_wraps():
   queue = jnp.arange(16 * 3, dtype=jnp.float32).reshape(16, 3)
   keys = -jnp.arange(8 * 3, dtype=jnp.float32).reshape(8, 3) - 1
   with jax.set_mesh(_mesh(8)):
-    new_queue, pointer = jax.jit(moco.enqueue)(
+    new_queue, pointer = jax.jit(mocov2.enqueue)(
         jax.device_put(queue, jax.P()), jnp.int32(8),
         jax.device_put(keys, jax.P("data")))
   np.testing.assert_array_equal(new_queue[8:], keys)  # global batch order
@@ -120,16 +120,16 @@ def test_loss_uses_online_queries_target_keys_and_stops_key_gradients(
   temperature = method.temperature
 
   def embed(p, s, x):
-    return moco.l2_normalize(nnx.merge(graphdef, p, s)(x, train=True)[0])
+    return mocov2.l2_normalize(nnx.merge(graphdef, p, s)(x, train=True)[0])
 
   def reference(p):
     """Queries from `p`; keys from the fixed key encoder (no gradient path)."""
     k1, k2 = (embed(aux["target_params"], aux["target_stats"], v)
               for v in views)
     q1, q2 = (embed(p, stats, v) for v in views)
-    loss = moco.queue_loss(q1, k2, aux["queue"], temperature)
+    loss = mocov2.queue_loss(q1, k2, aux["queue"], temperature)
     if symmetric:
-      loss = 0.5 * (loss + moco.queue_loss(q2, k1, aux["queue"], temperature))
+      loss = 0.5 * (loss + mocov2.queue_loss(q2, k1, aux["queue"], temperature))
     return loss, (q1, q2, k1, k2)
 
   (_, (q1, q2, k1, k2)), expected_grads = jax.jit(
@@ -185,7 +185,7 @@ def test_one_step_updates_key_encoder_by_ema_and_enqueues_keys():
     # The step's key for step 0 is fold_in(key(seed), 0): same views.
     views = jax.jit(method.device_views)(
         jax.random.fold_in(jax.random.key(0), 0), batch)
-    keys = jax.jit(lambda p, s, x: moco.l2_normalize(
+    keys = jax.jit(lambda p, s, x: mocov2.l2_normalize(
         nnx.merge(graphdef, p, s)(x, train=True)[0]))(
             aux["target_params"], aux["target_stats"], views[1])
   new_state, keys = jax.device_get((new_state, keys))

@@ -12,7 +12,7 @@ from medclr.methods import simclr
 
 def _method_and_model():
   config = smoke_config("pretrain_simclr", "/unused")
-  method = simclr.make(config)
+  method = simclr.SimCLR(config)
   return method, config, method.make_model(nnx.Rngs(0))
 
 

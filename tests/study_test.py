@@ -286,6 +286,20 @@ def test_decoder_and_semi_supervised_arms_parse():
     grid.parse_arm("arco@large", pools)
 
 
+def test_volume_arms_train_on_a_volume_pool_only():
+  """A method reading volumes (its class's host_pipeline) keeps its config's
+  volume set on a 2D pool, and takes a pool of volume sets."""
+  for name in ("chaitanya_gd", "pcl", "macl_volumes"):
+    arm = grid.parse_arm(name)
+    assert grid.method_of(arm.base).host_pipeline == "volumes"
+    on_2d = grid.pretrain_command(arm, "quick", "/w/p", "/d", "x:train")
+    assert not [f for f in on_2d if f.startswith("--config.data.sources")]
+    on_em = grid.pretrain_command(arm, "quick", "/w/p", "/d",
+                                  "isbi_em_stack:train")
+    assert "--config.data.sources=isbi_em_stack:train" in on_em
+  assert grid.parse_arm("pcl").finetune_flags == []
+
+
 @pytest.mark.slow  # Two pretraining stages and a cell on the phantom.
 def test_two_stage_arm_pretrains_its_first_stage_and_loads_the_decoder(
     tmp_path):

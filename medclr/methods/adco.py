@@ -41,7 +41,7 @@ import optax
 
 from medclr import errors
 from medclr.methods import losses
-from medclr.methods import moco
+from medclr.methods import mocov2
 
 
 def adco_loss(q: jax.Array, k: jax.Array, keys_all: jax.Array,
@@ -62,7 +62,7 @@ def adco_loss(q: jax.Array, k: jax.Array, keys_all: jax.Array,
   """
   positive = jnp.sum(q * k, axis=-1) / temperature
   logits = jnp.concatenate(
-      [q @ keys_all.T, q @ moco.l2_normalize(bank).T], axis=1) / temperature
+      [q @ keys_all.T, q @ mocov2.l2_normalize(bank).T], axis=1) / temperature
   return jnp.mean(jax.nn.logsumexp(logits, axis=1) - positive)
 
 
@@ -87,7 +87,7 @@ def fill_rows(bank: jax.Array, keys: jax.Array, start: jax.Array) -> jax.Array:
   return jnp.where(in_block[:, None], source.astype(bank.dtype), bank)
 
 
-class AdCo(moco.KeyEncoderMethod):
+class AdCo(mocov2.KeyEncoderMethod):
   """AdCo: EMA key encoder + negative bank trained by gradient ascent."""
 
   name = "adco"
@@ -128,17 +128,17 @@ class AdCo(moco.KeyEncoderMethod):
   def _pairs(self, model, aux, views):
     """(query, key) pairs of the loss and the key encoder's new BN stats."""
     view1, view2 = views
-    q1 = moco.l2_normalize(model(view1, train=True)[0])
+    q1 = mocov2.l2_normalize(model(view1, train=True)[0])
     if not self.symmetric:
       (k2,), stats = self.encode_keys(aux, [view2])
       return [(q1, k2)], stats
     # `update_sym_network`: both views are queries against the other's keys.
-    q2 = moco.l2_normalize(model(view2, train=True)[0])
+    q2 = mocov2.l2_normalize(model(view2, train=True)[0])
     (k2, k1), stats = self.encode_keys(aux, [view2, view1])
     return [(q1, k2), (q2, k1)], stats
 
   def _pair_loss(self, pairs, bank, temperature):
-    return sum(adco_loss(q, k, moco.gather_to_replicated(k), bank,
+    return sum(adco_loss(q, k, mocov2.gather_to_replicated(k), bank,
                          temperature) for q, k in pairs) / len(pairs)
 
   def _adversary_step(self, pairs, bank, velocity):
@@ -162,7 +162,7 @@ class AdCo(moco.KeyEncoderMethod):
 
     # `init_memory`: positive = own key only, the bank as negatives, moco_t.
     q1, k2 = pairs[0]
-    init_loss = moco.queue_loss(q1, k2, moco.l2_normalize(bank),
+    init_loss = mocov2.queue_loss(q1, k2, mocov2.l2_normalize(bank),
                                 self.temperature)
     adco = self._pair_loss(pairs, bank, self.temperature)
     loss = jnp.where(initialising, init_loss, adco)
@@ -170,7 +170,7 @@ class AdCo(moco.KeyEncoderMethod):
     trained_bank, trained_velocity, bank_loss = self._adversary_step(
         pairs, bank, velocity)
     start = jnp.minimum(step, self.init_steps) * self.batch
-    filled_bank = fill_rows(bank, moco.gather_to_replicated(k2), start)
+    filled_bank = fill_rows(bank, mocov2.gather_to_replicated(k2), start)
     aux = dict(aux, target_stats=target_stats,
                bank=jnp.where(initialising, filled_bank, trained_bank),
                bank_velocity=jnp.where(initialising, velocity,
@@ -192,7 +192,3 @@ class AdCo(moco.KeyEncoderMethod):
     copy = step == self.init_steps - 1
     return dict(aux, target_params=jax.tree.map(
         lambda t, p: jnp.where(copy, p, t), aux["target_params"], params))
-
-
-def make(config):
-  return AdCo(config)

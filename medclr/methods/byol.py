@@ -221,7 +221,3 @@ class BYOL(methods.Method):
     online = {part: params[part] for part in TARGET_PARTS}
     return dict(aux, target_params=ema.ema_update(
         aux["target_params"], online, self.momentum(step)))
-
-
-def make(config):
-  return BYOL(config)

@@ -6,11 +6,20 @@ levels, then g_2. At 13 fixed 3x3 regions of the feature map, each region's
 flattened features are mapped to 128 dimensions; a region's positive is the
 same region in the other view, its negatives its 5 neighbouring regions (a
 fixed table) in both views. Method page: docs/methods/chaitanya_local.md.
+
+The model, `LocalContrastModel`, holds `encoder` and `decoder` under the
+U-Net's names, the decoder built only in its `blocks` deepest levels, so
+both hand their weights to the U-Net by path. `local_head` (g_2: two 1x1
+convolutions, the first with BatchNorm and ReLU, neither with a bias) and
+`region` (a dense map of each flattened 3x3 region to 128 dimensions, no
+bias) exist only in pretraining.
 """
+from collections.abc import Sequence
 import dataclasses
 import math
 
 from absl import logging
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +29,8 @@ from medclr import errors
 from medclr.methods import losses
 from medclr import methods
 from medclr import models
-from medclr.models import local_head
+from medclr.models import encoder as encoder_lib
+from medclr.models import unet as unet_lib
 
 NUM_REGIONS = 13
 NUM_NEGATIVES = 5
@@ -105,13 +115,70 @@ def local_loss(f1, f2, project, temperature):
   return jnp.mean(jnp.sum(per_region, -1) / NUM_REGIONS)
 
 
+# ---------------------------------------------------------------------------
+# Model. Attribute names are parameter paths: `encoder` and `decoder` are
+# the U-Net's, so pretrained weights hand over by path.
+
+
+class LocalHead(nnx.Module):
+  """g_2: 1x1 conv (no bias), norm, ReLU, 1x1 conv (no bias)."""
+
+  def __init__(self, channels: int, norm: str, *,
+               dtype: jnp.dtype | None = None, rngs: nnx.Rngs):
+    self.conv1 = nnx.Conv(channels, channels, (1, 1), use_bias=False,
+                          dtype=dtype, rngs=rngs)
+    self.norm = encoder_lib.make_norm(channels, norm, dtype=dtype, rngs=rngs)
+    self.conv2 = nnx.Conv(channels, channels, (1, 1), use_bias=False,
+                          dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    x = jax.nn.relu(encoder_lib.apply_norm(self.norm, self.conv1(x),
+                                           train=train))
+    return self.conv2(x)
+
+
+class LocalContrastModel(nnx.Module):
+  """Features for the local loss: (B, h, w, C) maps and the region map."""
+
+  def __init__(
+      self,
+      in_channels: int,
+      widths: Sequence[int],
+      norm: str = "batch",
+      *,
+      blocks: int,
+      region_dim: int = 128,
+      dtype: jnp.dtype | None = None,
+      rngs: nnx.Rngs,
+  ):
+    self.encoder = encoder_lib.Encoder(in_channels, widths, norm, dtype=dtype,
+                                       rngs=rngs)
+    self.decoder = unet_lib.Decoder(widths, norm, blocks=blocks, dtype=dtype,
+                                    rngs=rngs)
+    channels = self.encoder.widths[self.decoder.first]
+    self.local_head = LocalHead(channels, norm, dtype=dtype, rngs=rngs)
+    self.region = nnx.Linear(9 * channels, region_dim, use_bias=False,
+                             dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """g_2 features of the last decoder block built, float32."""
+    features = self.decoder(self.encoder(x, train=train), train=train)
+    return self.local_head(features, train=train).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------
+# The method.
+
+
 class ChaitanyaLocal(methods.Method):
   """Decoder-stage pretraining with the local loss (module docstring)."""
 
   name = "chaitanya_local"
-  contrastive_crop = False
+  # Encoder (frozen, from the first stage) and the decoder levels it trains.
+  transfers = ("encoder", "decoder")
+  host_pipeline = "one_view"  # one crop, seen twice (intensity-only views)
   device_crops = False
-  host_views = 1  # one crop, seen twice (intensity-only views)
+  contrastive_crop = False
 
   def __init__(self, config):
     super().__init__(config)
@@ -129,7 +196,7 @@ class ChaitanyaLocal(methods.Method):
 
   def make_model(self, rngs):
     model_kwargs = models.model_kwargs(self.config.model)
-    return local_head.LocalContrastModel(
+    return LocalContrastModel(
         **model_kwargs, blocks=self.config.local.blocks,
         region_dim=self.config.local.region_dim, rngs=rngs)
 
@@ -150,7 +217,3 @@ class ChaitanyaLocal(methods.Method):
     # Equal similarities: each view's term is log(1 + 2 x 5).
     chance = 2 * math.log(1 + 2 * NUM_NEGATIVES)
     return loss, (aux, {"loss_chance": jnp.float32(chance)})
-
-
-def make(config):
-  return ChaitanyaLocal(config)

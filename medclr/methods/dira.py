@@ -13,7 +13,17 @@ critic loss 0.5 [MSE(D(view), 1) + MSE(D(restored), 0)]. The critic's
 parameters and optimiser state live in the method's auxiliary state, so
 they are checkpointed and restored with everything else. Method page:
 docs/methods/dira.md.
+
+The generator, `DiRAModel`, holds `encoder` and `decoder` under the U-Net's
+names, so the whole pretrained U-Net body hands over to fine-tuning by
+path; `projector` (the MoCo MLP on the pooled bottleneck) and `restore` (a
+1x1 convolution with a sigmoid, reconstructing the image) exist only in
+pretraining. `PatchCritic` is the reference's discriminator: 3x3
+convolutions with stride 2, 2, 2, 1 and 64-512 channels, instance norm
+after the first, leaky ReLU 0.2, then a 3x3 convolution to one score per
+patch.
 """
+from collections.abc import Sequence
 import dataclasses
 
 from flax import nnx
@@ -24,8 +34,76 @@ import optax
 from medclr.augment import ops as augment
 from medclr.augment import distortions
 from medclr import models
-from medclr.methods import moco
-from medclr.models import dira_head
+from medclr.methods import mocov2
+from medclr.models import encoder as encoder_lib
+from medclr.models import heads
+from medclr.models import unet as unet_lib
+
+
+# ---------------------------------------------------------------------------
+# Model. Attribute names are parameter paths: `encoder` and `decoder` are
+# the U-Net's, so pretrained weights hand over by path.
+
+
+class DiRAModel(nnx.Module):
+  """U-Net body + MoCo projection + image restoration head."""
+
+  def __init__(self, in_channels: int, widths: Sequence[int],
+               norm: str = "batch", hidden_dim: int = 512,
+               out_dim: int = 128, *, bounded: bool = True,
+               dtype: jnp.dtype | None = None, rngs: nnx.Rngs):
+    self.encoder = encoder_lib.Encoder(in_channels, widths, norm, dtype=dtype,
+                                       rngs=rngs)
+    self.decoder = unet_lib.Decoder(widths, norm, dtype=dtype, rngs=rngs)
+    self.projector = heads.ProjectionHead(
+        self.encoder.widths[-1], hidden_dim, out_dim, dtype=dtype, rngs=rngs)
+    self.restore = nnx.Conv(self.encoder.widths[0], in_channels, (1, 1),
+                            dtype=dtype, rngs=rngs)
+    # Images in [0, 1] are restored through a sigmoid (the reference);
+    # standardised images (config.data.normalize) are unbounded.
+    self.bounded = bounded
+
+  def __call__(self, x: jax.Array, *, train: bool):
+    """(z projections (B, out_dim), restored images (B, H, W, C)), both
+    float32; restorations in [0, 1] when `bounded`."""
+    features = self.encoder(x, train=train)
+    pooled = jnp.mean(features[-1].astype(jnp.float32), axis=(1, 2))
+    z = self.projector(pooled).astype(jnp.float32)
+    restored = self.restore(self.decoder(features, train=train)).astype(
+        jnp.float32)
+    return z, jax.nn.sigmoid(restored) if self.bounded else restored
+
+
+class PatchCritic(nnx.Module):
+  """The reference's discriminator: one score per image patch."""
+
+  CHANNELS = (64, 128, 256, 512)
+  STRIDES = (2, 2, 2, 1)
+
+  def __init__(self, in_channels: int, *, rngs: nnx.Rngs):
+    previous = in_channels
+    for index, (width, stride) in enumerate(zip(self.CHANNELS,
+                                                self.STRIDES)):
+      setattr(self, f"conv{index}", nnx.Conv(
+          previous, width, (3, 3), strides=(stride, stride), rngs=rngs))
+      if index:  # InstanceNorm2d (no affine) after all but the first
+        setattr(self, f"norm{index}", nnx.GroupNorm(
+            width, num_groups=width, use_scale=False, use_bias=False,
+            rngs=rngs))
+      previous = width
+    self.score = nnx.Conv(previous, 1, (3, 3), rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for index in range(len(self.CHANNELS)):
+      x = getattr(self, f"conv{index}")(x)
+      if index:
+        x = getattr(self, f"norm{index}")(x)
+      x = jax.nn.leaky_relu(x, 0.2)
+    return self.score(x).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------
+# The method.
 
 
 def _flip_rows(key, images):
@@ -40,10 +118,12 @@ def critic_loss(critic, real, fake):
                 jnp.mean(critic(jax.lax.stop_gradient(fake)) ** 2))
 
 
-class DiRA(moco.MoCoV2):
+class DiRA(mocov2.MoCoV2):
   """MoCo v2 + restoration + adversarial restoration (module docstring)."""
 
   name = "dira"
+  # The whole U-Net body: the decoder restores the image.
+  transfers = ("encoder", "decoder")
 
   def __init__(self, config):
     super().__init__(config)
@@ -59,11 +139,11 @@ class DiRA(moco.MoCoV2):
     self.critic_graphdef = nnx.graphdef(self._critic())
 
   def _critic(self):
-    return dira_head.PatchCritic(int(self.config.model.in_channels),
+    return PatchCritic(int(self.config.model.in_channels),
                                  rngs=nnx.Rngs(self.config.seed + 7))
 
   def make_model(self, rngs):
-    return dira_head.DiRAModel(
+    return DiRAModel(
         **models.model_kwargs(self.config.model),
         hidden_dim=int(self.config.head.hidden_dim),
         out_dim=int(self.config.head.out_dim),
@@ -89,7 +169,7 @@ class DiRA(moco.MoCoV2):
     adversarial = step >= self.adversarial_start
     q1, restored = model(input1, train=True)
     (k2,), target_stats = self.encode_keys(aux, [input2])
-    contrast = moco.queue_loss(moco.l2_normalize(q1), k2, aux["queue"],
+    contrast = mocov2.queue_loss(mocov2.l2_normalize(q1), k2, aux["queue"],
                                self.temperature)
     restore = jnp.mean((restored - target) ** 2)
     # Both stages run the critic and stage 1 zeroes its effect: XLA's CPU
@@ -105,7 +185,7 @@ class DiRA(moco.MoCoV2):
         lambda new, old: jnp.where(adversarial, new, old), stepped[:2],
         (aux["critic"], aux["critic_opt"]))
     d_loss = on * stepped[2]
-    queue, pointer = moco.enqueue(aux["queue"], aux["queue_ptr"], k2)
+    queue, pointer = mocov2.enqueue(aux["queue"], aux["queue_ptr"], k2)
     aux = dict(aux, target_stats=target_stats, queue=queue, queue_ptr=pointer,
                critic=critic_params, critic_opt=critic_opt)
     metrics = {"contrast_loss": contrast, "restore_loss": restore,
@@ -127,7 +207,3 @@ class DiRA(moco.MoCoV2):
                                          aux["critic"])
     return (optax.apply_updates(aux["critic"], updates), opt,
             d_loss.astype(jnp.float32))
-
-
-def make(config):
-  return DiRA(config)

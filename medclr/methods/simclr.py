@@ -35,7 +35,3 @@ class SimCLR(methods.Method):
     loss = losses.nt_xent(z1, z2, self.config.loss.temperature)
     return loss, (aux, {"embedding_std": losses.embedding_std(z1),
                         "loss_chance": guard.nt_xent_chance(2 * b)})
-
-
-def make(config):
-  return SimCLR(config)

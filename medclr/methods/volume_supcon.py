@@ -269,8 +269,9 @@ class VolumeSupCon(methods.Method):
   """Encoder + projection MLP trained with the volume-aware SupCon loss."""
 
   name = "volume_supcon"
-  contrastive_crop = False  # its own host crops
+  host_pipeline = "volumes"  # its own host crops, labelled by slice
   device_crops = False
+  contrastive_crop = False
 
   def __init__(self, config):
     super().__init__(config)
@@ -318,7 +319,3 @@ class VolumeSupCon(methods.Method):
     return loss, (aux, {"embedding_std": losses.embedding_std(z1),
                         "positives_per_anchor": positives,
                         "loss_chance": guard.nt_xent_chance(2 * b)})
-
-
-def make(config):
-  return VolumeSupCon(config)

@@ -9,9 +9,18 @@ An arm is written `<name>[*<strength>][@<pool>]`:
   - `@large` pretrains on the pool named `large` in `config.pools`;
   - `best@small`: the pretrained arm with the highest mean k=2 Dice so far,
     again on pool `small` (resolved once every other arm has finished).
+
+What an arm's method needs (the U-Net parts fine-tuning loads, whether it
+can pretrain on the pool) comes from the facts its class declares
+(medclr/methods/__init__.py), found through the arm's config; the tables
+below hold only what belongs to the study's arms.
 """
 import dataclasses
+import importlib
 import sys
+
+from configs import finetune_unet
+from medclr import methods
 
 # Arms that need more than `<method>_<preset>`: (config file stem, config
 # args after the colon, extra --config flags).
@@ -35,14 +44,10 @@ NAMED_ARMS = {
     # The decoder stage; its encoder comes from STAGE_ONE's arm.
     "chaitanya_local": ("chaitanya_local", "", []),
 }
-# Fine-tuning flags an arm needs beyond the study's own: the decoder-
-# pretraining arms hand their decoder over too, and `arco` is scratch
+# Fine-tuning flags of arms that are not a method's: `arco` is scratch
 # pretraining with ARCO's semi-supervised fine-tuning (docs/methods/arco.md).
+# The parts a pretrained arm loads come from its method (`load_flags`).
 FINETUNE_FLAGS = {
-    "macl": ["--config.init.load=encoder,decoder"],
-    "macl_volumes": ["--config.init.load=encoder,decoder"],
-    "dira": ["--config.init.load=encoder,decoder"],
-    "chaitanya_local": ["--config.init.load=encoder,decoder"],
     # Ramp-up over a third of the study's 300-step cells, as in the rows of
     # benchmarks/results/decoder_pretraining.md.
     "arco": ["--config.semi.mode=arco", "--config.semi.rampup_steps=100"],
@@ -53,10 +58,14 @@ FINETUNE_FLAGS = {
 STAGE_ONE = {"chaitanya_local": "simclr_simclr_strong*0.25"}
 # Arms without pretraining, like scratch.
 UNPRETRAINED = ("scratch", "arco")
-# Volume-aware methods need slices with volume ids: DRIVE and HRF are single
-# 2D images, so these arms pretrain on their config's own volume set (the
-# procedural synthetic volumes unless overridden) and fine-tune on DRIVE.
-VOLUME_CONFIGS = ("volume_supcon",)
+# Volume sets a pool may hold, written by launch.prepare_volumes (its flags,
+# and the folder of the shared data it reads): the ISBI 2012 challenge's 30
+# unlabelled test sections, one serial-section volume at native size (a
+# separate stack from the labelled one, so nothing labelled enters the pool).
+VOLUME_SETS = {
+    "isbi_em_stack": ("--name=isbi_em_stack --size=0",
+                      "isbi2012_em/test/image"),
+}
 BEST = "best"
 
 
@@ -77,6 +86,38 @@ def arm_pretrain_config(base):
   return method, f"preset={preset}", []
 
 
+def method_of(base):
+  """The method class (with its facts) a pretrained base arm runs, read from
+  its config file."""
+  stem, config_args, _ = arm_pretrain_config(base)
+  config = importlib.import_module(f"configs.pretrain_{stem}").get_config(
+      config_args or None)
+  return methods.class_for(config)
+
+
+def load_flags(method):
+  """`--config.init.load` for the U-Net parts `method` transfers, when
+  fine-tuning's default does not load exactly those."""
+  load = ",".join(method.transfers)
+  if load == finetune_unet.get_config().init.load:
+    return []
+  return [f"--config.init.load={load}"]
+
+
+def trains_on_pool(base, sources):
+  """Whether a pretrained base arm pretrains on the pool `sources`.
+
+  A method whose host pipeline reads volumes needs slices with volume ids:
+  on a pool of 2D images (DRIVE, HRF) it keeps its config's own volume set
+  (the procedural synthetic volumes unless overridden) and only fine-tunes
+  on the study's data.
+  """
+  if method_of(base).host_pipeline != "volumes":
+    return True
+  sets = {s.split(":")[0].strip() for s in sources.split(",") if s.strip()}
+  return bool(sets) and sets <= set(VOLUME_SETS)
+
+
 @dataclasses.dataclass(frozen=True)
 class Arm:
   """One parsed arm expression (see the module docstring)."""
@@ -92,7 +133,10 @@ class Arm:
   @property
   def finetune_flags(self):
     """--config flags this arm adds to every fine-tuning run."""
-    return list(FINETUNE_FLAGS.get(self.base, []))
+    flags = list(FINETUNE_FLAGS.get(self.base, []))
+    if self.pretrained and self.base != BEST:
+      flags = load_flags(method_of(self.base)) + flags
+    return flags
 
   @property
   def stage_one(self):
@@ -169,11 +213,12 @@ def pretrain_command(arm, profile, pretrain_dir, data_dir, sources,
                      overrides=()):
   """The `launch.pretrain` command of a pretrained arm.
 
-  `sources` is the pool (`name:split` list); volume-aware configs keep their
-  own volume set.
+  `sources` is the pool (`name:split` list); volume methods keep their
+  config's own volume set on a 2D pool (`trains_on_pool`).
   """
   stem, config_args, extra = arm_pretrain_config(arm.base)
-  flags = [] if stem in VOLUME_CONFIGS else [f"--config.data.sources={sources}"]
+  flags = ([f"--config.data.sources={sources}"]
+           if trains_on_pool(arm.base, sources) else [])
   if arm.strength is not None:
     flags.append(f"--config.augment.strength={arm.strength:g}")
   return [

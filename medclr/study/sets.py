@@ -8,6 +8,7 @@ every set a study config names, exactly as a user would type it.
 import sys
 
 from medclr.study import cells as cells_lib
+from medclr.study import grid
 
 # Sets a study may use: `launch.prepare` flags and their folder in the shared
 # data directory (None: generated, needs no files).
@@ -29,13 +30,8 @@ KNOWN_SETS = {
     "isbi_em": ("--dataset=isbi2012 --name=isbi_em --test_slices=10",
                 "isbi2012_em"),
 }
-# Volume sets, written by launch.prepare_volumes: the challenge's 30
-# unlabelled test sections, one serial-section volume at native size (a
-# separate stack from the labelled one, so nothing labelled enters the pool).
-VOLUME_SETS = {
-    "isbi_em_stack": ("--name=isbi_em_stack --size=0",
-                      "isbi2012_em/test/image"),
-}
+# Volume sets, written by launch.prepare_volumes (the grid reads them too).
+VOLUME_SETS = grid.VOLUME_SETS
 # The sets with vessel (or membrane) labels and a test split: the only ones
 # a study may fine-tune on (`config.dataset`) or evaluate on (`config.cross`).
 LABELED_SETS = ("drive", "stare", "isbi_em", "phantom", "phantom_cross")

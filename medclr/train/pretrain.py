@@ -21,9 +21,7 @@ from medclr.train import warm_start
 
 def validate_config(config):
   """Checks that fail fast, before any device work or data reading."""
-  if config.method not in methods.REGISTRY:
-    raise errors.ConfigError(f"config.method={config.method!r}: known methods "
-                             f"are {sorted(methods.REGISTRY)}")
+  methods.method_class(config.method)  # unknown names list the known ones
   config_checks.check_common_config(config, "image_size")
   site = config.data.get("crop_site", "host")
   if site not in ("host", "device"):
@@ -62,8 +60,9 @@ def make_dataset(config, local_batch, method, boxes=None):
     if not method.device_crops:
       raise errors.ConfigError(
           f"config.data.crop_site='device': method {config.method!r} makes its "
-          "own host crops; device crops work with the two-view methods "
-          "(simclr, mocov2, byol, adco, dira, macl without volumes)")
+          f"own host crops ({method.host_pipeline!r} pipeline); device crops "
+          "work with the methods declaring device_crops: "
+          f"{methods.supporting('device_crops')}")
     if boxes is not None:
       raise errors.ConfigError(
           "config.data.crop_site='device' with "
@@ -74,9 +73,9 @@ def make_dataset(config, local_batch, method, boxes=None):
     return method.host_dataset(config, local_batch), opened
   if not method.contrastive_crop:
     raise errors.ConfigError(
-        f"config.contrastive_crop.mode='ccrop': method {config.method!r} "
-        "makes its own host crops; ContrastiveCrop works with two-view "
-        "methods")
+        f"config.contrastive_crop.mode='ccrop': method {config.method!r} makes its own "
+        "host crops; ContrastiveCrop works with the methods declaring "
+        f"contrastive_crop: {methods.supporting('contrastive_crop')}")
   return method.host_dataset(config, local_batch, boxes=boxes,
                              crop_alpha=config.contrastive_crop.alpha), opened
 

@@ -200,7 +200,3 @@ class MoCoV2(KeyEncoderMethod):
                # One positive among 1 + K candidates.
                "loss_chance": math.log(1 + aux["queue"].shape[0])}
     return loss, (aux, metrics)
-
-
-def make(config):
-  return MoCoV2(config)
