@@ -174,7 +174,7 @@ def test_the_graph_sees_function_level_imports():
   # medclr.models imports its submodules only inside functions.
   graph, _ = import_graph()
   assert "medclr.models.unet" in graph["medclr.models"]
-  assert "medclr.train.loop" in graph["medclr.train.pretrain"]
+  assert "medclr.train.trainer" in graph["medclr.train.pretrain"]
 
 
 def test_functions_are_short_and_launchers_tiny():

@@ -142,14 +142,14 @@ def test_toy_facts_reach_the_error_messages(toy, phantom_data_dir, tmp_path):
   del toy
   # The toy declares device crops (the default): DINO's refusal names it.
   dino = smoke_config("pretrain_dino", phantom_data_dir,
-                      **{"data.crops": "device"})
+                      **{"data.crop_site": "device"})
   with pytest.raises(errors.ConfigError,
                      match=r"'multicrop' pipeline.*device_crops: \[.*'toy'"):
     pretrain.train_and_evaluate(dino, str(tmp_path / "dino"))
   # It declares no ContrastiveCrop: refused by name, and not among those
   # listed as taking it.
   ccrop = smoke_config("pretrain_toy", phantom_data_dir,
-                       **{"crop.mode": "ccrop"})
+                       **{"contrastive_crop.mode": "ccrop"})
   with pytest.raises(errors.ConfigError,
                      match=r"method 'toy' makes its own host crops") as raised:
     pretrain.train_and_evaluate(ccrop, str(tmp_path / "ccrop"))
@@ -174,14 +174,19 @@ def test_a_method_with_wrong_facts_is_refused(toy):
     sys.modules.pop("medclr.methods.toy_bad", None)
 
 
+RECIPES = {"pretrain_volume_supcon": "chaitanya,"}
+
+
 @functools.cache
 def _method_configs():
-  """{method name: a config file stem running it}, from configs/ itself."""
+  """{method name: a smoke config running it}, from configs/ itself."""
   found = {}
   for path in sorted((REPO_ROOT / "configs").glob("pretrain_*.py")):
+    # A file of several recipes takes one after the colon (its first).
+    recipe = RECIPES.get(path.stem, "")
     config = importlib.import_module(f"configs.{path.stem}").get_config(
-        "smoke")
-    found.setdefault(config.method, path.stem)
+        f"{recipe}smoke")
+    found.setdefault(config.method, config)
   return found
 
 
@@ -195,9 +200,8 @@ def test_each_method_has_a_config_a_page_and_true_facts(name):
   """Its config file and doc page exist, the page states the class's facts,
   and the model holds what it transfers under the U-Net's parameter paths
   and shapes (a decoder pretrained in part: its deepest levels)."""
-  stem = _method_configs().get(name)
-  assert stem, f"no configs/pretrain_*.py runs method {name!r}"
-  config = smoke_config(stem, "unused")
+  config = _method_configs().get(name)
+  assert config, f"no configs/pretrain_*.py runs method {name!r}"
   method_class = methods.class_for(config)
   page = REPO_ROOT / "docs" / "methods" / f"{name}.md"
   assert methods.describe(methods.method_class(name)) in " ".join(

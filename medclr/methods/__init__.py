@@ -81,7 +81,7 @@ class Method:
   # from the host into the step.
   device_crops = True
   # Whether `host_dataset` takes ContrastiveCrop boxes
-  # (`config.crop.mode='ccrop'`).
+  # (`config.contrastive_crop.mode='ccrop'`).
   contrastive_crop = True
 
   @classmethod
