@@ -90,12 +90,15 @@ class Medclr2d(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, examples):
     # Encoded one by one as TFDS writes, not all up front.
     for example in examples:
-      data, image_format = image_codec.encode(
-          example["image"], example.get("source_bytes"))
-      yield example["stem"], {
-          "image_bytes": data, "image_format": image_format,
-          "mask": example["mask"], "fov": example["fov"],
-          "has_mask": example["has_mask"], "stem": example["stem"]}
+      yield example["stem"], self._record(example)
+
+  def _record(self, example: readers.Example) -> dict:
+    """What is stored for `example` (see `features`)."""
+    data, image_format = image_codec.encode(example["image"],
+                                            example.get("source_bytes"))
+    return {"image_bytes": data, "image_format": image_format,
+            "mask": example["mask"], "fov": example["fov"],
+            "has_mask": example["has_mask"], "stem": example["stem"]}
 
 
 def check_name(name: str) -> None:

@@ -64,12 +64,11 @@ class MedclrVolumeSlices(tfds_builder.Medclr2d, skip_registration=True):
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(builder=self, features=features())
 
-  def _generate_examples(self, examples):
+  def _record(self, example: volumes.Slice) -> dict:
     # Slices stay uint8 zlib tensors (not the 2D sets' encoded images):
     # they are windowed from float or 16-bit volumes, so there is no source
     # file to keep, and zlib already packs their dark background.
-    for example in examples:
-      yield example["stem"], dict(example)
+    return dict(example)
 
 
 def table_path(data_dir: pathlib.Path | str, name: str,
