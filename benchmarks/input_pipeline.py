@@ -20,7 +20,8 @@ For each preset of `medclr.augment.PRESETS` it times, in two-view images/s
 Beside the step's time per batch (`step_ms`) it reports what reading one
 record costs when it is not cached (`decode`: `source[i]`, the stored image
 decoded, median over up to --decode_samples records spread over each set),
-per image and per batch, as a share of the step, with the records' bytes on
+per image (wall and this thread's CPU time) and per batch, as a share of
+the step, with the records' bytes on
 disk per image and their version (2.0.0 encoded images, 1.0.0 decoded
 pixels); each preset adds `host_ms_per_step`, the host pipeline's time per
 batch. `pipeline.CachedRecords` keeps decoded records up to 512 MB, so a
@@ -134,14 +135,16 @@ def decode_cost(args, data_dir, sources):
   """Cost of reading one record that is not cached, and the records' size."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from medclr.data import sources as sources_lib  # pylint: disable=g-import-not-at-top
-  times, records, stored, versions = [], 0, 0, collections.Counter()
+  times, cpu_times = [], []
+  records, stored, versions = 0, 0, collections.Counter()
   names = [name for name, _ in sources_lib.parse_sources(sources)]
   for name, source in zip(names, sources_lib.open_sources(data_dir, sources)):
     count = min(args.decode_samples, len(source))
     for index in np.unique(np.linspace(0, len(source) - 1, count).round()):
-      start = time.perf_counter()
+      start, cpu = time.perf_counter(), time.thread_time()
       source[int(index)]  # pylint: disable=pointless-statement
       times.append(time.perf_counter() - start)
+      cpu_times.append(time.thread_time() - cpu)
   for name in sorted(set(names)):  # sizes per set, all of its splits
     set_bytes, version = _set_bytes(data_dir, name)
     set_records = sum(sources_lib.split_size(data_dir, name, split) for split
@@ -152,6 +155,9 @@ def decode_cost(args, data_dir, sources):
   ms_per_image = 1000 * statistics.median(times)
   return {
       "ms_per_image": ms_per_image, "ms_per_batch": ms_per_image * args.batch,
+      # This thread's CPU time: what the decode costs with the machine's
+      # other work taken out (wall time grows with the load average).
+      "cpu_ms_per_image": 1000 * statistics.median(cpu_times),
       "records_timed": len(times),
       "stored_kb_per_image": stored / records / 1024,
       "record_versions": dict(versions),

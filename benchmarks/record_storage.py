@@ -18,7 +18,9 @@ and reports:
   * prepare_wall_s and prepare_cpu_s (this process, all threads): reading,
     FOV estimation, encoding, writing;
   * decode_ms_per_image: median time of `source[i]` (read one record and
-    decode its image) over up to --decode_samples records;
+    decode its image) over up to --decode_samples records, and
+    decode_cpu_ms_per_image, the same in this thread's CPU time (less
+    sensitive to other work on the machine);
   * the record version and how many images are stored as which format.
 Run it from an older checkout to measure that version's records (1.0.0:
 decoded pixels). Only sizes and times are written: no paths, no pixels.
@@ -68,22 +70,26 @@ def source_bytes(manual_dir):
 
 
 def read_cost(data_dir, name, samples):
-  """(median ms per `source[i]`, {stored format: images}) over all splits."""
+  """Median wall and thread CPU ms per `source[i]`, images per stored
+  format, over all splits."""
   from medclr.data import sources  # pylint: disable=g-import-not-at-top
-  times, formats = [], collections.Counter()
+  times, cpu_times, formats = [], [], collections.Counter()
   for split in sources.available_splits(data_dir, name):
     source = sources.open_split(data_dir, name, split)
     step = max(1, len(source) // samples)
     for index in range(0, len(source), step)[:samples]:
-      start = time.perf_counter()
+      start, cpu = time.perf_counter(), time.thread_time()
       source[index]  # pylint: disable=pointless-statement
       times.append(time.perf_counter() - start)
+      cpu_times.append(time.thread_time() - cpu)
     # Undecoded records (version 2.0.0) name their format; before, pixels.
     records = getattr(source, "records", None)
     for index in range(len(source)):
       formats[records[index]["image_format"].decode() if records
               else "pixels (zlib)"] += 1
-  return 1000 * statistics.median(times), dict(formats)
+  return {"decode_ms_per_image": 1000 * statistics.median(times),
+          "decode_cpu_ms_per_image": 1000 * statistics.median(cpu_times),
+          "stored_formats": dict(formats)}
 
 
 def main(argv=None):
@@ -99,16 +105,17 @@ def main(argv=None):
                            overwrite=True)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     stored = sum(f.stat().st_size for f in path.iterdir())
-    decode_ms, formats = read_cost(data_dir, path.parent.name,
-                                   args.decode_samples)
+    read = read_cost(data_dir, path.parent.name, args.decode_samples)
   result = {
       "dataset": args.dataset, "name": path.parent.name,
       "long_side": args.long_side, "record_version": path.name,
-      "images": sum(formats.values()), "stored_formats": formats,
+      "images": sum(read["stored_formats"].values()),
+      "stored_formats": read["stored_formats"],
       "source_image_bytes": images, "source_label_bytes": labels,
       "record_bytes": stored, "records_per_source": stored / images,
       "prepare_wall_s": wall, "prepare_cpu_s": cpu,
-      "decode_ms_per_image": decode_ms,
+      "decode_ms_per_image": read["decode_ms_per_image"],
+      "decode_cpu_ms_per_image": read["decode_cpu_ms_per_image"],
       "peak_rss_mb": common.peak_rss_mb(),
   }
   return common.report(NAME, result, args.results)

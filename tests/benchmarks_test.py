@@ -131,6 +131,7 @@ def test_input_pipeline_reads_step_rate_and_compares(step_record, tmp_path):
   assert record["step_ms"] == pytest.approx(1000 * 2 * 4 / step_rate)
   decode = record["decode"]
   assert _positive(decode["ms_per_image"])
+  assert _positive(decode["cpu_ms_per_image"])
   assert decode["ms_per_batch"] == pytest.approx(4 * decode["ms_per_image"])
   assert decode["share_of_step"] == pytest.approx(
       decode["ms_per_batch"] / record["step_ms"])
@@ -164,7 +165,8 @@ def test_record_storage_measures_sizes_of_a_mixed_folder(tmp_path):
   assert record["source_label_bytes"] == 0
   assert record["records_per_source"] == pytest.approx(
       record["record_bytes"] / record["source_image_bytes"])
-  for key in ("prepare_wall_s", "prepare_cpu_s", "decode_ms_per_image"):
+  for key in ("prepare_wall_s", "prepare_cpu_s", "decode_ms_per_image",
+              "decode_cpu_ms_per_image"):
     assert _positive(record[key]), key
   assert "manual_dir" not in record and str(tmp_path) not in path.read_text()
   assert _only_record(path) == record
