@@ -15,7 +15,18 @@ For each preset of `medclr.augment.PRESETS` it times, in two-view images/s
     (`medclr.augment.crops`) before augmenting them;
   * pipeline: both in sequence as the training loop runs them (host batch ->
     `sharding.to_global` -> device augmentation, blocking).
-`outruns_step` is pipeline images/s > the step's images/s. The step rate is
+`outruns_step` is pipeline images/s > the step's images/s.
+
+Beside the step's time per batch (`step_ms`) it reports what reading one
+record costs when it is not cached (`decode`: `source[i]`, the stored image
+decoded, median over up to --decode_samples records spread over each set),
+per image (wall and this thread's CPU time) and per batch, as a share of
+the step, with the records' bytes on
+disk per image and their version (2.0.0 encoded images, 1.0.0 decoded
+pixels); each preset adds `host_ms_per_step`, the host pipeline's time per
+batch. `pipeline.CachedRecords` keeps decoded records up to 512 MB, so a
+pool larger than that (the 1,548-image fundus pool is 1.5 GB decoded) pays
+the decode on most reads, every epoch. The step rate is
 the canonical model step (`medclr_images_per_s`, no augmentation, the larger
 and so stricter of the two) read from the latest matching record of
 benchmarks/results/pretrain_step.jsonl, or measured here when there is none
@@ -24,8 +35,11 @@ images is prepared in a temporary directory. The last stdout line is one JSON
 object, also appended to benchmarks/results/input_pipeline.jsonl.
 """
 import argparse
+import collections
+import statistics
 import sys
 import tempfile
+import time
 
 from benchmarks import common
 from benchmarks import pretrain_step
@@ -56,6 +70,8 @@ def parse_args(argv):
                       help="where the random resized crops are cut "
                            "(config.data.crop_site)")
   parser.add_argument("--steps", type=int, default=10, help="timed batches")
+  parser.add_argument("--decode_samples", type=int, default=64,
+                      help="records timed per set for the decode cost")
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--devices", type=int, default=1)
   parser.add_argument("--step_images_per_s", type=float, default=None,
@@ -109,6 +125,46 @@ def prepare_phantom(args, tmp):
   return tmp, "phantom:train"
 
 
+def _set_bytes(data_dir, name):
+  """(bytes on disk, record version) of prepared set `name`."""
+  from medclr.data import tfds_builder  # pylint: disable=g-import-not-at-top
+  path = tfds_builder.dataset_dir(data_dir, name)
+  return sum(f.stat().st_size for f in path.iterdir()), path.name
+
+
+def decode_cost(args, data_dir, sources):
+  """Cost of reading one record that is not cached, and the records' size."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from medclr.data import sources as sources_lib  # pylint: disable=g-import-not-at-top
+  times, cpu_times = [], []
+  records, stored, versions = 0, 0, collections.Counter()
+  names = [name for name, _ in sources_lib.parse_sources(sources)]
+  for name, source in zip(names, sources_lib.open_sources(data_dir, sources)):
+    count = min(args.decode_samples, len(source))
+    for index in np.unique(np.linspace(0, len(source) - 1, count).round()):
+      start, cpu = time.perf_counter(), time.thread_time()
+      source[int(index)]  # pylint: disable=pointless-statement
+      times.append(time.perf_counter() - start)
+      cpu_times.append(time.thread_time() - cpu)
+  for name in sorted(set(names)):  # sizes per set, all of its splits
+    set_bytes, version = _set_bytes(data_dir, name)
+    set_records = sum(sources_lib.split_size(data_dir, name, split) for split
+                      in sources_lib.available_splits(data_dir, name))
+    records += set_records
+    stored += set_bytes
+    versions[version] += set_records
+  ms_per_image = 1000 * statistics.median(times)
+  return {
+      "ms_per_image": ms_per_image, "ms_per_batch": ms_per_image * args.batch,
+      # This thread's CPU time: what the decode costs with the machine's
+      # other work taken out (wall time grows with the load average).
+      "cpu_ms_per_image": 1000 * statistics.median(cpu_times),
+      "records_timed": len(times),
+      "stored_kb_per_image": stored / records / 1024,
+      "record_versions": dict(versions),
+  }
+
+
 def measure_preset(args, mesh, data_dir, sources, preset):
   """Host, device and combined two-view images/s for one preset."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -154,6 +210,7 @@ def measure_preset(args, mesh, data_dir, sources, preset):
     both_times = common.time_calls(host_and_device, args.steps, args.warmup)
   return {
       "host_images_per_s": views / common.median(host_times),
+      "host_ms_per_step": 1000 * common.median(host_times),
       "device_aug_images_per_s": views / common.median(device_times),
       "pipeline_images_per_s": views / common.median(both_times),
       "canvas": canvas or None,
@@ -178,9 +235,13 @@ def main(argv=None):
       data_dir, sources = prepare_phantom(args, tmp)
       data = (f"phantom {args.phantom_images} x {args.phantom_size}px "
               "(temporary)")
+    decode = decode_cost(args, data_dir, sources)
     presets = {p: measure_preset(args, mesh, data_dir, sources, p)
                for p in args.presets}
   consumption, source = step_rate(args, mesh)
+  # The step's rate counts two views per image.
+  step_ms = 1000 * 2 * args.batch / consumption
+  decode["share_of_step"] = decode["ms_per_batch"] / step_ms
   for numbers in presets.values():
     numbers["outruns_step"] = bool(
         numbers["pipeline_images_per_s"] > consumption)
@@ -189,6 +250,7 @@ def main(argv=None):
       "backend": jax.default_backend(), "data": data,
       "worker_count": args.worker_count, "crop_site": args.crop_site,
       "step_images_per_s": consumption, "step_source": source,
+      "step_ms": step_ms, "decode": decode,
       "presets": presets,
       "all_outrun_step": all(p["outruns_step"] for p in presets.values()),
       "peak_rss_mb": common.peak_rss_mb(),

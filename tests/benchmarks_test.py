@@ -24,6 +24,7 @@ from benchmarks import common
 from benchmarks import inference
 from benchmarks import input_pipeline
 from benchmarks import pretrain_step
+from benchmarks import record_storage
 from benchmarks import scaling
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -125,6 +126,48 @@ def test_input_pipeline_reads_step_rate_and_compares(step_record, tmp_path):
         numbers["pipeline_images_per_s"] > step_rate)
   assert record["all_outrun_step"] == all(
       n["outruns_step"] for n in record["presets"].values())
+  # Decode cost per uncached record beside the step's time per batch.
+  assert record["step_ms"] == pytest.approx(1000 * 2 * 4 / step_rate)
+  decode = record["decode"]
+  assert _positive(decode["ms_per_image"])
+  assert _positive(decode["cpu_ms_per_image"])
+  assert decode["ms_per_batch"] == pytest.approx(4 * decode["ms_per_image"])
+  assert decode["share_of_step"] == pytest.approx(
+      decode["ms_per_batch"] / record["step_ms"])
+  assert decode["records_timed"] == 4  # all of the 4 phantom images
+  assert decode["record_versions"] == {"2.0.0": 5}  # train 4 + test 1
+  # Each split's ArrayRecord file takes at least 128 kB, so 5 tiny images
+  # cost about 2 x 128 / 5 kB each.
+  assert 50 < decode["stored_kb_per_image"] < 60
+  for numbers in record["presets"].values():
+    assert numbers["host_ms_per_step"] == pytest.approx(
+        1000 * 2 * 4 / numbers["host_images_per_s"])
+  assert _only_record(path) == record
+
+
+def test_record_storage_measures_sizes_of_a_mixed_folder(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  images = tmp_path / "pool" / "images"
+  images.mkdir(parents=True)
+  pixels = rng.integers(0, 256, (40, 48, 3), np.uint8)
+  Image.fromarray(pixels).save(images / "a.jpg", quality=90)
+  Image.fromarray(pixels).save(images / "b.tif")
+  path = tmp_path / "storage.jsonl"
+  record = record_storage.main(
+      ["--dataset=unlabeled", "--name=mixed", "--decode_samples=8",
+       f"--manual_dir={tmp_path / 'pool'}", f"--results={path}"])
+  assert record["record_version"] == "2.0.0" and record["images"] == 2
+  assert record["stored_formats"] == {"jpeg": 1, "png": 1}
+  assert record["source_image_bytes"] == sum(
+      f.stat().st_size for f in images.iterdir())
+  assert record["source_label_bytes"] == 0
+  assert record["records_per_source"] == pytest.approx(
+      record["record_bytes"] / record["source_image_bytes"])
+  for key in ("prepare_wall_s", "prepare_cpu_s", "decode_ms_per_image",
+              "decode_cpu_ms_per_image"):
+    assert _positive(record[key]), key
+  assert "manual_dir" not in record and str(tmp_path) not in path.read_text()
   assert _only_record(path) == record
 
 

@@ -134,7 +134,7 @@ def test_write_interrupted_midway_keeps_the_previous_set(tmp_path,
 
   def crash_after_one(self, examples):
     for example in examples[:1]:
-      yield example["stem"], dict(example)
+      yield example["stem"], self._record(example)
     raise KeyboardInterrupt  # e.g. Ctrl-C or a full disk mid-write
 
   monkeypatch.setattr(tfds_builder.Medclr2d, "_generate_examples",

@@ -64,7 +64,8 @@ def _read_all(
 def _summary(name: str, path: pathlib.Path,
              examples_by_split: dict[str, list[readers.Example]]) -> str:
   """Short human summary: sizes, labelled count, foreground fraction."""
-  lines = [f"prepared {name!r} at {path}"]
+  stored = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+  lines = [f"prepared {name!r} at {path} ({stored / 2**20:.1f} MB)"]
   for split, examples in examples_by_split.items():
     shapes = sorted({"x".join(map(str, e["image"].shape)) for e in examples})
     shown = ", ".join(shapes[:3]) + (", ..." if len(shapes) > 3 else "")
@@ -156,8 +157,11 @@ def prepare(dataset: str, manual_dir: pathlib.Path | str | None,
         f"--test_slices={test_slices} only applies to --dataset=isbi2012")
   path = tfds_builder.dataset_dir(data_dir, name)
   if tfds_builder.dataset_exists(data_dir, name) and not overwrite:
+    older = ("" if path.name == tfds_builder.VERSION else
+             f"; its records (version {path.name}) hold decoded pixels: "
+             "--overwrite rewrites them encoded, about ten times smaller")
     print(f"dataset {name!r} already prepared at {path}; nothing to do "
-          "(pass --overwrite to rewrite it)")
+          f"(pass --overwrite to rewrite it){older}")
     return path
   if long_side is None:
     long_side = _default_long_side(dataset)

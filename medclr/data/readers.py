@@ -10,6 +10,10 @@ An example is a plain dict (see `Example`):
   fov: uint8 (H, W) in {0, 1}; 1 where pixels belong to the field of view.
   has_mask: bool, False for unlabelled images (mask is then all zeros).
   stem: str, the image file name without extension.
+  source_bytes (optional): the image file's bytes, present when `image` is
+    that JPEG or PNG file decoded and not resized; the record writer then
+    stores these bytes rather than re-encoding the pixels
+    (`medclr.data.image_codec`).
 
 How pixel values become uint8 (`load_image`):
   8-bit grayscale/RGB: as stored. Palette images are mapped to RGB.
@@ -36,7 +40,7 @@ refused with the file named, since no rule recovers class indices from them.
 """
 import pathlib
 import re
-from typing import Callable, TypedDict
+from typing import Callable, NotRequired, TypedDict
 
 import numpy as np
 from PIL import Image
@@ -44,6 +48,8 @@ from PIL import ImageFile
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".ppm")
 _LOSSY_EXTENSIONS = (".jpg", ".jpeg")
+# Formats whose file bytes a record may store as they are (image_codec).
+_KEPT_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Highest class index a mask may hold (besides a 0/255 binary mask): above
 # it, values are grey levels rather than classes.
 MAX_CLASS_INDEX = 63
@@ -60,6 +66,7 @@ class Example(TypedDict):
   fov: np.ndarray
   has_mask: bool
   stem: str
+  source_bytes: NotRequired[bytes]
 
 
 # ---------------------------------------------------------------------------
@@ -161,8 +168,9 @@ def _over_black(image: Image.Image) -> np.ndarray:
   return np.round(array[..., :-1] * (array[..., -1:] / 255.0)).astype(np.uint8)
 
 
-def _image_to_array(image: Image.Image, path: pathlib.Path) -> np.ndarray:
-  """Returns uint8 (H, W, 1) for grayscale inputs, (H, W, 3) for colour."""
+def image_to_array(image: Image.Image, path: pathlib.Path | str) -> np.ndarray:
+  """uint8 (H, W, 1) for grayscale images, (H, W, 3) for colour (see the
+  module docstring); `path` names the file in errors."""
   if image.mode in _SIXTEEN_BIT_MODES or image.mode == "I":
     return _deep_to_uint8(np.asarray(image))[..., None]
   if image.mode == "F":
@@ -273,7 +281,7 @@ def load_image(path: pathlib.Path, long_side: int | None = None) -> np.ndarray:
   if long_side:
     draft_size = _target_size(_size_hw(path)[::-1], long_side)
   image = _open(path, draft_size)
-  array = _image_to_array(image, path)
+  array = image_to_array(image, path)
   return resize_image(array, long_side)
 
 
@@ -413,12 +421,16 @@ def load_example(image_path: pathlib.Path,
     fov = default_fov(image)
   else:
     fov = np.ones(original_hw, np.uint8)
-  return Example(
+  example = Example(
       image=image,
       mask=resize_labels(mask, size_hw),
       fov=resize_labels(fov, size_hw),
       has_mask=mask_path is not None,
       stem=stem if stem is not None else image_path.stem)
+  if (size_hw == original_hw and
+      image_path.suffix.lower() in _KEPT_EXTENSIONS):
+    example["source_bytes"] = image_path.read_bytes()
+  return example
 
 
 # ---------------------------------------------------------------------------

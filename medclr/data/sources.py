@@ -2,7 +2,11 @@
 
 A source is a sequence of decoded examples: `len(source)` records, and
 `source[i]` is a dict of numpy arrays (image, mask, fov), has_mask and stem
-(bytes). Grain reads from these directly.
+(bytes). Grain reads from these directly. Records store the image encoded
+(`tfds_builder`, version 2.0.0); `DecodedSource` decodes it on every read,
+here and nowhere else, so all consumers see `record['image']` as uint8
+(H, W, C) exactly as the reader produced it at prepare time. Sets prepared
+before (version 1.0.0, decoded pixels) read as they are.
 """
 import os
 import pathlib
@@ -10,6 +14,7 @@ from typing import Any, Sequence
 
 import tensorflow_datasets as tfds
 
+from medclr.data import image_codec
 from medclr.data import readers
 from medclr.data import tfds_builder
 
@@ -22,9 +27,14 @@ def default_data_dir() -> pathlib.Path:
       os.environ.get(DATA_DIR_ENV) or "~/medclr_data").expanduser()
 
 
-def _prepare_hint(name: str) -> str:
-  dataset = name if name in ("drive", "hrf", "isbi2012", "phantom") else (
+def _dataset_flag(name: str) -> str:
+  """What follows `launch.prepare --dataset=` to prepare set `name`."""
+  return name if name in ("drive", "hrf", "isbi2012", "phantom") else (
       f"folder (or unlabeled) --name={name}")
+
+
+def _prepare_hint(name: str) -> str:
+  dataset = _dataset_flag(name)
   return (f"run `python -m launch.prepare --dataset={dataset} ...` (2D images) "
           f"or `python -m launch.prepare_volumes --name={name} ...` (3D "
           "volumes) first")
@@ -36,6 +46,14 @@ def _builder(data_dir: pathlib.Path | str, name: str):
   if not data_dir.is_dir() or not any(data_dir.iterdir()):
     raise readers.DataError(
         f"data_dir {data_dir} is missing or empty; {_prepare_hint(name)}")
+  newer = tfds_builder.unreadable_versions(data_dir, name)
+  if newer and not tfds_builder.dataset_exists(data_dir, name):
+    raise readers.DataError(
+        f"dataset {name!r} in {data_dir} has record version {newer[-1]}, "
+        f"written by a newer medclr (this one reads "
+        f"{', '.join(tfds_builder.READABLE_VERSIONS)}); upgrade medclr or "
+        f"re-prepare it: `python -m launch.prepare --dataset="
+        f"{_dataset_flag(name)} ... --overwrite`")
   if not tfds_builder.dataset_exists(data_dir, name):
     prepared = available_datasets(data_dir)
     raise readers.DataError(
@@ -82,7 +100,46 @@ def open_split(data_dir: pathlib.Path | str, name: str, split: str):
   """
   builder = _builder(data_dir, name)
   _check_split(builder, name, split)
-  return builder.as_data_source(split=split)
+  source = builder.as_data_source(split=split)
+  if "image_bytes" in builder.info.features.keys():
+    return DecodedSource(source, f"{name}:{split}")
+  return source  # decoded pixels (version 1.0.0) or volume slices
+
+
+class DecodedSource:
+  """A split's records with the stored image decoded (`image_codec.decode`).
+
+  `source[i]` is the record with `image` uint8 (H, W, C) in place of
+  `image_bytes` and `image_format`; `records` is the undecoded source
+  (for what needs no pixels, e.g. stems). Picklable, for Grain workers.
+  """
+
+  def __init__(self, records, where: str):
+    self.records = records
+    self.dataset_info = records.dataset_info
+    self._where = where
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return self._decoded(self.records[index], index)
+
+  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+    return [self._decoded(record, index) for record, index in
+            zip(self.records.__getitems__(indices), indices)]
+
+  def __repr__(self) -> str:
+    return f"DecodedSource({self._where}, {len(self)} records)"
+
+  def _decoded(self, record: dict[str, Any], index: int) -> dict[str, Any]:
+    image_format = record.pop("image_format")
+    if isinstance(image_format, bytes):
+      image_format = image_format.decode("utf-8")
+    record["image"] = image_codec.decode(
+        record.pop("image_bytes"), image_format,
+        f"record {index} ({stem_of(record)}) of {self._where}")
+    return record
 
 
 def split_size(data_dir: pathlib.Path | str, name: str, split: str) -> int:
@@ -124,7 +181,8 @@ def stem_of(record: dict[str, Any]) -> str:
 def stems(source: Sequence[dict[str, Any]]) -> list[str]:
   """Stem of every record, by record index.
 
-  Decodes each record once; prepared sets are small (tens to hundreds of
-  images), so this costs well under a second per set.
+  Reads each record once without decoding its image (`DecodedSource`);
+  a set prepared before that (decoded pixels) costs a few ms a record.
   """
-  return [stem_of(source[i]) for i in range(len(source))]
+  records = getattr(source, "records", source)
+  return [stem_of(records[i]) for i in range(len(records))]

@@ -2,8 +2,14 @@
 
 One builder class, `Medclr2d` (registered as 'medclr2d'), serves every 2D set:
 the BuilderConfig name is the dataset name ('drive', 'phantom', a user's
-folder name, ...). Records land in `<data_dir>/medclr2d/<name>/1.0.0/` and are
+folder name, ...). Records land in `<data_dir>/medclr2d/<name>/2.0.0/` and are
 read back with `tfds.data_source`, which needs no TensorFlow.
+
+Version 2.0.0 stores each image encoded (`image_bytes`, `image_format`: the
+source JPEG or PNG file as it is, else PNG; `medclr.data.image_codec`);
+`sources.open_split` decodes it, so readers still see `record['image']`.
+Version 1.0.0 stored the decoded pixels (zlib), about ten times the source
+files; sets written so still read, from their 1.0.0 directory.
 
 A set is written into a staging directory inside data_dir and moved into
 place only once complete (`write_staged`), so a failed or interrupted write
@@ -20,18 +26,26 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from medclr import console
+from medclr.data import image_codec
 from medclr.data import readers
 
 BUILDER_NAME = "medclr2d"
-VERSION = "1.0.0"
+VERSION = "2.0.0"
+# Record versions a reader opens, newest first. 1.0.0: decoded pixels (and
+# the volume sets, whose features never changed).
+READABLE_VERSIONS = ("2.0.0", "1.0.0")
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def features() -> tfds.features.FeaturesDict:
-  """Feature spec shared by all sets (see readers.Example)."""
+  """Feature spec shared by all sets (see readers.Example).
+
+  The image is stored encoded (module docstring); masks and FOVs stay zlib
+  tensors: a binary map compresses to a few kB either way.
+  """
   return tfds.features.FeaturesDict({
-      "image": tfds.features.Tensor(
-          shape=(None, None, None), dtype=np.uint8, encoding="zlib"),
+      "image_bytes": tfds.features.Tensor(shape=(), dtype=np.object_),
+      "image_format": tfds.features.Text(),
       "mask": tfds.features.Tensor(
           shape=(None, None), dtype=np.uint8, encoding="zlib"),
       "fov": tfds.features.Tensor(
@@ -74,8 +88,17 @@ class Medclr2d(tfds.core.GeneratorBasedBuilder):
     }
 
   def _generate_examples(self, examples):
+    # Encoded one by one as TFDS writes, not all up front.
     for example in examples:
-      yield example["stem"], dict(example)
+      yield example["stem"], self._record(example)
+
+  def _record(self, example: readers.Example) -> dict:
+    """What is stored for `example` (see `features`)."""
+    data, image_format = image_codec.encode(example["image"],
+                                            example.get("source_bytes"))
+    return {"image_bytes": data, "image_format": image_format,
+            "mask": example["mask"], "fov": example["fov"],
+            "has_mask": example["has_mask"], "stem": example["stem"]}
 
 
 def check_name(name: str) -> None:
@@ -87,8 +110,27 @@ def check_name(name: str) -> None:
 
 
 def dataset_dir(data_dir: pathlib.Path | str, name: str) -> pathlib.Path:
-  """Where the records of set `name` live: <data_dir>/medclr2d/<name>/1.0.0."""
-  return pathlib.Path(data_dir).expanduser() / BUILDER_NAME / name / VERSION
+  """Where the records of set `name` live: <data_dir>/medclr2d/<name>/<v>.
+
+  <v> is the version the set was written with (the newest complete one of
+  READABLE_VERSIONS), or VERSION for a set not written yet.
+  """
+  root = pathlib.Path(data_dir).expanduser() / BUILDER_NAME / name
+  for version in READABLE_VERSIONS:
+    if (root / version / "dataset_info.json").is_file():
+      return root / version
+  return root / VERSION
+
+
+def unreadable_versions(data_dir: pathlib.Path | str, name: str) -> list[str]:
+  """Versions of set `name` on disk that this medclr cannot read (a set
+  written by a newer medclr)."""
+  root = pathlib.Path(data_dir).expanduser() / BUILDER_NAME / name
+  if not root.is_dir():
+    return []
+  return sorted(p.name for p in root.iterdir()
+                if (p / "dataset_info.json").is_file()
+                and p.name not in READABLE_VERSIONS)
 
 
 def dataset_exists(data_dir: pathlib.Path | str, name: str) -> bool:
@@ -166,7 +208,7 @@ def write_dataset(data_dir: pathlib.Path | str, name: str,
       builder.download_and_prepare(download_dir=download_dir)
 
   write_staged(data_dir, name, write)
-  return target
+  return dataset_dir(data_dir, name)
 
 
 def write_staged(data_dir: pathlib.Path | str, name: str, write) -> None:

@@ -1,7 +1,7 @@
 """TFDS records of volume slices, written beside the 2D sets, and read back.
 
 A volume set is written with the same layout as every other prepared set
-(`<data_dir>/medclr2d/<name>/1.0.0/`, tfds_builder.dataset_dir), so the
+(`<data_dir>/medclr2d/<name>/<version>/`, tfds_builder.dataset_dir), so the
 shared readers (`sources.open_split`, `is_prepared`, `available_datasets`)
 and the ordinary pipelines work on it: SimCLR can pretrain on MRI slices
 unchanged. Only the features differ (see `features`): besides the slice
@@ -63,6 +63,12 @@ class MedclrVolumeSlices(tfds_builder.Medclr2d, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(builder=self, features=features())
+
+  def _record(self, example: volumes.Slice) -> dict:
+    # Slices stay uint8 zlib tensors (not the 2D sets' encoded images):
+    # they are windowed from float or 16-bit volumes, so there is no source
+    # file to keep, and zlib already packs their dark background.
+    return dict(example)
 
 
 def table_path(data_dir: pathlib.Path | str, name: str,
@@ -146,7 +152,7 @@ def write_volume_dataset(data_dir: pathlib.Path | str, name: str,
 
   # Staged: a failed write leaves an existing set of this name untouched.
   tfds_builder.write_staged(data_dir, name, write)
-  return target
+  return tfds_builder.dataset_dir(data_dir, name)  # the version written
 
 
 def is_volume_source(source) -> bool:
