@@ -18,15 +18,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from conftest import LIBRARY_LINE
+from conftest import named_outputs
 from conftest import REPO_ROOT
 
-# What a library's log line looks like on a console: Python's default
-# format, absl's prefix (I1206 20:58:36.309787 ...), a library's name, or
-# what TFDS prints while writing records.
-LIBRARY_LINE = re.compile(
-    r"^(WARNING|INFO|ERROR|DEBUG|CRITICAL):|^[IWEF]\d{4} \d\d:\d\d:\d\d"
-    r"|orbax|tensorflow_datasets|absl|Downloading and preparing dataset"
-    r"|Subsequent calls will reuse this data")
 ENV = dict(os.environ, JAX_PLATFORMS="cpu")
 
 
@@ -95,27 +90,13 @@ def test_library_lines_are_in_the_log_file(runs):
                    logs["pretrain"], re.M)
 
 
-def _named_outputs(line):
-  """The paths an '[tag] outputs in DIR: a, b/ (...); library logs: L' or
-  '[tag] outputs: P, Q; ...' line names, and the log file."""
-  line, _, log = line.partition("; library logs: ")
-  listing = re.fullmatch(r"\[\w+\] outputs in (\S+): (.*)", line)
-  if not listing:
-    paths = re.fullmatch(r"\[\w+\] outputs: (.*)", line).group(1)
-    return paths.split(", "), log
-  directory, names = listing.groups()
-  names = [re.sub(r" \(.*\)$", "", name)  # commas inside (...) stay
-           for name in re.split(r", (?![^(]*\))", names)]
-  return [os.path.join(directory, name) for name in names], log
-
-
 def test_first_line_names_the_directory_and_last_line_every_output(runs):
   for name, (result, directory) in runs.items():
     lines = result.stdout.strip().splitlines()
     if directory:
       assert lines[0] == (f"[{name}] starting in {directory}; library logs "
                           f"go to {directory / 'log.txt'}"), lines[0]
-    paths, log = _named_outputs(lines[-1])
+    paths, log = named_outputs(lines[-1])
     assert log == (str(directory / "log.txt") if directory else ""), lines[-1]
     for path in paths:
       assert glob.glob(path), (name, path, lines[-1])
