@@ -151,3 +151,23 @@ def test_medclr_warnings_stay_on_the_console(tmp_path):
   assert lines and all(line.startswith("warning: estimate_fov: ")
                        for line in lines), result.stderr
   assert not _library_lines(result.stdout + result.stderr)
+
+
+def test_to_file_outside_a_launcher_keeps_library_lines_off_stderr(tmp_path):
+  # A notebook: a library logs through absl before any handler exists (absl
+  # then calls logging.basicConfig(), a stderr handler) and no app.run ever
+  # removes it; to_file must, or every library record reaches the notebook.
+  script = ("import sys\n"
+            "from absl import logging\n"
+            "logging.warning('before to_file')\n"
+            "from medclr import console\n"
+            "console.to_file(sys.argv[1])\n"
+            "logging.warning('after to_file')\n"
+            "logging.info('info after to_file')\n")
+  result = subprocess.run([sys.executable, "-c", script, str(tmp_path)],
+                          cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120, env=ENV)
+  assert result.returncode == 0, result.stderr
+  assert result.stderr == "WARNING:absl:before to_file\n", result.stderr
+  log = (tmp_path / "log.txt").read_text()
+  assert "after to_file" in log and "info after to_file" in log, log

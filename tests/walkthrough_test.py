@@ -127,13 +127,14 @@ def _check_launcher(command, result):
 
 
 def _check_notebook(work):
-  """The headless run reused launch.evaluate's evaluation and drew the
-  overlays with their legend."""
+  """The headless run saved the notebook with no library line in it; it
+  reused launch.evaluate's evaluation and drew the overlays' legend."""
   notebook = nbformat.read(work / "evaluate_checkpoint.ipynb", as_version=4)
   outputs = [out for cell in notebook.cells if cell.cell_type == "code"
              for out in cell.get("outputs", [])]
   assert not [out for out in outputs if out.output_type == "error"]
   text = "".join(out.get("text", "") for out in outputs)
+  assert not [line for line in text.splitlines() if LIBRARY_LINE.search(line)]
   assert f"using {work}/finetune/eval/metrics.json" in text, text
   assert "evaluating" not in text
   assert LEGEND in text
