@@ -37,8 +37,6 @@ _ADAPT_BN = flags.DEFINE_bool(
     "images (labels unused) before predicting: test-time adaptation to "
     "another camera or scanner")
 flags.mark_flags_as_required(["workdir"])
-SHOWN = ("dice", "iou", "auc_roc", "sensitivity", "specificity", "accuracy",
-         "mean_dice", "mean_iou")
 
 
 def main(_):
@@ -49,10 +47,9 @@ def main(_):
                                 data_dir=_DATA_DIR.value, tta=_TTA.value,
                                 scales=_SCALES.value,
                                 adapt_bn=_ADAPT_BN.value))
-  print(evaluate.format_result(result, SHOWN))
-  name = result["dataset"]  # evaluate's default out_dir: eval[_<name>]/
-  suffix = "" if name == result["trained_on"] else f"_{name}"
-  return _OUT.value or f"{_WORKDIR.value}/eval{suffix}"
+  print(evaluate.format_result(result, evaluate.SHOWN))
+  return _OUT.value or str(evaluate.default_out_dir(
+      _WORKDIR.value, result["dataset"], result["trained_on"]))
 
 
 if __name__ == "__main__":

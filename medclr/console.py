@@ -17,7 +17,8 @@ workdir writes nothing, and what it logged is dropped. `library_level`
 of that level and up on stderr.
 
 Outside a launcher (tests, notebooks) nothing here is installed and logging
-is left as the caller configured it.
+is left as the caller configured it, until it calls `to_file` (as
+notebooks/evaluate_checkpoint.ipynb does).
 """
 import contextlib
 import io
@@ -148,6 +149,12 @@ def hold():
     root.addHandler(_state["file"])
     root.addHandler(_Own())
   root.removeHandler(absl_logging.get_absl_handler())
+  # absl calls logging.basicConfig() when a library logs before any handler
+  # exists, and outside app.run (a notebook) nothing removes that stderr
+  # handler again, as app.run does: it would print every library record.
+  for handler in list(root.handlers):
+    if type(handler) is logging.StreamHandler and handler.stream == sys.stderr:
+      root.removeHandler(handler)
   root.setLevel(min(root.level, logging.INFO) or logging.INFO)
   logging.captureWarnings(True)
 

@@ -1,6 +1,7 @@
 """Test setup: eight fake CPU devices, created before JAX touches a backend."""
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 
@@ -59,9 +60,9 @@ LONGEST_FIRST = (
     "study_test", "reliability_test", "augment_test", "volume_supcon_test",
     "devices_test", "benchmarks_test", "dino_test", "dira_test",
     "chaitanya_local_test", "macl_test", "models_test", "moco_test",
-    "adco_test", "kill_test", "semi_test", "byol_test", "console_test",
-    "errors_test", "multihost_test", "updates_test", "guard_test",
-    "precision_test",
+    "adco_test", "kill_test", "semi_test", "byol_test", "walkthrough_test",
+    "console_test", "errors_test", "multihost_test", "updates_test",
+    "guard_test", "precision_test",
     "losses_test", "preprocess_test", "simclr_test", "properties_test",
     "hostile_inputs_test", "pipeline_test", "contrastive_crop_test",
     "data_test", "augment_preview_test", "fov_test", "evaluate_test",
@@ -79,6 +80,29 @@ def pytest_unconfigure(config):  # pylint: disable=unused-argument
   """The process that named this run's cache removes it."""
   if _XLA_CACHE.endswith(f"medclr-test-xla-{os.getpid()}"):
     shutil.rmtree(_XLA_CACHE, ignore_errors=True)
+
+
+# What a library's log line looks like on a console: Python's default
+# format, absl's prefix (I1206 20:58:36.309787 ...), a library's name, or
+# what TFDS prints while writing records.
+LIBRARY_LINE = re.compile(
+    r"^(WARNING|INFO|ERROR|DEBUG|CRITICAL):|^[IWEF]\d{4} \d\d:\d\d:\d\d"
+    r"|orbax|tensorflow_datasets|absl|Downloading and preparing dataset"
+    r"|Subsequent calls will reuse this data")
+
+
+def named_outputs(line):
+  """The paths an '[tag] outputs in DIR: a, b/ (...); library logs: L' or
+  '[tag] outputs: P, Q; ...' line names, and the log file."""
+  line, _, log = line.partition("; library logs: ")
+  listing = re.fullmatch(r"\[\w+\] outputs in (\S+): (.*)", line)
+  if not listing:
+    paths = re.fullmatch(r"\[\w+\] outputs: (.*)", line).group(1)
+    return paths.split(", "), log
+  directory, names = listing.groups()
+  names = [re.sub(r" \(.*\)$", "", name)  # commas inside (...) stay
+           for name in re.split(r", (?![^(]*\))", names)]
+  return [os.path.join(directory, name) for name in names], log
 
 
 SHARED_DATA = pathlib.Path(

@@ -18,15 +18,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from conftest import LIBRARY_LINE
+from conftest import named_outputs
 from conftest import REPO_ROOT
 
-# What a library's log line looks like on a console: Python's default
-# format, absl's prefix (I1206 20:58:36.309787 ...), a library's name, or
-# what TFDS prints while writing records.
-LIBRARY_LINE = re.compile(
-    r"^(WARNING|INFO|ERROR|DEBUG|CRITICAL):|^[IWEF]\d{4} \d\d:\d\d:\d\d"
-    r"|orbax|tensorflow_datasets|absl|Downloading and preparing dataset"
-    r"|Subsequent calls will reuse this data")
 ENV = dict(os.environ, JAX_PLATFORMS="cpu")
 
 
@@ -95,27 +90,13 @@ def test_library_lines_are_in_the_log_file(runs):
                    logs["pretrain"], re.M)
 
 
-def _named_outputs(line):
-  """The paths an '[tag] outputs in DIR: a, b/ (...); library logs: L' or
-  '[tag] outputs: P, Q; ...' line names, and the log file."""
-  line, _, log = line.partition("; library logs: ")
-  listing = re.fullmatch(r"\[\w+\] outputs in (\S+): (.*)", line)
-  if not listing:
-    paths = re.fullmatch(r"\[\w+\] outputs: (.*)", line).group(1)
-    return paths.split(", "), log
-  directory, names = listing.groups()
-  names = [re.sub(r" \(.*\)$", "", name)  # commas inside (...) stay
-           for name in re.split(r", (?![^(]*\))", names)]
-  return [os.path.join(directory, name) for name in names], log
-
-
 def test_first_line_names_the_directory_and_last_line_every_output(runs):
   for name, (result, directory) in runs.items():
     lines = result.stdout.strip().splitlines()
     if directory:
       assert lines[0] == (f"[{name}] starting in {directory}; library logs "
                           f"go to {directory / 'log.txt'}"), lines[0]
-    paths, log = _named_outputs(lines[-1])
+    paths, log = named_outputs(lines[-1])
     assert log == (str(directory / "log.txt") if directory else ""), lines[-1]
     for path in paths:
       assert glob.glob(path), (name, path, lines[-1])
@@ -170,3 +151,23 @@ def test_medclr_warnings_stay_on_the_console(tmp_path):
   assert lines and all(line.startswith("warning: estimate_fov: ")
                        for line in lines), result.stderr
   assert not _library_lines(result.stdout + result.stderr)
+
+
+def test_to_file_outside_a_launcher_keeps_library_lines_off_stderr(tmp_path):
+  # A notebook: a library logs through absl before any handler exists (absl
+  # then calls logging.basicConfig(), a stderr handler) and no app.run ever
+  # removes it; to_file must, or every library record reaches the notebook.
+  script = ("import sys\n"
+            "from absl import logging\n"
+            "logging.warning('before to_file')\n"
+            "from medclr import console\n"
+            "console.to_file(sys.argv[1])\n"
+            "logging.warning('after to_file')\n"
+            "logging.info('info after to_file')\n")
+  result = subprocess.run([sys.executable, "-c", script, str(tmp_path)],
+                          cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120, env=ENV)
+  assert result.returncode == 0, result.stderr
+  assert result.stderr == "WARNING:absl:before to_file\n", result.stderr
+  log = (tmp_path / "log.txt").read_text()
+  assert "after to_file" in log and "info after to_file" in log, log

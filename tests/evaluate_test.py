@@ -131,3 +131,20 @@ def _disc(side, radius):
   centre = side // 2
   return ((yy - centre) ** 2 + (xx - centre) ** 2 <= radius ** 2).astype(
       np.uint8)
+
+
+def test_saved_result_is_only_the_evaluation_of_this_checkpoint(tmp_path):
+  # What the notebook reuses instead of evaluating again: launch.evaluate's
+  # default folders, and only a result of the same step, dataset and split.
+  own = evaluate.default_out_dir(str(tmp_path), "drive", "drive")
+  other = evaluate.default_out_dir(str(tmp_path), "stare", "drive")
+  assert (str(own), str(other)) == (f"{tmp_path}/eval",
+                                    f"{tmp_path}/eval_stare")
+  assert evaluate.saved_result(own, 2, "drive", "test") is None
+  own.mkdir()
+  written = {"step": 2, "dataset": "drive", "split": "test", "per_image": []}
+  (own / "metrics.json").write_text(json.dumps(written))
+  assert evaluate.saved_result(own, 2, "drive", "test") == written
+  for step, dataset, split in ((3, "drive", "test"), (2, "stare", "test"),
+                               (2, "drive", "train")):
+    assert evaluate.saved_result(own, step, dataset, split) is None

@@ -27,6 +27,9 @@ from medclr.data import preprocess
 from medclr.data import sources as data_sources
 
 
+# The metrics `launch.evaluate` and the notebook print (mean +/- std).
+SHOWN = ("dice", "iou", "auc_roc", "sensitivity", "specificity", "accuracy",
+         "mean_dice", "mean_iou")
 # Crop batches BatchNorm adaptation averages over (of the training batch
 # size and crop side): 32 x 16 crops of 96 px are about a third of the
 # pixels of DRIVE's 20 test images.
@@ -252,8 +255,8 @@ def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
   config = _with_eval_flags(predictor.config, tta, scales)
   name = dataset or config.data.dataset
   split = split or config.data.test_split
-  default_out = "eval" if name == config.data.dataset else f"eval_{name}"
-  out_dir = epath.Path(out_dir or epath.Path(workdir) / default_out)
+  out_dir = epath.Path(
+      out_dir or default_out_dir(workdir, name, config.data.dataset))
   if save_predictions is None:
     save_predictions = config.eval.save_predictions
   source = data_sources.open_split(data_dir or config.data.data_dir, name,
@@ -283,6 +286,25 @@ def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
     result["pooled"] = pooled.metrics()
   _write_json(out_dir / "metrics.json", result)
   return result
+
+
+def default_out_dir(workdir, dataset, trained_on):
+  """Where `evaluate` writes by default: <workdir>/eval for the run's own
+  dataset, <workdir>/eval_<dataset> for another (an epath.Path)."""
+  suffix = "" if dataset == trained_on else f"_{dataset}"
+  return epath.Path(workdir) / f"eval{suffix}"
+
+
+def saved_result(out_dir, step, dataset, split):
+  """The result `evaluate` wrote to `out_dir` for this checkpoint step,
+  dataset and split, or None when there is none (or one of another step,
+  dataset or split: stale for this checkpoint)."""
+  path = epath.Path(out_dir) / "metrics.json"
+  if not path.exists():
+    return None
+  result = json.loads(path.read_text())
+  wanted = {"step": step, "dataset": dataset, "split": split}
+  return result if all(result.get(k) == v for k, v in wanted.items()) else None
 
 
 def _with_eval_flags(config, tta, scales):
