@@ -86,7 +86,7 @@ def test_library_lines_are_in_the_log_file(runs):
   assert "Metadata file does not exist" in logs["finetune"]
   assert "read_only=True" in logs["finetune"]
   # medclr's own INFO lines are in the file too, in the same format.
-  assert re.search(r"^I\d{4} .* pretrain\.py:\d+\] pretraining simclr",
+  assert re.search(r"^I\d{4} .* trainer\.py:\d+\] pretrain: 2 steps",
                    logs["pretrain"], re.M)
 
 

@@ -73,8 +73,9 @@ def make_dataset(config, local_batch, method, boxes=None):
     return method.host_dataset(config, local_batch), opened
   if not method.contrastive_crop:
     raise errors.ConfigError(
-        f"config.contrastive_crop.mode='ccrop': method {config.method!r} makes its own "
-        "host crops; ContrastiveCrop works with the methods declaring "
+        f"config.contrastive_crop.mode='ccrop': method {config.method!r} "
+        "makes its own host crops; ContrastiveCrop works with the methods "
+        "declaring "
         f"contrastive_crop: {methods.supporting('contrastive_crop')}")
   return method.host_dataset(config, local_batch, boxes=boxes,
                              crop_alpha=config.contrastive_crop.alpha), opened
