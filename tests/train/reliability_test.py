@@ -330,7 +330,7 @@ def resumed_state(workdir, data_dir):
 # (.npz), local devices, then optionally coordinator, processes, process id.
 _RESTORE = """
 import json, sys
-sys.path[:0] = ["tests", "."]
+sys.path[:0] = ["tests/train", "tests", "."]
 import jax
 import numpy as np
 import reliability_test  # conftest asks for 8 devices: overridden below

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 TPU_POD = REPO / "launch" / "tpu_pod.sh"
 SBATCH = REPO / "launch" / "slurm_gpu.sbatch"
 SLICE = ["--name=medclr-pod", "--zone=us-central2-b"]

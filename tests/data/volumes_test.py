@@ -20,7 +20,7 @@ from medclr.data import volume_builder
 from medclr.data import volume_pipeline
 from medclr.data import volumes
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _ras_volume(shape=(6, 5, 4), seed=0):

@@ -4,8 +4,8 @@ was expected, and a refused run leaves nothing half-written behind.
 
 Existing cases live elsewhere and are not repeated here: a corrupt .tif, a
 PNG cut to 60 bytes, a mask whose size differs from its image, a missing
-mask, palette images without transparency (tests/data_test.py); a garbage
-NIfTI, mixed DICOM series and a garbage .dcm (tests/volumes_test.py).
+mask, palette images without transparency (tests/data/data_test.py); a garbage
+NIfTI, mixed DICOM series and a garbage .dcm (tests/data/volumes_test.py).
 """
 import io
 import os

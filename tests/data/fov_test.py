@@ -14,7 +14,7 @@ from medclr.data import readers
 
 DataError = readers.DataError
 
-_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 _SHARED_DATA = pathlib.Path(
     os.environ.get("MEDCLR_SHARED_DATA", _REPO_ROOT.parent / "shared" / "data"))
 _MIN_IOU = 0.97

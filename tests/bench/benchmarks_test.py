@@ -337,7 +337,7 @@ def test_profile_step_reports_per_op_times(tmp_path):
 def test_committed_results_hold_no_absolute_paths():
   """Results are shareable: no paths of the machine that produced them."""
   import re  # pylint: disable=g-import-not-at-top
-  results = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+  results = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "results"
   pattern = re.compile(r"(?<![\w.$])/(?:work|tmp|home|root|Users|mnt|scratch)/")
   offenders = []
   # Plots (PNG) hold no text; every other result file is text.

@@ -290,8 +290,8 @@ def test_pretrain_ema_resume_and_finetune(tmp_path, phantom_data_dir):
 
   8 devices for 2 steps, then a copy of it killed after step 1 that resumes
   on the same mesh, so the same program must give the same bits. (1 vs 8
-  devices: tests/devices_test.py; resuming on another device count:
-  tests/byol_test.py.)
+  devices: tests/train/devices_test.py; resuming on another device count:
+  tests/methods/byol_test.py.)
   """
   config = smoke_config("pretrain_dino", phantom_data_dir, checkpoint_every=1,
                         keep_checkpoints=5, async_checkpoints=False)

@@ -11,7 +11,7 @@ seen.
 import ast
 import pathlib
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 PACKAGES = ("medclr", "launch", "configs")
 
 # Low to high, by package (the longest matching prefix wins). A module may
@@ -134,7 +134,7 @@ def test_every_module_has_a_layer():
   unclassified = sorted(m for m in files if layer(m) is None)
   assert not unclassified, (
       f"modules without a layer: {unclassified}; add their package to "
-      "tests/imports_test.py LAYERS")
+      "tests/infrastructure/imports_test.py LAYERS")
   stale = sorted(set(LAYERS) - set(files))
   assert not stale, f"LAYERS names packages that no longer exist: {stale}"
 
