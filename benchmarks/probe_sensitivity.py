@@ -22,11 +22,11 @@ import ml_collections
 import numpy as np
 
 from benchmarks import common
-from medclr import models
 from medclr import checkpointing
 from medclr import methods
-from medclr.train import pretrain
+from medclr import models
 from medclr.evaluate import probe
+from medclr.train import pretrain
 
 
 def _variants():

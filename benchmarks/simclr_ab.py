@@ -24,12 +24,12 @@ import numpy as np
 from benchmarks import common
 from benchmarks import torch_peer
 from configs import pretrain_simclr
-from medclr import models
 from medclr import methods
+from medclr import models
 from medclr import optim
 from medclr import sharding
-from medclr.train import steps
 from medclr.study import cells
+from medclr.train import steps
 import torch
 
 RESULTS = cells.REPO / "benchmarks" / "results" / "simclr_ab.jsonl"

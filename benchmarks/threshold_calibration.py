@@ -15,8 +15,8 @@ import sys
 import numpy as np
 from PIL import Image
 
-from medclr.evaluate import evaluate
 from medclr.data import sources
+from medclr.evaluate import evaluate
 from medclr.study import cells
 
 THRESHOLDS = np.round(np.arange(0.20, 0.71, 0.02), 2)

@@ -104,7 +104,7 @@ def model_config(preset="unet2d-32", in_channels=3, num_classes=1):
   cfg.in_channels = in_channels
   cfg.num_classes = num_classes
   # 'bfloat16': bfloat16 compute with float32 master weights (tested for
-  # agreement with float32 in tests/precision_test.py).
+  # agreement with float32 in tests/models/precision_test.py).
   cfg.dtype = "float32"
   return cfg
 

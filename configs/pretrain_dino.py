@@ -22,8 +22,8 @@ import functools
 import ml_collections
 
 from configs import common
-from medclr.augment import crop_presets
 from medclr import errors
+from medclr.augment import crop_presets
 
 
 def get_config(arg=None):

@@ -17,10 +17,10 @@ from etils import epath
 import numpy as np
 from PIL import Image
 
-from medclr.data import crops
 from medclr import errors
-from medclr.data import normalize
+from medclr.data import crops
 from medclr.data import fov as fov_lib
+from medclr.data import normalize
 from medclr.data import readers
 
 FILENAME = "preprocess.json"

@@ -16,15 +16,15 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from medclr.evaluate import adapt_bn
 from medclr import checkpointing
-from medclr.evaluate import inference
-from medclr.evaluate import metrics as seg_metrics
 from medclr import models
 from medclr.data import fov as fov_lib
 from medclr.data import pipeline
 from medclr.data import preprocess
 from medclr.data import sources as data_sources
+from medclr.evaluate import adapt_bn
+from medclr.evaluate import inference
+from medclr.evaluate import metrics as seg_metrics
 
 
 # The metrics `launch.evaluate` and the notebook print (mean +/- std).

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from medclr.data import crops
 from medclr import errors
+from medclr.data import crops
 from medclr.data import normalize
 from medclr.data import pipeline
 from medclr.data import sources as data_sources

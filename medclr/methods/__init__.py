@@ -40,9 +40,9 @@ import pkgutil
 
 import jax
 
-from medclr.augment import ops as augment
-from medclr.augment import crops as device_crops
 from medclr import errors
+from medclr.augment import crops as device_crops
+from medclr.augment import ops as augment
 from medclr.data import pipeline
 from medclr.data import prepare as data_prepare
 from medclr.data import preprocess

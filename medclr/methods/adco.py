@@ -16,7 +16,7 @@ L2-normalised negatives. Two players are updated every step:
   SGD with momentum and weight decay on W (`v = 0.9 v + g + wd W`,
   `W = W - lr v`), i.e. `optax.sgd` after `optax.add_decayed_weights`. The
   code writes this gradient out by hand; `jax.grad` gives the same one
-  (tested in tests/adco_test.py).
+  (tested in tests/methods/adco_test.py).
 
 Initialisation (`training/train.py` `init_memory`, "the key to adversarial
 training", issue #9): the bank starts as standard normal vectors; for the

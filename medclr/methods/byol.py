@@ -34,12 +34,12 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from medclr.augment import ops as augment
-from medclr.methods import ema
 from medclr import errors
-from medclr.methods import losses
 from medclr import methods
 from medclr import models
+from medclr.augment import ops as augment
+from medclr.methods import ema
+from medclr.methods import losses
 from medclr.models import encoder as encoder_lib
 
 # haiku BatchNorm settings of BYOL's bn_config (configs/byol.py).

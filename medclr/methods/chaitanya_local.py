@@ -24,11 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from medclr.augment import ops as augment
 from medclr import errors
-from medclr.methods import losses
 from medclr import methods
 from medclr import models
+from medclr.augment import ops as augment
+from medclr.methods import losses
 from medclr.models import encoder as encoder_lib
 from medclr.models import unet as unet_lib
 

@@ -40,14 +40,14 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from medclr.augment import ops as augment
-from medclr.augment import crop_presets
-from medclr.methods import ema
 from medclr import errors
-from medclr.methods import losses
 from medclr import methods
 from medclr import models
+from medclr.augment import crop_presets
+from medclr.augment import ops as augment
 from medclr.data import multicrop
+from medclr.methods import ema
+from medclr.methods import losses
 from medclr.models import encoder as encoder_lib
 
 # Guards the L2 normalisations (torch F.normalize's eps).

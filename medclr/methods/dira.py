@@ -31,9 +31,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from medclr.augment import ops as augment
-from medclr.augment import distortions
 from medclr import models
+from medclr.augment import distortions
+from medclr.augment import ops as augment
 from medclr.methods import mocov2
 from medclr.models import encoder as encoder_lib
 from medclr.models import heads

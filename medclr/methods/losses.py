@@ -6,7 +6,7 @@ device all-gathers the normalised projections (`tiled=True`), scores its own
 anchors against all 2N, and the per-device sums are `psum`med. The transpose
 of `all_gather` is a reduce-scatter, so gradients equal the single-device
 gradient of `nt_xent_reference` on the global batch (tested on 1 and 8
-devices in tests/losses_test.py).
+devices in tests/methods/losses_test.py).
 
 Segmentation losses reduce with global sums over the whole batch, so under
 `jax.jit` with a batch-sharded Explicit mesh their value does not depend on

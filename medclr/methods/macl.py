@@ -28,10 +28,10 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from medclr.augment import ops as augment
-from medclr.methods import losses
 from medclr import methods
 from medclr import models
+from medclr.augment import ops as augment
+from medclr.methods import losses
 from medclr.methods import volume_supcon
 from medclr.models import encoder as encoder_lib
 from medclr.models import unet as unet_lib

@@ -39,10 +39,10 @@ import jax
 import jax.numpy as jnp
 
 from medclr import errors
-from medclr.methods import losses
 from medclr import methods
 from medclr import models
 from medclr import sharding
+from medclr.methods import losses
 
 # torch.nn.functional.normalize's eps, as the reference code normalises with it.
 

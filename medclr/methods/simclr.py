@@ -7,10 +7,10 @@ statistics of all 2N views of the global batch (SimCLR's `global_bn=True`).
 """
 import jax.numpy as jnp
 
+from medclr import methods
+from medclr import models
 from medclr.evaluate import guard
 from medclr.methods import losses
-from medclr import models
-from medclr import methods
 
 
 class SimCLR(methods.Method):

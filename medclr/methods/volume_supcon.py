@@ -12,14 +12,14 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from medclr.augment import ops as augment
 from medclr import errors
-from medclr.evaluate import guard
-from medclr.methods import losses
 from medclr import methods
 from medclr import models
+from medclr.augment import ops as augment
 from medclr.data import volume_builder
 from medclr.data import volume_pipeline
+from medclr.evaluate import guard
+from medclr.methods import losses
 
 POSITIVES = ("gr", "gd-", "gd", "pcl")
 FORMS = ("supcon", "pairwise")

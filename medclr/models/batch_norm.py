@@ -10,7 +10,7 @@ reductions of its own. The variance takes a second pass over the centred
 values: float32 dots over ~10^4 rows sum less accurately than reductions,
 and a one-pass E[x^2] - E[x]^2 then lost the output to 0.15 where the mean
 is 100x the spread. Values, gradients and running statistics match
-`nnx.BatchNorm` (tests/models_test.py); parameters stay in the layer, so
+`nnx.BatchNorm` (tests/models/models_test.py); parameters stay in the layer, so
 parameter paths are unchanged.
 """
 import functools

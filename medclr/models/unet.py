@@ -23,7 +23,7 @@ def upsample_2x(conv: nnx.ConvTranspose, x: jax.Array) -> jax.Array:
   flips the kernel), plus the bias. XLA:CPU computes the kernel gradient of
   the convolution form as a dilated convolution that took 30% of the
   fine-tuning step; as a matmul it is an ordinary dot. Same parameters, same
-  values (tests/models_test.py compares with `conv(x)`).
+  values (tests/models/models_test.py compares with `conv(x)`).
   """
   kernel = conv.kernel[...][::-1, ::-1]
   bias = conv.bias[...] if conv.bias is not None else None

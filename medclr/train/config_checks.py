@@ -3,8 +3,8 @@
 Kept low (imports only augment, errors and renames) so configs and loops can
 both use them; each check raises errors.ConfigError naming the offending key.
 """
-from medclr.augment import ops as augment
 from medclr import errors
+from medclr.augment import ops as augment
 from medclr.train import renames
 
 

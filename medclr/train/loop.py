@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from medclr import models
 from medclr import checkpointing
 from medclr import errors
+from medclr import models
 from medclr import sharding
 from medclr.train import steps
 

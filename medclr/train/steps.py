@@ -14,11 +14,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from medclr.augment import ops as augment
 from medclr.augment import crops as device_crops
+from medclr.augment import ops as augment
+from medclr.data import normalize
 from medclr.methods import ema
 from medclr.methods import losses
-from medclr.data import normalize
 
 
 def init_state(params, batch_stats, tx, aux=None):

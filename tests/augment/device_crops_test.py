@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from conftest import smoke_config
-from medclr.data import crops
-from medclr.augment import crops as device_crops
 from medclr import errors
-from medclr.train import pretrain
 from medclr import sharding
+from medclr.augment import crops as device_crops
+from medclr.data import crops
 from medclr.data import pipeline
+from medclr.train import pretrain
 
 SIMCLR_AREA = (0.08, 1.0)
 ASPECT = (3 / 4, 4 / 3)

@@ -24,9 +24,6 @@ import pytest
 
 from conftest import REPO_ROOT, smoke_config, write_dicom_slice
 from medclr import errors
-from medclr.evaluate import evaluate
-from medclr.train import finetune
-from medclr.train import pretrain
 from medclr import sharding
 from medclr.data import phantom
 from medclr.data import pipeline
@@ -36,6 +33,9 @@ from medclr.data import sources
 from medclr.data import tfds_builder
 from medclr.data import volume_builder
 from medclr.data import volumes
+from medclr.evaluate import evaluate
+from medclr.train import finetune
+from medclr.train import pretrain
 
 DataError = readers.DataError
 

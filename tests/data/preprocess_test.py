@@ -10,15 +10,15 @@ import pytest
 
 from conftest import smoke_config
 from medclr.augment import ops as augment
-from medclr.evaluate import evaluate
-from medclr.train import finetune
 from medclr.data import normalize
-from medclr.train import steps
 from medclr.data import pipeline
 from medclr.data import prepare
 from medclr.data import preprocess
 from medclr.data import readers
 from medclr.data import sources
+from medclr.evaluate import evaluate
+from medclr.train import finetune
+from medclr.train import steps
 
 
 def _disc_image(height, width, radius, seed=0):

@@ -4,9 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from medclr.evaluate import adapt_bn
 from medclr import errors
 from medclr import models
+from medclr.evaluate import adapt_bn
 from configs import common
 
 

@@ -8,10 +8,10 @@ from PIL import Image
 import pytest
 
 from conftest import smoke_config
-from medclr.evaluate import evaluate
-from medclr.train import finetune
 from medclr.data import preprocess
 from medclr.data import sources
+from medclr.evaluate import evaluate
+from medclr.train import finetune
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import pytest
 from conftest import smoke_config
 from medclr import errors
 from medclr import methods
-from medclr.evaluate import probe
 from medclr.data import preprocess
+from medclr.evaluate import probe
 
 
 def _numpy_knn_balanced_accuracy(fit_x, fit_y, query_x, query_y, k):

@@ -10,9 +10,9 @@ import pytest
 from conftest import REPO_ROOT, smoke_config
 from medclr import checkpointing
 from medclr import errors
+from medclr.data import readers
 from medclr.train import finetune
 from medclr.train import pretrain
-from medclr.data import readers
 
 
 def test_missing_data_dir_names_it(tmp_path):

@@ -23,13 +23,13 @@ import pytest
 
 from launch import cli
 from medclr import checkpointing
-from medclr.evaluate import evaluate
-from medclr.train import finetune
 from medclr import metric_writer
 from medclr.data import preprocess
+from medclr.evaluate import evaluate
 from medclr.study import cells
 from medclr.study import grid
 from medclr.study import runner as study_runner
+from medclr.train import finetune
 from configs import study_drive
 
 BUCKET = "gs://bucket"

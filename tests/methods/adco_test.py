@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 from conftest import finetune_from, saved_subtrees, smoke_config
-from medclr import models
 from medclr import errors
 from medclr import methods
-from medclr.train import pretrain
+from medclr import models
 from medclr.methods import adco
+from medclr.train import pretrain
 from medclr.methods import mocov2
 
 IMAGE_SIZE = 16

@@ -18,12 +18,12 @@ import pytest
 from configs import finetune_unet
 from conftest import (assert_trees_close, finetune_from, saved_subtrees,
                       smoke_config)
-from medclr import models
-from medclr.methods import ema
 from medclr import errors
+from medclr import models
+from medclr.methods import byol
+from medclr.methods import ema
 from medclr.train import pretrain
 from medclr.train import steps
-from medclr.methods import byol
 
 BATCH = 8
 SIZE = 32

@@ -15,8 +15,8 @@ from conftest import resume_after_kill, saved_state, saved_subtrees
 from conftest import smoke_config
 from medclr import errors
 from medclr import methods
-from medclr.train import pretrain
 from medclr.methods import chaitanya_local
+from medclr.train import pretrain
 
 TAU = 0.1
 

@@ -20,11 +20,11 @@ import pytest
 from configs import finetune_unet
 from conftest import (assert_trees_close, assert_trees_equal, finetune_from,
                       saved_state, saved_subtrees, smoke_config)
+from medclr import errors
 from medclr import models
 from medclr.augment import crop_presets
-from medclr import errors
-from medclr.train import pretrain
 from medclr.methods import dino
+from medclr.train import pretrain
 
 
 BATCH = 4

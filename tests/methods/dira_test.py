@@ -12,8 +12,8 @@ from conftest import assert_trees_close_to_scale, assert_trees_equal
 from conftest import finetune_from_frozen
 from conftest import resume_after_kill, saved_state, smoke_config
 from medclr.augment import distortions
-from medclr.train import pretrain
 from medclr.methods import dira
+from medclr.train import pretrain
 
 DRAWS = 2000
 

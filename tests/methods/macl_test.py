@@ -8,9 +8,9 @@ import pytest
 
 from conftest import assert_trees_equal, finetune_from_frozen
 from conftest import resume_after_kill, smoke_config
-from medclr.train import pretrain
 from medclr.methods import macl
 from medclr.methods import volume_supcon
+from medclr.train import pretrain
 
 SPEC = volume_supcon.LossSpec(positives="pcl", temperature=0.1, threshold=0.1,
                               tau_base=0.07)

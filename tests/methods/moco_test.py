@@ -19,9 +19,9 @@ import optax
 import pytest
 
 from conftest import finetune_from, saved_subtrees, smoke_config
-from medclr import models
 from medclr import errors
 from medclr import methods
+from medclr import models
 from medclr.train import pretrain
 from medclr.train import steps
 from medclr.methods import mocov2

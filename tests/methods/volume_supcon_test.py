@@ -23,10 +23,10 @@ import pytest
 from configs import finetune_unet
 from conftest import finetune_from, saved_subtrees, smoke_config
 from medclr import errors
-from medclr.methods import losses
-from medclr.train import pretrain
 from medclr.data import volumes
+from medclr.methods import losses
 from medclr.methods import volume_supcon as vs
+from medclr.train import pretrain
 
 GLOBAL_BATCH = 16
 DIM_IN, DIM_OUT = 6, 5

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import medclr.models
 from medclr.models import encoder as encoder_lib
 from medclr.models import heads
 from medclr.models import unet
+import medclr.models
 
 TINY = (8, 16, 32)
 UNET2D_32 = (32, 64, 128, 256, 512)

@@ -9,8 +9,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from medclr.methods import losses
 from medclr import models
+from medclr.methods import losses
 
 WIDTHS = (16, 32, 64)
 

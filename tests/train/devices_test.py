@@ -15,8 +15,8 @@ import optax
 import pytest
 
 from conftest import assert_trees_close_to_scale, smoke_config
-from medclr import models
 from medclr import methods
+from medclr import models
 from medclr import sharding
 from medclr.train import steps
 

@@ -11,12 +11,12 @@ import numpy as np
 
 from conftest import smoke_config
 from medclr import checkpointing
-from medclr.evaluate import evaluate
-from medclr.train import finetune
-from medclr.train import loop
 from medclr import models
 from medclr import optim
 from medclr import sharding
+from medclr.evaluate import evaluate
+from medclr.train import finetune
+from medclr.train import loop
 from medclr.train import warm_start
 
 

@@ -16,8 +16,8 @@ import jax
 import numpy as np
 import pytest
 
-from medclr.augment import ops as augment
 from medclr.augment import crop_presets
+from medclr.augment import ops as augment
 from medclr.train.arco import sampling as pixel_sampling
 
 SIZE = 16

@@ -28,12 +28,12 @@ from conftest import (REPO_ROOT, assert_trees_equal, resume_after_kill,
                       saved_state, smoke_config)
 from medclr import checkpointing
 from medclr import errors
-from medclr.train import finetune
-from medclr.train import loop
 from medclr import methods
 from medclr import optim
-from medclr.train import pretrain
 from medclr import sharding
+from medclr.train import finetune
+from medclr.train import loop
+from medclr.train import pretrain
 from multihost_test import _free_port
 
 # Long enough that a SIGTERM sent once step 1 is logged lands mid-run.

@@ -5,11 +5,11 @@ import numpy as np
 
 from conftest import assert_trees_close, saved_state, saved_subtrees
 from conftest import smoke_config
-from medclr.evaluate import evaluate
-from medclr.train import finetune
 from medclr import methods
 from medclr import models
 from medclr.data import sources
+from medclr.evaluate import evaluate
+from medclr.train import finetune
 
 
 def _changed_leaves(before, after):

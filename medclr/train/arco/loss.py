@@ -16,9 +16,9 @@ this differs from the reference code: docs/methods/arco.md.
 import jax
 import jax.numpy as jnp
 
+from medclr import sharding
 from medclr.methods import losses
 from medclr.train.arco import sampling as pixel_sampling
-from medclr import sharding
 
 
 def draw_indices(key, labels, valid, num_classes, num_queries, num_negatives,

@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import optax
 
 from medclr.augment import ops as augment
+from medclr.data import normalize
 from medclr.methods import ema
 from medclr.methods import losses
-from medclr.data import normalize
-from medclr.train.arco import loss as pixel_contrast
 from medclr.train import steps
+from medclr.train.arco import loss as pixel_contrast
 
 
 @dataclasses.dataclass(frozen=True)
