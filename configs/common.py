@@ -375,3 +375,13 @@ def volume_data(config, *, sources, image_size, sampling):
 def pretrain_args(arg, profiles):
   """The `:arg` of a pretraining config: its profiles and `preset`."""
   return parse_arg(arg, **profile_args(profiles), preset="")
+
+
+def reference_sgd(config):
+  """MoCo v2's and AdCo's published optimiser (their configs say why): SGD
+  lr 0.03 at batch 256 scaled linearly, momentum 0.9, coupled weight decay
+  1e-4, cosine schedule without warm-up."""
+  config.optim = ml_collections.ConfigDict({
+      "name": "sgd", "learning_rate": 0.03, "lr_scaling": "linear",
+      "momentum": 0.9, "schedule": "cosine", "warmup_steps": 0,
+      "weight_decay": 1e-4, "grad_clip_norm": 0.0})

@@ -26,10 +26,7 @@ def reference_optimiser(config):
   as for MoCo v2. The quick/demo/smoke profiles keep the shared Adam
   recipe, so that methods are compared with one optimiser.
   """
-  config.optim = ml_collections.ConfigDict({
-      "name": "sgd", "learning_rate": 0.03, "lr_scaling": "linear",
-      "momentum": 0.9, "schedule": "cosine", "warmup_steps": 0,
-      "weight_decay": 1e-4, "grad_clip_norm": 0.0})
+  common.reference_sgd(config)
 
 
 PROFILES = common.extend(

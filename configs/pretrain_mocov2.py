@@ -27,10 +27,7 @@ def reference_optimiser(config):
   the shared Adam recipe, so that methods are compared with the same
   optimiser.
   """
-  config.optim = ml_collections.ConfigDict({
-      "name": "sgd", "learning_rate": 0.03, "lr_scaling": "linear",
-      "momentum": 0.9, "schedule": "cosine", "warmup_steps": 0,
-      "weight_decay": 1e-4, "grad_clip_norm": 0.0})
+  common.reference_sgd(config)
 
 
 PROFILES = common.extend(
