@@ -159,7 +159,8 @@ def prepare(dataset: str, manual_dir: pathlib.Path | str | None,
   if tfds_builder.dataset_exists(data_dir, name) and not overwrite:
     older = ("" if path.name == tfds_builder.VERSION else
              f"; its records (version {path.name}) hold decoded pixels: "
-             "--overwrite rewrites them encoded, about ten times smaller")
+             "--overwrite rewrites them encoded (a JPEG set about ten "
+             "times smaller)")
     print(f"dataset {name!r} already prepared at {path}; nothing to do "
           f"(pass --overwrite to rewrite it){older}")
     return path

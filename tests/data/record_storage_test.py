@@ -44,9 +44,9 @@ def _save(path: pathlib.Path, array: np.ndarray, **kwargs) -> pathlib.Path:
 
 
 @pytest.fixture(scope="module")
-def mixed_pool():
+def mixed_pool(tmp_path_factory):
   """An unlabelled <root>/images/ folder in every kind of source format."""
-  root = pathlib.Path(tempfile.mkdtemp(prefix="medclr_mixed_")) / "pool"
+  root = tmp_path_factory.mktemp("mixed") / "pool"
   images = root / "images"
   _save(images / "rgb_jpeg.jpg", _fundus_like(0), quality=90)
   _save(images / "grey_jpeg.JPEG", _fundus_like(1)[..., 1], quality=85)
@@ -57,8 +57,7 @@ def mixed_pool():
         _fundus_like(5)[..., 0].astype(np.uint16) * 250)  # 16-bit
   palette = Image.fromarray(_fundus_like(6)).quantize(64)
   palette.save(images / "palette.gif")
-  yield root
-  shutil.rmtree(root.parent, ignore_errors=True)
+  return root
 
 
 @pytest.fixture(scope="module")
