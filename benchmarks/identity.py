@@ -9,8 +9,7 @@ from it, evaluate. Every logged number (pretraining and fine-tuning rows
 without their wall-clock `time`, and the evaluation's metrics.json) is
 hashed; one row per run goes to benchmarks/results/identity.jsonl. A change
 meant to leave behaviour alone (a restructuring) must give the same hash as
-the commit before it. `--flags` holds commands' extra flags per launcher
-where a change renamed them (`finetune=--a=b;pretrain=...`).
+the commit before it.
 """
 import argparse
 import hashlib
@@ -22,24 +21,18 @@ import sys
 
 from benchmarks import common
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
-
-
-def commands(work, flags):
-  """The pipeline's launcher commands, with `flags` appended per launcher."""
+def commands(work):
+  """The pipeline's launcher commands."""
   data = f"--config.data.data_dir={work}/data"
-  runs = {
-      "prepare": ["launch.prepare", "--dataset=phantom",
-                  f"--data_dir={work}/data"],
-      "pretrain": ["launch.pretrain",
-                   "--config=configs/pretrain_simclr.py:smoke",
-                   f"--workdir={work}/pretrain", data],
-      "finetune": ["launch.finetune", "--config=configs/finetune_unet.py:smoke",
-                   f"--workdir={work}/finetune", data,
-                   f"--config.init.pretrain_dir={work}/pretrain"],
-      "evaluate": ["launch.evaluate", f"--workdir={work}/finetune"],
-  }
-  return [["-m", *args, *flags.get(name, [])] for name, args in runs.items()]
+  return [
+      ["-m", "launch.prepare", "--dataset=phantom", f"--data_dir={work}/data"],
+      ["-m", "launch.pretrain", "--config=configs/pretrain_simclr.py:smoke",
+       f"--workdir={work}/pretrain", data],
+      ["-m", "launch.finetune", "--config=configs/finetune_unet.py:smoke",
+       f"--workdir={work}/finetune", data,
+       f"--config.init.pretrain_dir={work}/pretrain"],
+      ["-m", "launch.evaluate", f"--workdir={work}/finetune"],
+  ]
 
 
 def logged_numbers(work):
@@ -57,27 +50,18 @@ def logged_numbers(work):
   return numbers
 
 
-def parse_flags(text):
-  flags = {}
-  for part in filter(None, text.split(";")):
-    name, _, value = part.partition("=")
-    flags[name] = value.split()
-  return flags
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--work", required=True)
   parser.add_argument("--checkout", default=str(common.REPO))
   parser.add_argument("--git", default="")
-  parser.add_argument("--flags", default="")
   args = parser.parse_args(argv)
   work = pathlib.Path(args.work).resolve()
   if work.exists():
     sys.exit(f"error: --work={work} exists; give a new folder")
   checkout = pathlib.Path(args.checkout).resolve()
   env = dict(os.environ, PYTHONPATH=str(checkout))
-  for command in commands(work, parse_flags(args.flags)):
+  for command in commands(work):
     subprocess.run([sys.executable, *command], cwd=checkout, env=env,
                    check=True, stdout=subprocess.DEVNULL)
   numbers = logged_numbers(work)
@@ -87,7 +71,8 @@ def main(argv=None):
          "evaluate": numbers["evaluate"]["summary"],
          "finetune_last": numbers["finetune"][-1],
          "pretrain_last": numbers["pretrain"][-1]}
-  with open(RESULTS / "identity.jsonl", "a", encoding="utf-8") as f:
+  with open(common.default_results_path("identity"), "a",
+            encoding="utf-8") as f:
     f.write(json.dumps(row, sort_keys=True) + "\n")
   print(digest)
 

@@ -8,7 +8,6 @@ with probabilities 0.30 / 0.05 / 0.30 / 0.35 (the reference's
 `Custom_Distoration`). Sizes are the reference's for 224 px, scaled to the
 image. Provenance: docs/methods/dira.md.
 """
-import functools
 
 import jax
 import jax.numpy as jnp

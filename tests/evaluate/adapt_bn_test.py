@@ -1,6 +1,5 @@
 """Test-time BatchNorm adaptation against train-mode BatchNorm itself."""
 from flax import nnx
-import jax
 import numpy as np
 import pytest
 

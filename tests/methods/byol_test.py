@@ -23,7 +23,6 @@ from medclr import models
 from medclr.methods import byol
 from medclr.methods import ema
 from medclr.train import pretrain
-from medclr.train import steps
 
 BATCH = 8
 SIZE = 32

@@ -15,7 +15,6 @@ from medclr import models
 from medclr import optim
 from medclr import sharding
 from medclr.evaluate import evaluate
-from medclr.train import finetune
 from medclr.train import loop
 from medclr.train import warm_start
 
