@@ -23,6 +23,10 @@ setuptools.setup(
         "dm-pix>=0.4.5",
         "absl-py>=2.1",
         "numpy>=1.26",
+        # 0.7.0 takes 1.3 s to import beside numpy 2.4 (its ufunc loops are
+        # registered one by one, each compared with all before it: seen with
+        # perf), and every process importing jax pays it; 0.6.0 takes 0.15 s.
+        "ml-dtypes>=0.5.0,!=0.7.0",
         "pillow>=10.0",
         # FOV estimation (medclr.data.fov): morphology and labelling.
         "scipy>=1.11",
