@@ -33,10 +33,9 @@ _SCALES = flags.DEFINE_string(
     "or 'auto' (from each image's FOV; default: the run's "
     "config.eval.scales)")
 _ADAPT_BN = flags.DEFINE_bool(
-    "adapt_bn", None, "re-estimate BatchNorm statistics on the evaluated "
+    "adapt_bn", False, "re-estimate BatchNorm statistics on the evaluated "
     "images (labels unused) before predicting: test-time adaptation to "
-    "another camera or scanner (default: on with --dataset of another set, "
-    "off on the run's own; --noadapt_bn turns it off)")
+    "another camera or scanner")
 flags.mark_flags_as_required(["workdir"])
 
 

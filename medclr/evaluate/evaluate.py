@@ -229,7 +229,7 @@ def _predict_all(predictor, source, pred_dir, save_predictions):
 
 def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
              step=None, dataset=None, data_dir=None, tta=None, scales=None,
-             adapt_bn=None):
+             adapt_bn=False):
   """Evaluates `workdir`'s U-Net on every image of a split.
 
   Args:
@@ -246,11 +246,6 @@ def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
       or 'auto': from each image's FOV).
     adapt_bn: re-estimate BatchNorm statistics on the evaluated images
       (labels unused) before predicting (`medclr.evaluate.adapt_bn`).
-      Default (None): on for another dataset than the run's, off for its
-      own. Measured across fundus cameras (docs/results.md): +0.043 Dice
-      STARE -> DRIVE, +0.005 DRIVE -> STARE; in domain it would make one
-      image's mask depend on the rest of the set, so the run's own test
-      split keeps the training statistics unless asked.
 
   Returns:
     dict with 'per_image' (list), 'summary' (mean/std over images), 'pooled'
@@ -271,11 +266,7 @@ def evaluate(workdir, *, split=None, out_dir=None, save_predictions=None,
       source, [i for i in range(len(source)) if source[i]["has_mask"]],
       config.model.num_classes, f"{name}:{split}")
   t0 = time.time()
-  if adapt_bn is None:
-    adapt_bn = name != config.data.dataset
   if adapt_bn:
-    logging.info("adapting BatchNorm statistics to %s:%s (%d images, labels "
-                 "unused)", name, split, len(source))
     predictor.adapt_batch_norm(
         (np.asarray(source[i]["image"]), np.asarray(source[i]["fov"]))
         for i in range(len(source)))

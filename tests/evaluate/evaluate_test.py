@@ -110,21 +110,22 @@ def test_adapt_bn_changes_only_batch_norm_statistics(trained_dir):
   assert changed and all(changed), "every BatchNorm statistic must move"
 
 
-def test_another_dataset_adapts_batch_norm_unless_told_not_to(trained_dir,
-                                                              tmp_path):
+def test_another_dataset_keeps_the_trained_statistics_unless_asked(
+    trained_dir, tmp_path):
+  # Adaptation helped models from 2 STARE images and hurt those from 20
+  # DRIVE images across cameras (docs/cross_camera.md): an option, not a
+  # default, and recorded in metrics.json either way.
   from medclr.data import prepare  # pylint: disable=g-import-not-at-top
   data_dir = tmp_path / "data"
   prepare.prepare("phantom", None, data_dir, name="phantom_cross", seed=5,
                   size=96, num_train=2, num_test=2)
   run = lambda name, **kw: evaluate.evaluate(
-      trained_dir, out_dir=str(tmp_path / name), save_predictions=False, **kw)
-  assert not run("own")["adapt_bn"]
-  across = run("across", dataset="phantom_cross", data_dir=str(data_dir))
-  kept = run("kept", dataset="phantom_cross", data_dir=str(data_dir),
-             adapt_bn=False)
-  assert across["adapt_bn"] and not kept["adapt_bn"]
+      trained_dir, out_dir=str(tmp_path / name), save_predictions=False,
+      dataset="phantom_cross", data_dir=str(data_dir), **kw)
+  kept, adapted = run("kept"), run("adapted", adapt_bn=True)
+  assert not kept["adapt_bn"] and adapted["adapt_bn"]
   # The adapted statistics are what predicted.
-  assert (across["summary"]["auc_roc"]["mean"] !=
+  assert (adapted["summary"]["auc_roc"]["mean"] !=
           kept["summary"]["auc_roc"]["mean"])
 
 
