@@ -28,7 +28,8 @@ CPU_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "individual_dot"}
 CHECKED_JAXLIB = ((0, 8), (0, 12))
 
 
-def _jaxlib_version():
+def jaxlib_version():
+  """(major, minor) of the installed jaxlib, or None."""
   try:
     parts = importlib.metadata.version("jaxlib").split(".")
     return int(parts[0]), int(parts[1])
@@ -41,7 +42,7 @@ def apply(environ=None):
   environ = os.environ if environ is None else environ
   if environ.get(OPT_OUT_ENV, "") not in ("", "0"):
     return []
-  version = _jaxlib_version()
+  version = jaxlib_version()
   if version is None or not CHECKED_JAXLIB[0] <= version <= CHECKED_JAXLIB[1]:
     return []
   current = environ.get("XLA_FLAGS", "")
