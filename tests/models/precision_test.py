@@ -30,12 +30,15 @@ def _simclr_loss_and_grads(dtype, views):
   model = models.make_contrastive(_cfg(dtype), head, nnx.Rngs(0))
   graphdef, params, stats = models.split_model(model)
 
-  def loss_fn(params, stats):
+  def loss_fn(params, stats, views):
     m = nnx.merge(graphdef, params, stats)
     z, _ = m(views, train=True)
     return losses.nt_xent_reference(z[0::2], z[1::2], 0.1), z
 
-  (loss, z), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats)
+  # Jitted, as training runs it (and one compile instead of hundreds of
+  # op-by-op ones).
+  (loss, z), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+      params, stats, views)
   return float(loss), np.asarray(z, np.float32), jax.tree.leaves(grads)
 
 
