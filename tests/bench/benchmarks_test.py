@@ -371,3 +371,23 @@ def test_simclr_ab_frameworks_agree_on_identical_views(phantom_data_dir,
   np.testing.assert_allclose(last["loss_torch"], last["loss_jax"], rtol=1e-3)
   assert "| basic_medical | PyTorch peer |" in path.with_suffix(
       ".md").read_text()
+
+
+def test_test_suite_counts_outcomes_and_times_a_run(tmp_path):
+  from benchmarks import test_suite  # pylint: disable=import-outside-toplevel
+  toy = tmp_path / "toy_test.py"
+  toy.write_text(
+      "import pytest, time\n"
+      "def test_a(): time.sleep(0.3)\n"
+      "def test_b(): pass\n"
+      "def test_c(): assert False\n"
+      "@pytest.mark.skip(reason='x')\n"
+      "def test_d(): pass\n")
+  result = test_suite.run([str(toy)], "1")
+  assert result["returncode"] == 1
+  assert (result["passed"], result["failed"], result["errors"],
+          result["skipped"]) == (2, 1, 0, 1)
+  (name, seconds), = result["slowest_files"]
+  assert name == "toy_test" and seconds >= 0.3
+  assert result["wall_s"] >= seconds and result["cpu_s"] > 0
+  assert "--xla_backend_optimization_level=1" in test_suite.test_xla_flags()
