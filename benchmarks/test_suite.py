@@ -29,7 +29,7 @@ import xml.etree.ElementTree as ET
 from benchmarks import common
 
 _PRINT_TEST_FLAGS = (
-    "import os, sys; sys.path.insert(0, 'tests'); import conftest; "
+    "import sys; sys.path.insert(0, 'tests'); import conftest; "
     "print(' '.join(conftest._test_xla_flags()))")
 
 
