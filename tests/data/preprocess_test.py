@@ -172,6 +172,27 @@ def test_evaluation_uses_the_runs_normalisation(finetuned_dir,
   assert _intensity_change(plain_scaled_run, phantom_data_dir) > 1e-3
 
 
+@pytest.mark.slow
+def test_default_fine_tune_sees_only_the_green_channel(finetuned_dir,
+                                                      phantom_data_dir):
+  """The default recipe feeds the green channel (docs/cross_camera.md): the
+  saved run says so and evaluation follows it, so red and blue can change
+  without moving a prediction, while green moves it."""
+  saved = json.load(open(os.path.join(finetuned_dir, "preprocess.json")))
+  assert saved["channels"] == "green"
+  predictor = evaluate.load_for_inference(finetuned_dir)
+  record = sources.open_split(phantom_data_dir, "phantom", "test")[0]
+  image = np.asarray(record["image"]).copy()
+  fov = np.asarray(record["fov"])
+  base = predictor.probabilities(image, fov)
+  other = image.copy()
+  other[..., 0], other[..., 2] = 255 - image[..., 0], image[..., 2] // 3
+  np.testing.assert_array_equal(predictor.probabilities(other, fov), base)
+  other = image.copy()
+  other[..., 1] = 255 - image[..., 1]
+  assert np.abs(predictor.probabilities(other, fov) - base).max() > 1e-3
+
+
 def _write_folder_set(root, count=3, size=72):
   """A tiny labelled folder set of synthetic discs (no real data)."""
   for split in ("train", "test"):
