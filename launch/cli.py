@@ -7,6 +7,11 @@ The console shows medclr's own lines (a start line, progress, warnings, an
 end line naming every output); library logs (Orbax, TFDS, absl, JAX) go to
 `log.txt` in the run's directory, and with `--verbosity=N` (absl's flag:
 -1 warnings, 0 info, 1 debug) to stderr as well (`medclr.console`).
+
+JAX, Orbax and the training code are imported after the flags are parsed
+(in the functions that use them, and in each launcher's main): a mistyped
+flag or config key is then reported in a fraction of a second instead of
+after two seconds of imports.
 """
 import os
 import sys
@@ -14,15 +19,11 @@ import sys
 from absl import app
 from absl import flags
 from absl.logging import converter
-import jax
 from ml_collections import config_flags
 
 from launch import flag_errors
-from medclr import checkpointing
 from medclr import console
 from medclr import errors
-from medclr import sharding
-from medclr.data import readers
 
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None,
@@ -31,11 +32,11 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
                                       "number of processes of the run")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
 
-USER_ERRORS = (errors.ConfigError, errors.TrainingStalled, errors.Diverged,
-               readers.DataError, checkpointing.CheckpointError)
+USER_ERRORS = errors.USER_ERRORS
 
 
 def start_distributed():
+  from medclr import sharding  # pylint: disable=import-outside-toplevel
   sharding.maybe_initialize_distributed(_COORDINATOR.value,
                                         _NUM_PROCESSES.value, _PROCESS_ID.value)
 
@@ -63,6 +64,7 @@ def print_result(what, last, workdir, num_steps):
   printed, so the last line says what happened. Returns whether the run
   finished.
   """
+  from medclr import checkpointing  # pylint: disable=import-outside-toplevel
   latest = checkpointing.latest_complete_step(workdir)
   if latest is None or latest < num_steps:
     return False
@@ -85,6 +87,7 @@ def train_main(train_and_evaluate, what):
 
   def main(argv):
     del argv  # flag_errors.parse refuses positional arguments
+    import jax  # pylint: disable=import-outside-toplevel
     run_user_errors_clean(start_distributed)
     last = run_user_errors_clean(train_and_evaluate, config.value,
                                  workdir.value)
@@ -120,6 +123,14 @@ def _library_level():
   return converter.absl_to_standard(max(verbosity.value, converter.ABSL_FATAL))
 
 
+def _define_jax_flags_if_given(args):
+  """JAX's own flags (`--jax_platforms=cpu`, `--jax_debug_nans`, ...) as
+  absl flags, when the command line gives one: defining them imports JAX."""
+  if any(arg.lstrip("-").startswith(("jax_", "nojax_")) for arg in args):
+    import jax  # pylint: disable=import-outside-toplevel
+    jax.config.config_with_absl()
+
+
 def run(main, log_dir=None):
   """app.run with one-line command-line errors and the quiet console.
 
@@ -138,7 +149,7 @@ def run(main, log_dir=None):
       one library warnings stay on the console.
   """
   console.hold()
-  jax.config.config_with_absl()
+  _define_jax_flags_if_given(sys.argv[1:])
   tag = os.path.splitext(os.path.basename(sys.argv[0]))[0]
   log_dir = log_dir or getattr(main, "log_dir", None)
 

@@ -10,7 +10,6 @@ metrics over all field-of-view pixels of the split.
 from absl import flags
 
 from launch import cli
-from medclr.evaluate import evaluate
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "a fine-tuning workdir (a local folder or gs://...)")
@@ -40,6 +39,8 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def main(_):
+  # Imported once the flags are parsed (launch/cli.py says why).
+  from medclr.evaluate import evaluate  # pylint: disable=import-outside-toplevel
   result = cli.run_user_errors_clean(
       lambda: evaluate.evaluate(_WORKDIR.value, split=_SPLIT.value,
                                 out_dir=_OUT.value, step=_STEP.value,

@@ -5,9 +5,15 @@ r"""Launches few-label U-Net fine-tuning; the work is `medclr.train.finetune`.
       --config.data.num_labeled=2
 """
 from launch import cli
-from medclr.train import finetune
 
-main = cli.train_main(finetune.train_and_evaluate, "fine-tuning")
+
+def train_and_evaluate(config, workdir):
+  # Imported once the flags are parsed (launch/cli.py says why).
+  from medclr.train import finetune  # pylint: disable=import-outside-toplevel
+  return finetune.train_and_evaluate(config, workdir)
+
+
+main = cli.train_main(train_and_evaluate, "fine-tuning")
 
 if __name__ == "__main__":
   cli.run(main)

@@ -4,9 +4,15 @@ r"""Launches contrastive pretraining; the work is `medclr.train.pretrain`.
       --workdir=/tmp/simclr [--config.num_steps=500]
 """
 from launch import cli
-from medclr.train import pretrain
 
-main = cli.train_main(pretrain.train_and_evaluate, "pretraining")
+
+def train_and_evaluate(config, workdir):
+  # Imported once the flags are parsed (launch/cli.py says why).
+  from medclr.train import pretrain  # pylint: disable=import-outside-toplevel
+  return pretrain.train_and_evaluate(config, workdir)
+
+
+main = cli.train_main(train_and_evaluate, "pretraining")
 
 if __name__ == "__main__":
   cli.run(main)

@@ -20,11 +20,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from medclr import errors
+
 CHECKPOINT_SUBDIR = "checkpoints"
 
 
-class CheckpointError(ValueError):
-  """A checkpoint directory is missing, empty or does not fit the model."""
+CheckpointError = errors.CheckpointError
 
 
 class UnreadableCheckpoint(CheckpointError):

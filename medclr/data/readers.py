@@ -46,6 +46,8 @@ import numpy as np
 from PIL import Image
 from PIL import ImageFile
 
+from medclr import errors
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".ppm")
 _LOSSY_EXTENSIONS = (".jpg", ".jpeg")
 # Formats whose file bytes a record may store as they are (image_codec).
@@ -56,8 +58,7 @@ MAX_CLASS_INDEX = 63
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
-class DataError(ValueError):
-  """Bad or missing input data; the message names the file and the problem."""
+DataError = errors.DataError
 
 
 class Example(TypedDict):
