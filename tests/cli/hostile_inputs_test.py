@@ -244,6 +244,14 @@ FINETUNE_SMOKE = ["--config=configs/finetune_unet.py:smoke", "--workdir={w}"]
         "launch.evaluate", ["--workdir={w}", "--stpe=3"],
         r"error: unknown flag --stpe \(did you mean --step\?\)$",
         id="evaluate-unknown-flag"),
+    # JAX's own flags are defined when one is given (launch/cli.py), so a
+    # mistyped one gets its nearest name too.
+    pytest.param(
+        "launch.pretrain",
+        ["--config=configs/pretrain_simclr.py:smoke", "--workdir={w}",
+         "--jax_platformz=cpu"],
+        r"error: unknown flag --jax_platformz \(did you mean "
+        r"--jax_platforms\?\)$", id="jax-flag"),
     pytest.param(
         "launch.prepare", ["--dataset=phantm", "--data_dir={w}"],
         r"error: --dataset=phantm: value should be one of <.*> \(did you "
