@@ -3,7 +3,15 @@ import os
 import pathlib
 import re
 import shutil
+import sys
 import tempfile
+
+# With PYTHONDONTWRITEBYTECODE=1 (some machines set it) no .pyc is written,
+# and each of the launcher processes the tests start would compile every
+# module it imports again. `make install` writes those of the modules runs
+# and tests import; the test run writes the rest, once, for all processes.
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 # Tests compile hundreds of small programs and run each for a few steps, so
 # XLA:CPU's backend compile time is half of their time. Two flags cut it:
