@@ -36,7 +36,7 @@ USER_ERRORS = errors.USER_ERRORS
 
 
 def start_distributed():
-  from medclr import sharding  # pylint: disable=import-outside-toplevel
+  from medclr import sharding  # pylint: disable=g-import-not-at-top
   sharding.maybe_initialize_distributed(_COORDINATOR.value,
                                         _NUM_PROCESSES.value, _PROCESS_ID.value)
 
@@ -64,7 +64,7 @@ def print_result(what, last, workdir, num_steps):
   printed, so the last line says what happened. Returns whether the run
   finished.
   """
-  from medclr import checkpointing  # pylint: disable=import-outside-toplevel
+  from medclr import checkpointing  # pylint: disable=g-import-not-at-top
   latest = checkpointing.latest_complete_step(workdir)
   if latest is None or latest < num_steps:
     return False
@@ -87,7 +87,7 @@ def train_main(train_and_evaluate, what):
 
   def main(argv):
     del argv  # flag_errors.parse refuses positional arguments
-    import jax  # pylint: disable=import-outside-toplevel
+    import jax  # pylint: disable=g-import-not-at-top
     run_user_errors_clean(start_distributed)
     last = run_user_errors_clean(train_and_evaluate, config.value,
                                  workdir.value)
@@ -127,7 +127,7 @@ def _define_jax_flags_if_given(args):
   """JAX's own flags (`--jax_platforms=cpu`, `--jax_debug_nans`, ...) as
   absl flags, when the command line gives one: defining them imports JAX."""
   if any(arg.lstrip("-").startswith(("jax_", "nojax_")) for arg in args):
-    import jax  # pylint: disable=import-outside-toplevel
+    import jax  # pylint: disable=g-import-not-at-top
     jax.config.config_with_absl()
 
 

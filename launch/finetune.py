@@ -9,7 +9,7 @@ from launch import cli
 
 def train_and_evaluate(config, workdir):
   # Imported once the flags are parsed (launch/cli.py says why).
-  from medclr.train import finetune  # pylint: disable=import-outside-toplevel
+  from medclr.train import finetune  # pylint: disable=g-import-not-at-top
   return finetune.train_and_evaluate(config, workdir)
 
 

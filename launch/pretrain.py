@@ -8,7 +8,7 @@ from launch import cli
 
 def train_and_evaluate(config, workdir):
   # Imported once the flags are parsed (launch/cli.py says why).
-  from medclr.train import pretrain  # pylint: disable=import-outside-toplevel
+  from medclr.train import pretrain  # pylint: disable=g-import-not-at-top
   return pretrain.train_and_evaluate(config, workdir)
 
 

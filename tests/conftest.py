@@ -3,7 +3,15 @@ import os
 import pathlib
 import re
 import shutil
+import sys
 import tempfile
+
+# With PYTHONDONTWRITEBYTECODE=1 (some machines set it) no .pyc is written,
+# and each of the launcher processes the tests start would compile every
+# module it imports again. `make install` writes those of the modules runs
+# and tests import; the test run writes the rest, once, for all processes.
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 # Tests compile hundreds of small programs and run each for a few steps, so
 # XLA:CPU's backend compile time is half of their time. Two flags cut it:
@@ -73,16 +81,17 @@ _XLA_CACHE = _share_compilations()
 # start first, short files fill the end and both workers finish together.
 # A stale order only costs balance.
 LONGEST_FIRST = (
-    "study_test", "reliability_test", "dira_test", "hostile_inputs_test",
-    "augment_test", "errors_test", "volume_supcon_test", "benchmarks_test",
-    "devices_test", "byol_test", "semi_test", "walkthrough_test", "moco_test",
-    "models_test", "dino_test", "console_test", "chaitanya_local_test",
-    "macl_test", "adco_test", "updates_test", "kill_test", "multihost_test",
-    "methods_test", "device_crops_test", "guard_test", "precision_test",
-    "evaluate_test", "data_test", "pipeline_test", "simclr_test", "fov_test",
-    "notebook_test", "losses_test", "properties_test", "preprocess_test",
-    "augment_preview_test", "pixel_contrast_test", "record_storage_test",
-    "contrastive_crop_test", "probe_test", "resume_test")
+    "study_test", "reliability_test", "dira_test", "augment_test",
+    "benchmarks_test", "devices_test", "walkthrough_test",
+    "volume_supcon_test", "moco_test", "adco_test", "byol_test", "dino_test",
+    "errors_test", "models_test", "macl_test", "semi_test", "console_test",
+    "updates_test", "kill_test", "multihost_test", "guard_test",
+    "notebook_test", "device_crops_test", "chaitanya_local_test", "data_test",
+    "methods_test", "losses_test", "pipeline_test", "evaluate_test",
+    "simclr_test", "hostile_inputs_test", "precision_test", "fov_test",
+    "properties_test", "augment_preview_test", "contrastive_crop_test",
+    "preprocess_test", "pixel_contrast_test", "record_storage_test",
+    "probe_test", "resume_test")
 
 
 def pytest_collection_modifyitems(items):

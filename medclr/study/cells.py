@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 
-from medclr import checkpointing
 from medclr.study import grid
 from medclr.study import report
 
@@ -56,6 +55,9 @@ class Preempted(CommandFailed):
 def trained_steps(workdir):
   """(newest complete checkpoint step or None, config num_steps) of a local
   training workdir, from its checkpoint listing and `config.json`."""
+  # Imported here: the study process itself trains nothing, and Orbax and
+  # Grain would double its start-up time.
+  from medclr import checkpointing  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
   num_steps = json.loads((workdir / "config.json").read_text())["num_steps"]
   return checkpointing.latest_complete_step(workdir), num_steps

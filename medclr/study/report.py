@@ -8,7 +8,6 @@ import collections
 import json
 import pathlib
 
-from medclr.study import plots as study_plots
 
 
 METRICS = ("dice", "auc_roc", "sensitivity", "specificity", "accuracy", "iou")
@@ -327,6 +326,9 @@ def write_study_report(jsonl, md, baselines=""):
   ks = {k for per_k in own.values() for k in per_k}
   base = baseline_stats(jsonl, baselines, ks)
   stats = {**base, **own}
+  # Imported here: matplotlib is half a second of every study's start-up.
+  # pylint: disable-next=g-import-not-at-top
+  from medclr.study import plots as study_plots
   plots = study_plots.plot_study(
       stats, md.with_name(md.stem + "_dice_vs_k.png"),
       md.with_name(md.stem + "_dice_vs_strength.png"), HUMAN_DICE)

@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -57,13 +58,24 @@ def test_pretrained_parts_that_do_not_fit_are_named(
     finetune.train_and_evaluate(config, str(tmp_path / "work"))
 
 
-def test_resume_under_another_config_is_refused(tmp_path, phantom_data_dir):
-  workdir = str(tmp_path / "work")
-  finetune.train_and_evaluate(
-      smoke_config("finetune_unet", phantom_data_dir), workdir)
+def _finished_copy(finished, tmp_path):
+  """A copy of a session's finished smoke run (conftest), to resume."""
+  return str(shutil.copytree(finished, tmp_path / "work"))
+
+
+def _finetune_config(phantom_data_dir, pretrained_dir, **overrides):
+  """The config of conftest's `finetuned_dir`, with `overrides`."""
+  return smoke_config("finetune_unet", phantom_data_dir, **{
+      "init.pretrain_dir": pretrained_dir, **overrides})
+
+
+def test_resume_under_another_config_is_refused(tmp_path, phantom_data_dir,
+                                                pretrained_dir,
+                                                finetuned_dir):
+  workdir = _finished_copy(finetuned_dir, tmp_path)
   labeled = (tmp_path / "work" / "labeled.json").read_text()
-  changed = smoke_config("finetune_unet", phantom_data_dir,
-                         **{"optim.learning_rate": 0.5, "data.label_seed": 3})
+  changed = _finetune_config(phantom_data_dir, pretrained_dir, **{
+      "optim.learning_rate": 0.5, "data.label_seed": 3})
   with pytest.raises(checkpointing.CheckpointError,
                      match=r"another config \(data.label_seed: 0 -> 3; "
                      r"optim.learning_rate: 0.001 -> 0.5\)"):
@@ -71,40 +83,39 @@ def test_resume_under_another_config_is_refused(tmp_path, phantom_data_dir):
   # Nothing of the refused run reached the workdir.
   assert (tmp_path / "work" / "labeled.json").read_text() == labeled
   # More steps is a resume, not another run.
-  longer = smoke_config("finetune_unet", phantom_data_dir, num_steps=3)
+  longer = _finetune_config(phantom_data_dir, pretrained_dir, num_steps=3)
   assert finetune.train_and_evaluate(longer, workdir)
 
 
 def test_resume_accepts_fields_added_since_the_checkpoint(
-    tmp_path, phantom_data_dir, caplog):
+    tmp_path, phantom_data_dir, pretrained_dir, finetuned_dir, caplog):
   # A run written before `data.patch_sampling` existed: its config.json
   # lacks the field. Resuming under a newer medclr warns and goes on; a
   # changed value of an old field is still refused.
   workdir = tmp_path / "work"
-  config = smoke_config("finetune_unet", phantom_data_dir)
-  finetune.train_and_evaluate(config, str(workdir))
+  _finished_copy(finetuned_dir, tmp_path)
   saved = json.loads((workdir / "config.json").read_text())
   del saved["data"]["patch_sampling"]
   (workdir / "config.json").write_text(json.dumps(saved))
-  longer = smoke_config("finetune_unet", phantom_data_dir, num_steps=3)
+  longer = _finetune_config(phantom_data_dir, pretrained_dir, num_steps=3)
   with caplog.at_level(logging.WARNING):
     assert finetune.train_and_evaluate(longer, str(workdir))
   assert "data.patch_sampling='uniform'" in caplog.text
-  changed = smoke_config("finetune_unet", phantom_data_dir, num_steps=4,
-                         **{"data.label_seed": 3})
+  changed = _finetune_config(phantom_data_dir, pretrained_dir, num_steps=4,
+                             **{"data.label_seed": 3})
   with pytest.raises(checkpointing.CheckpointError,
                      match=r"data.label_seed: 0 -> 3\)"):
     finetune.train_and_evaluate(changed, str(workdir))
 
 
 def test_resume_of_a_run_saved_before_keys_were_renamed(tmp_path,
-                                                       phantom_data_dir):
+                                                       phantom_data_dir,
+                                                       pretrained_dir):
   # Its config.json names data.crop_site and contrastive_crop by their old
   # names (issue 26); it resumes under the new ones, and a changed value is
   # still refused under its new name.
   workdir = tmp_path / "work"
-  pretrain.train_and_evaluate(
-      smoke_config("pretrain_simclr", phantom_data_dir), str(workdir))
+  _finished_copy(pretrained_dir, tmp_path)
   saved = json.loads((workdir / "config.json").read_text())
   saved["crop"] = saved.pop("contrastive_crop")
   saved["data"]["crops"] = saved["data"].pop("crop_site")
