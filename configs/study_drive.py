@@ -71,10 +71,12 @@ def get_config(arg="quick"):
   # evaluation. Every arm gets the same fine-tuning and evaluation, so arms
   # compare; the recipe's own rows are benchmarks/results/drive_study.md.
   # The study's fine-tuning stays as in its committed rows: images at their
-  # own resolution and `basic_medical` (the fine-tuning defaults resample
-  # fundus FOVs and add colour augmentation since, docs/cross_camera.md).
+  # own resolution, all three channels and `basic_medical` (the fine-tuning
+  # defaults resample fundus FOVs, add colour augmentation and feed the
+  # green channel since, docs/cross_camera.md).
   config.finetune_overrides = (
-      "--config.data.fov_diameter=0 --config.augment.preset=basic_medical" + (
+      "--config.data.fov_diameter=0 --config.data.channels=rgb "
+      "--config.augment.preset=basic_medical" + (
       " --config.num_steps=300 --config.eval.tta=none --config.eval.scales=1"
       if args.quick else ""))
   if args.smoke:
