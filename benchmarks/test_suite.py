@@ -13,8 +13,13 @@ worker, longest first; tests/conftest.py) in a subprocess and reports:
   * slowest_files: the ten files with the largest summed test durations
     (one worker's time each; setup included).
 Issues 26 and 27 ask for `make test` under 10 minutes from a fresh clone
-on an idle 2-core machine: these rows hold the pytest part (the install is
-not timed), so run it with nothing else on the machine.
+on an idle 2-core machine: these rows hold the pytest part, and with
+`--install_s` (the seconds `make install` took just before, timed by the
+caller) also make_test_s, the two together. Run it with nothing else on the
+machine.
+
+  S=$(date +%s); make install; .venv/bin/python -m benchmarks.test_suite \
+      --install_s=$(( $(date +%s) - S ))
 """
 import argparse
 import collections
@@ -91,6 +96,10 @@ def main():
                       help="comma list of test paths (default: all)")
   parser.add_argument("--workers", default="auto",
                       help="pytest-xdist workers (make test: auto)")
+  parser.add_argument("--install_s", type=float, default=None,
+                      help="seconds `make install` took just before, in "
+                      "the same fresh clone (timed by the caller): the row "
+                      "then has make_test_s, the two together")
   parser.add_argument("--results", default=None,
                       help="rows file (default benchmarks/results/"
                       "test_suite.jsonl)")
@@ -98,6 +107,9 @@ def main():
   tests = [t for t in args.tests.split(",") if t]
   flags = test_xla_flags()
   result = run(tests, args.workers)
+  if args.install_s is not None:
+    result.update(install_s=round(args.install_s, 1), make_test_s=round(
+        args.install_s + result["wall_s"], 1))
   common.report("test_suite", {**result, "test_xla_flags": flags},
                 args.results)
   return 0 if result["returncode"] == 0 else 1

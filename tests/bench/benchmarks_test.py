@@ -15,6 +15,7 @@ import io
 import json
 import math
 import pathlib
+import sys
 
 import jax
 import numpy as np
@@ -373,7 +374,7 @@ def test_simclr_ab_frameworks_agree_on_identical_views(phantom_data_dir,
       ".md").read_text()
 
 
-def test_test_suite_counts_outcomes_and_times_a_run(tmp_path):
+def test_test_suite_counts_outcomes_and_times_a_run(tmp_path, monkeypatch):
   from benchmarks import test_suite  # pylint: disable=import-outside-toplevel
   toy = tmp_path / "toy_test.py"
   toy.write_text(
@@ -391,3 +392,12 @@ def test_test_suite_counts_outcomes_and_times_a_run(tmp_path):
   assert name == "toy_test" and seconds >= 0.3
   assert result["wall_s"] >= seconds and result["cpu_s"] > 0
   assert "--xla_backend_optimization_level=1" in test_suite.test_xla_flags()
+  # With the install's seconds, the row has make test's total.
+  rows = tmp_path / "rows.jsonl"
+  monkeypatch.setattr(sys, "argv", [
+      "test_suite", f"--tests={toy}", "--workers=1", "--install_s=41.96",
+      f"--results={rows}"])
+  assert test_suite.main() == 1
+  row = json.loads(rows.read_text().splitlines()[-1])
+  assert row["install_s"] == 42.0
+  assert row["make_test_s"] == round(41.96 + row["wall_s"], 1)

@@ -7,7 +7,6 @@ import struct
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tensorboardX.proto import event_pb2
 
 from medclr import metric_writer
 
@@ -23,6 +22,10 @@ def read_tensorboard_scalars(tb_dir):
   Each TFRecord is: uint64 length, uint32 masked CRC of the length, `length`
   bytes of a serialized Event, uint32 masked CRC of the data.
   """
+  # tensorboardX as medclr imports it: without torch, whose import would
+  # cost every test worker seconds at collection.
+  metric_writer._tensorboardx()  # pylint: disable=protected-access
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
   scalars = []
   event_files = sorted(tb_dir.glob("events.out.tfevents.*"))
   assert event_files, f"no event file in {tb_dir}"
