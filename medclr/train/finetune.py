@@ -142,7 +142,10 @@ def check_aperture(config, source, indices):
         f"config.data.fov_diameter={diameter} resamples images by their "
         f"field of view, but the labelled images of {config.data.dataset}:"
         f"{config.data.train_split} have none (their FOV is the whole "
-        "frame): pass --config.data.fov_diameter=0 to keep their resolution")
+        "frame): pass --config.data.fov_diameter=0 to keep their resolution"
+        + (", and --config.data.channels=rgb if their colour matters (the "
+           "green channel alone is the fundus default)"
+           if config.data.get("channels") == "green" else ""))
 
 
 def labeled_subset(config, workdir, source):

@@ -310,6 +310,12 @@ def test_fov_resampling_of_images_without_an_aperture_is_refused(tmp_path):
                         **{"data.dataset": "frames", "data.fov_diameter": 96,
                            "data.num_labeled": 2})
   workdir = tmp_path / "run"
-  with pytest.raises(ValueError, match="config.data.fov_diameter=96"):
+  with pytest.raises(ValueError, match="config.data.fov_diameter=96") as e:
     finetune.train_and_evaluate(config, str(workdir))
   assert not workdir.exists()
+  # Such frames (endoscopy) may need their colour: the message says how.
+  assert "--config.data.channels=rgb if their colour matters" in str(e.value)
+  config.data.channels = "rgb"
+  with pytest.raises(ValueError) as e:
+    finetune.train_and_evaluate(config, str(workdir))
+  assert "channels" not in str(e.value)
