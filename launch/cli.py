@@ -9,10 +9,11 @@ end line naming every output); library logs (Orbax, TFDS, absl, JAX) go to
 -1 warnings, 0 info, 1 debug) to stderr as well (`medclr.console`).
 
 JAX, Orbax and the training code are imported after the flags are parsed
-(in the functions that use them, and in each launcher's main): a mistyped
-flag or config key is then reported in a fraction of a second instead of
-after two seconds of imports.
+(in the functions that use them, `train_main` by module name, and
+`launch.evaluate` in its main): a mistyped flag or config key is then
+reported in a fraction of a second instead of after two seconds of imports.
 """
+import importlib
 import os
 import sys
 
@@ -32,8 +33,6 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
                                       "number of processes of the run")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
 
-USER_ERRORS = errors.USER_ERRORS
-
 
 def start_distributed():
   from medclr import sharding  # pylint: disable=g-import-not-at-top
@@ -50,7 +49,7 @@ def run_user_errors_clean(fn, *args):
   """Calls fn(*args); a user error exits 1 (stalled: 3), message on stderr."""
   try:
     return fn(*args)
-  except USER_ERRORS as e:
+  except errors.USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(EXIT_STALLED if isinstance(e, errors.TrainingStalled) else 1)
 
@@ -72,11 +71,12 @@ def print_result(what, last, workdir, num_steps):
   return True
 
 
-def train_main(train_and_evaluate, what):
+def train_main(module, what):
   """Defines --config and --workdir; returns a training launcher's main.
 
   Args:
-    train_and_evaluate: (config, workdir) -> last logged metrics.
+    module: name of the module whose `train_and_evaluate(config, workdir)`
+      (-> last logged metrics) runs; imported once the flags are parsed.
     what: 'pretraining' or 'fine-tuning', for help and the result line.
   """
   config = config_flags.DEFINE_config_file(
@@ -89,8 +89,8 @@ def train_main(train_and_evaluate, what):
     del argv  # flag_errors.parse refuses positional arguments
     import jax  # pylint: disable=g-import-not-at-top
     run_user_errors_clean(start_distributed)
-    last = run_user_errors_clean(train_and_evaluate, config.value,
-                                 workdir.value)
+    train = importlib.import_module(module).train_and_evaluate
+    last = run_user_errors_clean(train, config.value, workdir.value)
     if jax.process_index() == 0 and print_result(
         what, last, workdir.value, config.value.num_steps):
       return workdir.value

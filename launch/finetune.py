@@ -6,14 +6,7 @@ r"""Launches few-label U-Net fine-tuning; the work is `medclr.train.finetune`.
 """
 from launch import cli
 
-
-def train_and_evaluate(config, workdir):
-  # Imported once the flags are parsed (launch/cli.py says why).
-  from medclr.train import finetune  # pylint: disable=g-import-not-at-top
-  return finetune.train_and_evaluate(config, workdir)
-
-
-main = cli.train_main(train_and_evaluate, "fine-tuning")
+main = cli.train_main("medclr.train.finetune", "fine-tuning")
 
 if __name__ == "__main__":
   cli.run(main)

@@ -9,7 +9,6 @@ import json
 import pathlib
 
 
-
 METRICS = ("dice", "auc_roc", "sensitivity", "specificity", "accuracy", "iou")
 HUMAN_DICE = 0.788  # 2nd vs 1st observer on the DRIVE test set (data README)
 DATA_CREDITS = (
