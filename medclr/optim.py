@@ -11,6 +11,8 @@ biases and no norm scales/offsets, which is what BYOL's
 masks the trust-ratio adaptation), `grad_clip_norm`.
 """
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 from medclr import errors
@@ -43,6 +45,16 @@ def learning_rate_fn(optim_cfg, num_steps, global_batch):
   raise errors.ConfigError(
       f"config.optim.schedule={schedule!r}: expected 'cosine' or "
       "'constant'")
+
+
+def schedule_values(lr_fn, num_steps):
+  """`lr_fn` at steps 0 .. num_steps - 1: a float32 array on the host.
+
+  Computed on this process's default device, outside any mesh, so every
+  process of a multi-host run holds the whole table.
+  """
+  steps = jnp.arange(num_steps, dtype=jnp.int32)
+  return np.asarray(jax.jit(jax.vmap(lr_fn))(steps), np.float32)
 
 
 def kernels_mask(params):
@@ -78,9 +90,20 @@ def weight_decay_fn(optim_cfg, num_steps):
 def make_optimizer(optim_cfg, num_steps, global_batch):
   """Returns (optax transformation, learning-rate schedule)."""
   lr = learning_rate_fn(optim_cfg, num_steps, global_batch)
+  return transformation(optim_cfg, num_steps, lr), lr
+
+
+def transformation(optim_cfg, num_steps, learning_rate):
+  """`optim_cfg`'s optax transformation at `learning_rate`.
+
+  `learning_rate` is a callable of the update count: the schedule, or
+  `lambda count: lr` for a rate a jitted step takes as an argument (the
+  same optimiser state either way: optax keeps the count for any callable).
+  """
   name = optim_cfg.name
   wd = weight_decay_fn(optim_cfg, num_steps)
   mask = weight_decay_mask(optim_cfg)
+  lr = learning_rate
   if name == "adam":
     tx = optax.adam(lr)
   elif name == "adamw":
@@ -104,4 +127,4 @@ def make_optimizer(optim_cfg, num_steps, global_batch):
   clip = optim_cfg.get("grad_clip_norm", 0.0)
   if clip:
     tx = optax.chain(optax.clip_by_global_norm(clip), tx)
-  return tx, lr
+  return tx

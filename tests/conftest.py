@@ -1,4 +1,5 @@
 """Test setup: eight fake CPU devices, created before JAX touches a backend."""
+import gc
 import os
 import pathlib
 import re
@@ -99,6 +100,20 @@ def pytest_collection_modifyitems(items):
   and in order inside)."""
   rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
   items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
+
+
+def pytest_collection_finish(session):  # pylint: disable=unused-argument
+  """Keeps Python's cyclic collector off the objects that live all run.
+
+  A worker holds every test module, JAX, Flax and torch for the whole run,
+  and tracing allocates millions of short-lived objects, so full
+  collections walk the same long-lived heap over and over (GC was 4.6% of
+  a worker's CPU on three method test files). Frozen objects are skipped;
+  the larger first threshold makes young collections rarer.
+  """
+  gc.collect()
+  gc.freeze()
+  gc.set_threshold(50_000, 20, 20)
 
 
 def pytest_unconfigure(config):  # pylint: disable=unused-argument

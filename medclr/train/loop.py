@@ -192,12 +192,14 @@ def _announce_preemption(checkpointer, done, num_steps):
           "again to resume.", flush=True)
 
 
-def run_loop(*, config, workdir, state, start_step, p_step, data_iter, mesh,
-             checkpointer, writer, config_dict, before_step=None,
-             extras_fn=None, guard=None, probe=None):
+def run_loop(*, config, workdir, state, start_step, p_step, learning_rates,
+             data_iter, mesh, checkpointer, writer, config_dict,
+             before_step=None, extras_fn=None, guard=None, probe=None):
   """The training loop both phases share: step, log, checkpoint, preempt.
 
   Args:
+    p_step: (state, batch, learning rate) -> (state, metrics), jitted.
+    learning_rates: the learning rate of every step (host array).
     before_step: optional (step, state, data_iter) -> data_iter, called
       before each step (ContrastiveCrop localisation may rebuild the
       iterator).
@@ -221,7 +223,7 @@ def run_loop(*, config, workdir, state, start_step, p_step, data_iter, mesh,
       if before_step is not None:
         data_iter = before_step(step, state, data_iter)
       batch = sharding.to_global(next(data_iter), mesh)
-      state, metrics = p_step(state, batch)
+      state, metrics = p_step(state, batch, learning_rates[step])
       done = step + 1
       if guard is not None and step == 0:
         guard.set_reference(to_host_scalars(metrics))  # before any update

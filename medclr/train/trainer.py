@@ -60,6 +60,26 @@ class Phase:
     return {}
 
 
+def jit_step(phase, graphdef, config):
+  """`(state, batch, lr) -> (state, metrics)`: the phase's step, jitted
+  with the learning rate as an argument and the state donated.
+
+  The loop passes the schedule's value (`optim.schedule_values`, computed
+  once on the host), so the step's program does not depend on the
+  learning-rate schedule (base rate, warm-up, run length): runs that differ
+  only there share one compiled step through XLA's compilation cache (e.g.
+  a run resumed to train longer). The optimiser state is the one the
+  schedule itself gives (`optim.transformation`).
+  """
+  def step(state, batch, lr):
+    tx = optim.transformation(config.optim, config.num_steps,
+                              lambda count: lr)
+    return phase.make_step(graphdef, tx, lambda step: lr)(state, batch)
+
+  # Donate the state: its buffers become the next state's (no second copy).
+  return jax.jit(step, donate_argnums=0)
+
+
 def train(config, workdir, phase: Phase):
   """Trains `phase` into `workdir`; resumes if it has checkpoints.
 
@@ -75,8 +95,10 @@ def train(config, workdir, phase: Phase):
   data_iter = phase.data_iter(local_batch)
   if jax.process_index() == 0:
     checkpointing.write_config(workdir, config_dict)
-  tx, lr_fn = optim.make_optimizer(config.optim, config.num_steps,
-                                   config.batch_size)
+  lr_fn = optim.learning_rate_fn(config.optim, config.num_steps,
+                                 config.batch_size)
+  tx = optim.transformation(config.optim, config.num_steps, lr_fn)
+  learning_rates = optim.schedule_values(lr_fn, config.num_steps)
   with jax.set_mesh(mesh):
     graphdef, abstract, init_fn = loop.init_state(
         phase.make_model, tx, mesh, config.seed, phase.make_aux())
@@ -87,8 +109,7 @@ def train(config, workdir, phase: Phase):
                                         data_iter)
     if start is None:
       state = phase.warm_start(state, abstract)
-    # Donate the state: its buffers become the next state's (no second copy).
-    p_step = jax.jit(phase.make_step(graphdef, tx, lr_fn), donate_argnums=0)
+    p_step = jit_step(phase, graphdef, config)
     writer = metric_writer.MetricWriter(
         workdir, enabled=jax.process_index() == 0,
         total_steps=config.num_steps, name=phase.name,
@@ -98,7 +119,8 @@ def train(config, workdir, phase: Phase):
     try:
       state, last = loop.run_loop(
           config=config, workdir=workdir, state=state, start_step=start or 0,
-          p_step=p_step, data_iter=data_iter, mesh=mesh,
+          p_step=p_step, learning_rates=learning_rates,
+          data_iter=data_iter, mesh=mesh,
           checkpointer=checkpointer, writer=writer, config_dict=config_dict,
           **phase.hooks(Run(graphdef, checkpointer, start, writer)))
     finally:
