@@ -6,7 +6,9 @@ restore or init, then the phase's warm start), the jitted step with its
 state donated, the metric writer, and the loop. A `Phase` supplies only what
 differs: its data, model, extra state, step and loop hooks.
 """
+import collections
 import dataclasses
+import json
 from typing import Any
 
 from absl import logging
@@ -60,6 +62,34 @@ class Phase:
     return {}
 
 
+# Settings that never reach a program: how often to log and checkpoint.
+CADENCE = ("log_every", "checkpoint_every", "keep_checkpoints",
+           "async_checkpoints")
+# The jitted init and step of this process's last runs, by what their
+# programs depend on (`program_key`): a run with the same settings (a
+# resumed run, a notebook cell run again) reuses them instead of tracing
+# and lowering them again.
+_PROGRAMS = collections.OrderedDict()
+_KEEP_PROGRAMS = 8
+
+
+def program_key(phase, config):
+  """The phase and method classes and every setting but the cadence."""
+  settings = {k: v for k, v in config.to_dict().items() if k not in CADENCE}
+  return (type(phase), type(getattr(phase, "method", None)),
+          json.dumps(settings, sort_keys=True, default=repr))
+
+
+def reused(key, build):
+  """`build()`, or what it returned for `key` in one of the last runs."""
+  if key not in _PROGRAMS:
+    _PROGRAMS[key] = build()
+    while len(_PROGRAMS) > _KEEP_PROGRAMS:
+      _PROGRAMS.popitem(last=False)
+  _PROGRAMS.move_to_end(key)
+  return _PROGRAMS[key]
+
+
 def jit_step(phase, graphdef, config):
   """`(state, batch, lr) -> (state, metrics)`: the phase's step, jitted
   with the learning rate as an argument and the state donated.
@@ -99,9 +129,11 @@ def train(config, workdir, phase: Phase):
                                  config.batch_size)
   tx = optim.transformation(config.optim, config.num_steps, lr_fn)
   learning_rates = optim.schedule_values(lr_fn, config.num_steps)
+  key = program_key(phase, config)
   with jax.set_mesh(mesh):
-    graphdef, abstract, init_fn = loop.init_state(
-        phase.make_model, tx, mesh, config.seed, phase.make_aux())
+    graphdef, abstract, init_fn = reused(("init", key, mesh), lambda: (
+        loop.init_state(phase.make_model, tx, mesh, config.seed,
+                        phase.make_aux())))
     checkpointer = checkpointing.Checkpointer(
         workdir, save_every=config.checkpoint_every,
         keep=config.keep_checkpoints, async_save=config.async_checkpoints)
@@ -109,7 +141,8 @@ def train(config, workdir, phase: Phase):
                                         data_iter)
     if start is None:
       state = phase.warm_start(state, abstract)
-    p_step = jit_step(phase, graphdef, config)
+    p_step = reused(("step", key, graphdef),
+                    lambda: jit_step(phase, graphdef, config))
     writer = metric_writer.MetricWriter(
         workdir, enabled=jax.process_index() == 0,
         total_steps=config.num_steps, name=phase.name,

@@ -55,3 +55,40 @@ def test_each_step_logs_its_scheduled_rate(pretrained_dir):
   assert [logged[step + 1] for step in range(config.num_steps)] == want
   np.testing.assert_array_equal(
       optim.schedule_values(lr_fn, config.num_steps), np.float32(want))
+
+
+def _step_traces(run):
+  """How often `run()` traced a train step (a function named `step`)."""
+  traced = []
+
+  def listen(event, duration, **kwargs):
+    del duration
+    if (event == "/jax/core/compile/jaxpr_trace_duration"
+        and kwargs.get("fun_name") == "step"):
+      traced.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    return run(), len(traced)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+
+
+def test_a_run_with_the_same_settings_reuses_the_traced_step(
+    phantom_data_dir, tmp_path):
+  """In one process (a notebook, a resume), the second run of a config
+  neither traces nor lowers its step again, and trains the same numbers;
+  another setting gets its own step."""
+  config = smoke_config("pretrain_simclr", phantom_data_dir, seed=5)
+  first, traced = _step_traces(
+      lambda: pretrain.train_and_evaluate(config, str(tmp_path / "a")))
+  assert traced == 1
+  config.log_every = 2  # the cadence is not part of the program
+  again, traced = _step_traces(
+      lambda: pretrain.train_and_evaluate(config, str(tmp_path / "b")))
+  assert traced == 0
+  assert again == first
+  config.loss.temperature = 0.5
+  other, traced = _step_traces(
+      lambda: pretrain.train_and_evaluate(config, str(tmp_path / "c")))
+  assert traced == 1 and other["loss"] != first["loss"]
