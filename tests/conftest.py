@@ -86,6 +86,7 @@ LONGEST_FIRST = (
     "benchmarks_test", "devices_test", "walkthrough_test",
     "volume_supcon_test", "moco_test", "adco_test", "byol_test", "dino_test",
     "errors_test", "models_test", "macl_test", "semi_test", "console_test",
+    "trainer_test",
     "updates_test", "kill_test", "multihost_test", "guard_test",
     "notebook_test", "device_crops_test", "chaitanya_local_test", "data_test",
     "methods_test", "losses_test", "pipeline_test", "evaluate_test",
