@@ -13,6 +13,7 @@ JAX, Orbax and the training code are imported after the flags are parsed
 `launch.evaluate` in its main): a mistyped flag or config key is then
 reported in a fraction of a second instead of after two seconds of imports.
 """
+import gc
 import importlib
 import os
 import sys
@@ -32,6 +33,22 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
                                       "number of processes of the run")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
+
+
+def import_module(name):
+  """`importlib.import_module(name)`, with Python's cyclic GC off meanwhile.
+
+  What the launchers import late (JAX, Flax, Orbax, the training code)
+  builds objects that live all run: collecting during the imports is
+  wasted (about 0.2 of 1.5 CPU seconds), and frozen afterwards they stay
+  out of the run's later collections.
+  """
+  gc.disable()
+  try:
+    return importlib.import_module(name)
+  finally:
+    gc.freeze()
+    gc.enable()
 
 
 def start_distributed():
@@ -87,9 +104,9 @@ def train_main(module, what):
 
   def main(argv):
     del argv  # flag_errors.parse refuses positional arguments
-    import jax  # pylint: disable=g-import-not-at-top
+    jax = import_module("jax")
     run_user_errors_clean(start_distributed)
-    train = importlib.import_module(module).train_and_evaluate
+    train = import_module(module).train_and_evaluate
     last = run_user_errors_clean(train, config.value, workdir.value)
     if jax.process_index() == 0 and print_result(
         what, last, workdir.value, config.value.num_steps):

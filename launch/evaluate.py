@@ -40,7 +40,7 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(_):
   # Imported once the flags are parsed (launch/cli.py says why).
-  from medclr.evaluate import evaluate  # pylint: disable=g-import-not-at-top
+  evaluate = cli.import_module("medclr.evaluate.evaluate")
   result = cli.run_user_errors_clean(
       lambda: evaluate.evaluate(_WORKDIR.value, split=_SPLIT.value,
                                 out_dir=_OUT.value, step=_STEP.value,
