@@ -93,17 +93,16 @@ def make_optimizer(optim_cfg, num_steps, global_batch):
   return transformation(optim_cfg, num_steps, lr), lr
 
 
-def transformation(optim_cfg, num_steps, learning_rate):
-  """`optim_cfg`'s optax transformation at `learning_rate`.
+def transformation(optim_cfg, num_steps, lr):
+  """`optim_cfg`'s optax transformation at learning rate `lr`.
 
-  `learning_rate` is a callable of the update count: the schedule, or
+  `lr` is a callable of the update count: the schedule, or
   `lambda count: lr` for a rate a jitted step takes as an argument (the
   same optimiser state either way: optax keeps the count for any callable).
   """
   name = optim_cfg.name
   wd = weight_decay_fn(optim_cfg, num_steps)
   mask = weight_decay_mask(optim_cfg)
-  lr = learning_rate
   if name == "adam":
     tx = optax.adam(lr)
   elif name == "adamw":

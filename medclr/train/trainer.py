@@ -73,9 +73,9 @@ _PROGRAMS = collections.OrderedDict()
 _KEEP_PROGRAMS = 8
 
 
-def program_key(phase, config):
+def program_key(phase, config_dict):
   """The phase and method classes and every setting but the cadence."""
-  settings = {k: v for k, v in config.to_dict().items() if k not in CADENCE}
+  settings = {k: v for k, v in config_dict.items() if k not in CADENCE}
   return (type(phase), type(getattr(phase, "method", None)),
           json.dumps(settings, sort_keys=True, default=repr))
 
@@ -125,11 +125,10 @@ def train(config, workdir, phase: Phase):
   data_iter = phase.data_iter(local_batch)
   if jax.process_index() == 0:
     checkpointing.write_config(workdir, config_dict)
-  lr_fn = optim.learning_rate_fn(config.optim, config.num_steps,
-                                 config.batch_size)
-  tx = optim.transformation(config.optim, config.num_steps, lr_fn)
+  tx, lr_fn = optim.make_optimizer(config.optim, config.num_steps,
+                                   config.batch_size)
   learning_rates = optim.schedule_values(lr_fn, config.num_steps)
-  key = program_key(phase, config)
+  key = program_key(phase, config_dict)
   with jax.set_mesh(mesh):
     graphdef, abstract, init_fn = reused(("init", key, mesh), lambda: (
         loop.init_state(phase.make_model, tx, mesh, config.seed,

@@ -19,9 +19,8 @@ def _step_program(config):
   mesh = sharding.make_mesh(config.mesh.data)
   batches = phase.data_iter(sharding.check_batch_size(config.batch_size,
                                                       mesh))
-  lr_fn = optim.learning_rate_fn(config.optim, config.num_steps,
-                                 config.batch_size)
-  tx = optim.transformation(config.optim, config.num_steps, lr_fn)
+  tx, _ = optim.make_optimizer(config.optim, config.num_steps,
+                               config.batch_size)
   with jax.set_mesh(mesh):
     graphdef, abstract, _ = loop.init_state(phase.make_model, tx, mesh,
                                             config.seed, phase.make_aux())
